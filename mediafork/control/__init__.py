@@ -1,0 +1,1 @@
+"""Control plane: resources, validation, TwiML, status callbacks and the store."""

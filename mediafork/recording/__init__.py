@@ -1,0 +1,1 @@
+"""Local call recording: G.711 decoding, track alignment and streamed WAV files."""

@@ -1,0 +1,1 @@
+"""SIP for SIPREC: sans-I/O message, transaction, dialog, SDP and metadata cores."""

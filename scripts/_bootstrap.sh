@@ -1,0 +1,39 @@
+# Sourced by the scripts in this folder: makes .venv, installs mediafork with its
+# test extras and builds the C/Cython extension in place. Safe to run repeatedly;
+# a rebuild is cheap when nothing changed.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${MEDIAFORK_VENV:-$ROOT/.venv}"
+PY="${PYTHON:-python3}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[bootstrap] creating virtualenv in $VENV"
+  "$PY" -m venv "$VENV"
+fi
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+stamp="$VENV/.mediafork-deps"
+if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+  echo "[bootstrap] installing build and test dependencies"
+  python -m pip install -q --upgrade pip setuptools wheel "Cython>=3.0" "numpy>=1.24"
+  python -m pip install -q --no-build-isolation -e "$ROOT[test]"
+  touch "$stamp"
+fi
+echo "[bootstrap] building the extension"
+(cd "$ROOT" && python setup.py -q build_ext --inplace >/dev/null)
+
+# Debian packages used by interoperability tests (sipp, tshark, clang for the
+# fuzzer, sox). Installed when we are root and they are missing; tests that need
+# one skip with a reason when it could not be installed.
+want_debs() {
+  local missing=()
+  command -v sipp >/dev/null || missing+=(sip-tester)
+  command -v clang >/dev/null || missing+=(clang libclang-rt-14-dev)
+  command -v tshark >/dev/null || missing+=(tshark)
+  command -v sox >/dev/null || missing+=(sox)
+  if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[bootstrap] apt-get install ${missing[*]}"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") \
+      >/tmp/mediafork-apt.log 2>&1 || echo "[bootstrap] apt-get failed (see /tmp/mediafork-apt.log); dependent tests will skip"
+  fi
+}
