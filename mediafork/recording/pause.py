@@ -64,6 +64,10 @@ class PauseSchedule:
     def stopped(self) -> bool:
         return self._stop is not None
 
+    @property
+    def stop_mark(self) -> Mark | None:
+        return self._stop
+
     def pause(self, behavior: str, mark: Mark) -> None:
         if behavior not in PAUSE_BEHAVIORS:
             raise ValueError(f"pause behavior must be one of {PAUSE_BEHAVIORS}, not {behavior!r}")

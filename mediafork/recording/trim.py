@@ -43,6 +43,11 @@ class SilenceTrimmer:
         self.written = 0  # frames passed on for writing
         self.audible_end = 0  # frames written up to the end of the last audible block
 
+    @property
+    def held(self) -> int:
+        """Frames held back (the current partial block)."""
+        return len(self._carry)
+
     def _audible(self, blocks: npt.NDArray[np.int16]) -> npt.NDArray[np.bool_]:
         """For blocks shaped (count, block, channels): is any channel at/above the threshold?"""
         squares = blocks.astype(np.float64) ** 2
