@@ -1,0 +1,57 @@
+/* Benchmark kernels and their baselines, in C so that no Python runs per
+ * packet on either side of a comparison. Used by benches/ only. */
+#ifndef MF_BENCH_H
+#define MF_BENCH_H
+
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdint.h>
+
+#include "engine.h"
+
+/* Plain loop over srtp_protect: copy the packet, bump its sequence number,
+ * protect. Returns elapsed nanoseconds. */
+uint64_t mf_bench_raw_protect(void *session, const uint8_t *pkt, uint32_t len, uint64_t n);
+
+/* The same packets through mf_call_process into the call's forks (drain
+ * mode), discarding ring contents as a consumer would. Returns elapsed ns. */
+uint64_t mf_bench_process(mf_engine *e, mf_call *c, int track, const uint8_t *pkt, uint32_t len,
+                          uint64_t n);
+
+/* Baseline forwarder: epoll + recv + sendto per packet, nothing else, until
+ * `packets` were forwarded or `max_ns` passed. Reports its thread CPU time. */
+typedef struct {
+    uint64_t forwarded;
+    uint64_t cpu_ns;
+    uint64_t wall_ns;
+} mf_raw_forward_result;
+
+void mf_bench_raw_forward(const int *fds, uint32_t nfds, int out_fd, const struct sockaddr_in *dest,
+                          uint64_t packets, uint64_t max_ns, volatile int *stop,
+                          mf_raw_forward_result *out);
+
+/* Paced RTP load generator and sink in one thread: `nstreams` streams at
+ * `pps` packets/s each, evenly spread, to dests[i]; counts what arrives on
+ * the sink sockets. */
+typedef struct {
+    int send_fd;
+    const struct sockaddr_in *dests;
+    uint32_t nstreams;
+    uint32_t pps;
+    uint32_t payload_len;
+    uint8_t payload_type;
+    uint64_t duration_ns;
+    uint64_t drain_ns;
+    const int *sink_fds;
+    uint32_t nsinks;
+    /* results */
+    uint64_t sent;
+    uint64_t send_errors;
+    uint64_t sink_received;
+    uint64_t sink_bytes;
+    uint64_t late_ticks; /* ticks where the generator fell behind by > 5 ms */
+} mf_loadgen;
+
+void mf_loadgen_run(mf_loadgen *g, volatile int *stop);
+
+#endif

@@ -1,0 +1,368 @@
+/* The media worker: epoll over ingress and egress sockets, recvmmsg ->
+ * classify -> rewrite -> protect -> sendmmsg, without the GIL. */
+#include <errno.h>
+#include <time.h>
+#include <linux/errqueue.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "rtcp.h"
+#include "srtp_shim.h"
+
+#define MF_TIMER_PERIOD_NS 50000000ull  /* RTCP and no-media checks */
+#define MF_ERROR_EVENT_GAP_NS 1000000000ull
+#define MF_MAX_ROUNDS 4                 /* recvmmsg batches per ready socket per wake */
+
+
+void mf_worker_register(mf_engine *e, int fd, mf_pollsrc *src, uint32_t events)
+{
+    struct epoll_event ev = {.events = events, .data.ptr = src};
+    epoll_ctl(e->epfd, EPOLL_CTL_ADD, fd, &ev);
+}
+
+void mf_worker_unregister(mf_engine *e, int fd)
+{
+    epoll_ctl(e->epfd, EPOLL_CTL_DEL, fd, NULL);
+}
+
+static int same_source(const mf_track *t, const struct sockaddr_storage *from)
+{
+    if (t->source_filter == 0)
+        return 1;
+    if (from->ss_family != t->source.ss_family)
+        return 0;
+    if (from->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const void *)from, *b = (const void *)&t->source;
+        return a->sin_addr.s_addr == b->sin_addr.s_addr &&
+               (t->source_filter == 1 || a->sin_port == b->sin_port);
+    }
+    if (from->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const void *)from, *b = (const void *)&t->source;
+        return memcmp(&a->sin6_addr, &b->sin6_addr, sizeof(a->sin6_addr)) == 0 &&
+               (t->source_filter == 1 || a->sin6_port == b->sin6_port);
+    }
+    return 0;
+}
+
+static void report_send_error(mf_engine *e, mf_fork *f, int err, uint64_t now_ns)
+{
+    MF_CTR_ADD(f->ctr.send_errors, 1);
+    if (now_ns - f->last_error_event_ns >= MF_ERROR_EVENT_GAP_NS || f->last_error_event_ns == 0) {
+        f->last_error_event_ns = now_ns;
+        mf_emit_event(e, MF_EV_SEND_ERROR, f->call->id, f->id, f->track, err, now_ns);
+    }
+}
+
+static void read_ingress(mf_engine *e, mf_call *c, int track)
+{
+    mf_track *t = &c->tracks[track];
+    for (int round = 0; round < MF_MAX_ROUNDS; round++) {
+        for (int i = 0; i < MF_RX_BATCH; i++) {
+            struct msghdr *h = &e->rx_msgs[i].msg_hdr;
+            memset(h, 0, sizeof(*h));
+            h->msg_name = &e->rx_addr[i];
+            h->msg_namelen = sizeof(e->rx_addr[i]);
+            h->msg_iov = &e->rx_iov[i];
+            h->msg_iovlen = 1;
+        }
+        int n = recvmmsg(t->fd, e->rx_msgs, MF_RX_BATCH, MSG_DONTWAIT, NULL);
+        if (n <= 0)
+            return;
+        uint64_t now = mf_now_ns();
+        for (int i = 0; i < n; i++) {
+            if (MF_UNLIKELY(!same_source(t, &e->rx_addr[i]))) {
+                MF_CTR_ADD(t->ctr.source_rejected, 1);
+                continue;
+            }
+            if (MF_UNLIKELY(e->rx_msgs[i].msg_hdr.msg_flags & MSG_TRUNC)) {
+                MF_CTR_ADD(t->ctr.received, 1);
+                MF_CTR_ADD(t->ctr.malformed, 1);
+                continue;
+            }
+            mf_call_process(e, c, track, e->rx_buf[i], e->rx_msgs[i].msg_len, now);
+        }
+        if (n < MF_RX_BATCH)
+            return;
+    }
+}
+
+/* ICMP errors for an unconnected socket arrive on its error queue
+ * (IP_RECVERR is set when the socket is made). */
+static void read_errqueue(mf_engine *e, mf_fork *f, uint64_t now)
+{
+    uint8_t control[512];
+    uint8_t data[64];
+    for (int i = 0; i < 16; i++) {
+        struct iovec iov = {data, sizeof(data)};
+        struct sockaddr_storage from;
+        struct msghdr h = {.msg_name = &from, .msg_namelen = sizeof(from), .msg_iov = &iov,
+                           .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof(control)};
+        if (recvmsg(f->fd, &h, MSG_ERRQUEUE | MSG_DONTWAIT) < 0)
+            return;
+        int err = ECONNREFUSED;
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&h); cm; cm = CMSG_NXTHDR(&h, cm)) {
+            if ((cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_RECVERR) ||
+                (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_RECVERR)) {
+                struct sock_extended_err ee;
+                memcpy(&ee, CMSG_DATA(cm), sizeof(ee));
+                err = (int)ee.ee_errno;
+            }
+        }
+        report_send_error(e, f, err, now);
+    }
+}
+
+static void read_egress(mf_engine *e, mf_fork *f, uint32_t events)
+{
+    uint64_t now = mf_now_ns();
+    if (events & EPOLLERR)
+        read_errqueue(e, f, now);
+    if (!(events & EPOLLIN))
+        return;
+    for (int round = 0; round < MF_MAX_ROUNDS; round++) {
+        uint8_t buf[MF_RX_BUF];
+        ssize_t n = recv(f->fd, buf, sizeof(buf), MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == ECONNREFUSED || errno == EHOSTUNREACH || errno == ENETUNREACH)
+                report_send_error(e, f, errno, now);
+            return;
+        }
+        if (!mf_is_rtcp(buf, (size_t)n))
+            continue; /* a recorder has no media to send us; ignore */
+        int len = (int)n;
+        if (f->srtp_rx && mf_srtp.unprotect_rtcp(f->srtp_rx, buf, &len) != 0) {
+            MF_CTR_ADD(f->ctr.rtcp_bad, 1);
+            continue;
+        }
+        if (!f->srtp_rx && f->srtp_tx && len > 0) {
+            /* secure fork without the recorder's key: we cannot authenticate
+             * its SRTCP, so we do not trust the report */
+            MF_CTR_ADD(f->ctr.rtcp_bad, 1);
+            continue;
+        }
+        mf_rtcp_report_block rb;
+        mf_rtcp_status st = mf_rtcp_find_report(buf, (size_t)len, f->ssrc, &rb);
+        if (st == MF_RTCP_MALFORMED) {
+            MF_CTR_ADD(f->ctr.rtcp_bad, 1);
+            continue;
+        }
+        MF_CTR_ADD(f->ctr.rtcp_received, 1);
+        if (st == MF_RTCP_FOUND) {
+            int first = MF_CTR_GET(f->ctr.rr_last_ns) == 0;
+            MF_CTR_SET(f->ctr.rr_fraction_lost, rb.fraction_lost);
+            MF_CTR_SET(f->ctr.rr_cumulative_lost, rb.cumulative_lost);
+            MF_CTR_SET(f->ctr.rr_jitter, rb.jitter);
+            MF_CTR_SET(f->ctr.rr_highest_seq, rb.highest_seq);
+            MF_CTR_SET(f->ctr.rr_last_ns, now);
+            if (first)
+                mf_emit_event(e, MF_EV_RTCP_REPORT, f->call->id, f->id, f->track, 0, now);
+        }
+    }
+}
+
+void mf_worker_flush(mf_engine *e, uint64_t now_ns)
+{
+    mf_fork *f = e->dirty, *keep = NULL;
+    e->dirty = NULL;
+    while (f) {
+        mf_fork *next = f->next_dirty;
+        f->dirty = 0;
+        f->next_dirty = NULL;
+        uint64_t avail = mf_ring_available(&f->ring);
+        while (avail) {
+            uint32_t n = avail < MF_TX_BATCH ? (uint32_t)avail : MF_TX_BATCH;
+            for (uint32_t i = 0; i < n; i++) {
+                mf_slot *s = mf_ring_peek(&f->ring, i);
+                struct msghdr *h = &e->tx_msgs[i].msg_hdr;
+                memset(h, 0, sizeof(*h));
+                e->tx_iov[i].iov_base = s->data;
+                e->tx_iov[i].iov_len = s->len;
+                h->msg_iov = &e->tx_iov[i];
+                h->msg_iovlen = 1;
+                h->msg_name = &f->dest;
+                h->msg_namelen = f->dest_len;
+            }
+            int sent = f->has_dest ? sendmmsg(f->fd, e->tx_msgs, n, MSG_DONTWAIT) : (int)n;
+            if (sent < 0) {
+                if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) {
+                    /* kernel buffer full: keep them queued, retry next loop */
+                    f->dirty = 1;
+                    f->next_dirty = keep;
+                    keep = f;
+                    break;
+                }
+                report_send_error(e, f, errno, now_ns);
+                mf_ring_release(&f->ring, 1); /* drop the packet that failed */
+                avail--;
+                continue;
+            }
+            if (f->has_dest)
+                MF_CTR_ADD(f->ctr.sent, (uint64_t)sent);
+            else
+                MF_CTR_ADD(f->ctr.skipped, (uint64_t)sent); /* destination withdrawn */
+            mf_ring_release(&f->ring, (uint64_t)sent);
+            avail -= (uint64_t)sent;
+        }
+        f = next;
+    }
+    e->dirty = keep;
+}
+
+static void send_sr(mf_engine *e, mf_fork *f, uint64_t now)
+{
+    if (f->fd < 0) {
+        mf_fork_queue_sr(e, f, now);
+        return;
+    }
+    uint8_t buf[512];
+    size_t n = mf_fork_build_sr(f, buf, sizeof(buf), now);
+    if (!n)
+        return;
+    const struct sockaddr_storage *to = f->rtcp_dest_len ? &f->rtcp_dest : &f->dest;
+    socklen_t to_len = f->rtcp_dest_len ? f->rtcp_dest_len : f->dest_len;
+    if (sendto(f->fd, buf, n, MSG_DONTWAIT, (const struct sockaddr *)to, to_len) < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            report_send_error(e, f, errno, now);
+        return;
+    }
+    MF_CTR_ADD(f->ctr.rtcp_sent, 1);
+}
+
+static uint64_t splitmix(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static void run_timers(mf_engine *e, uint64_t now)
+{
+    static __thread uint64_t rng = 0x5eed;
+    for (mf_call *c = e->calls; c; c = c->next) {
+        for (int i = 0; i < c->nforks; i++) {
+            mf_fork *f = c->forks[i];
+            if (!f->started || !f->rtcp_interval_ns || now < f->next_sr_ns)
+                continue;
+            if (f->fd >= 0 && !f->has_dest)
+                continue;
+            send_sr(e, f, now);
+            /* RFC 3550 6.3.1: randomise to [0.5, 1.5] x interval */
+            f->next_sr_ns = now + f->rtcp_interval_ns / 2 + splitmix(&rng) % f->rtcp_interval_ns;
+        }
+        if (!c->no_media_ns)
+            continue;
+        for (int t = 0; t < MF_TRACKS; t++) {
+            mf_track *tr = &c->tracks[t];
+            uint64_t idle = now - tr->last_activity_ns;
+            if (!tr->no_media_reported && idle >= c->no_media_ns) {
+                tr->no_media_reported = 1;
+                mf_emit_event(e, MF_EV_NO_MEDIA, c->id, 0, (uint32_t)t, (int64_t)(idle / 1000000), now);
+            } else if (tr->no_media_reported && idle < c->no_media_ns) {
+                tr->no_media_reported = 0;
+                mf_emit_event(e, MF_EV_MEDIA_RESUMED, c->id, 0, (uint32_t)t, 0, now);
+            }
+        }
+    }
+}
+
+/* One loop iteration; the worker thread calls it forever, an unstarted
+ * (embedded) engine's owner may call it from its own thread. */
+void mf_engine_iterate(mf_engine *e, int max_wait_ms)
+{
+    struct epoll_event evs[256];
+    int timeout = e->dirty ? 1 : max_wait_ms;
+    int n = epoll_wait(e->epfd, evs, 256, timeout);
+    uint64_t t0 = mf_now_ns();
+    for (int i = 0; i < n; i++) {
+        mf_pollsrc *src = evs[i].data.ptr;
+        switch (src->kind) {
+        case MF_SRC_CMD: {
+            uint64_t v;
+            ssize_t r = read(e->cmd_efd, &v, sizeof(v));
+            (void)r;
+            mf_engine_apply_commands(e);
+            break;
+        }
+        case MF_SRC_INGRESS: {
+            mf_call *c = src->owner;
+            if (c->linked)
+                read_ingress(e, c, src->track);
+            break;
+        }
+        case MF_SRC_EGRESS: {
+            mf_fork *f = src->owner;
+            if (f->linked)
+                read_egress(e, f, evs[i].events);
+            break;
+        }
+        }
+    }
+    uint64_t now = mf_now_ns();
+    mf_worker_flush(e, now);
+    if (now >= e->next_timer_ns) {
+        run_timers(e, now);
+        e->next_timer_ns = now + MF_TIMER_PERIOD_NS;
+    }
+    if (e->events_pending) {
+        e->events_pending = 0;
+        uint64_t one = 1;
+        ssize_t w = write(e->evt_efd, &one, sizeof(one));
+        (void)w;
+    }
+    MF_CTR_ADD(e->ctr.loops, 1);
+    MF_CTR_ADD(e->ctr.busy_ns, mf_now_ns() - t0);
+}
+
+static void *worker_main(void *arg)
+{
+    mf_engine *e = arg;
+    while (!e->stop_requested)
+        mf_engine_iterate(e, (int)(MF_TIMER_PERIOD_NS / 1000000));
+    return NULL;
+}
+
+int mf_engine_start(mf_engine *e)
+{
+    pthread_mutex_lock(&e->submit_lock);
+    int rc = 0;
+    /* commands submitted before start were applied inline already */
+    if (!e->started) {
+        e->started = 1;
+        if (pthread_create(&e->thread, NULL, worker_main, e) != 0) {
+            e->started = 0;
+            rc = -1;
+        }
+    }
+    pthread_mutex_unlock(&e->submit_lock);
+    return rc;
+}
+
+void mf_engine_stop(mf_engine *e)
+{
+    if (!e->started)
+        return;
+    mf_cmd cmd = {.type = MF_CMD_STOP};
+    mf_engine_submit(e, &cmd);
+    pthread_join(e->thread, NULL);
+    /* back to inline mode: anything still queued is applied by the caller */
+    pthread_mutex_lock(&e->submit_lock);
+    e->started = 0;
+    e->stop_requested = 0;
+    mf_engine_apply_commands(e);
+    pthread_mutex_unlock(&e->submit_lock);
+}
+
+uint64_t mf_engine_worker_cpu_ns(mf_engine *e)
+{
+    clockid_t cid;
+    struct timespec ts;
+    if (!e->started || pthread_getcpuclockid(e->thread, &cid) != 0 || clock_gettime(cid, &ts) != 0)
+        return 0;
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}

@@ -1,0 +1,523 @@
+"""The embedding API: an Engine owns the media worker; Calls have two tracks;
+Forks are SRTP (or plain RTP) copies of one track sent to a recorder.
+
+    with Engine() as engine:
+        call = engine.add_call("CA...", ingress=True)      # sockets for the media server
+        fork = call.add_fork(Track.INBOUND, key=SrtpKey.generate(),
+                             destination=("127.0.0.1", 40000))
+
+Embedded use without sockets: ``add_call(..., ingress=False)`` then
+``call.push(Track.INBOUND, packet)`` and, for forks made with ``drain=True``,
+``fork.drain()`` returns the protected packets for the host to send.
+
+Changes to calls and forks are applied by the worker between batches; each
+method here returns once the worker has applied it. Counters can be read at
+any time from any thread.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import os
+import secrets
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .media import _fastpath
+from .media.sockets import EGRESS_BUFFER, INGRESS_BUFFER, PortAllocator, udp_socket
+from .media.srtp import SrtpKey, SrtpProfile, inbound_session, outbound_session
+
+__all__ = [
+    "Call",
+    "Engine",
+    "EngineError",
+    "EngineEvent",
+    "Fork",
+    "SrtpKey",
+    "SrtpProfile",
+    "Track",
+    "MAX_FORKS_PER_CALL",
+    "is_rtcp",
+]
+
+MAX_FORKS_PER_CALL = 4
+_FORK_ACTIVE, _FORK_PAUSED = 0, 1
+
+
+class EngineError(Exception):
+    """A request the engine cannot carry out (limits, closed objects, bad arguments)."""
+
+
+class Track(enum.IntEnum):
+    """The two directions of a call, as in the seeds: inbound is the audio the
+    platform receives from the caller, outbound the audio it sends to them."""
+
+    INBOUND = 0
+    OUTBOUND = 1
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True)
+class EngineEvent:
+    """Something the control plane must act on, reported by the worker."""
+
+    kind: str
+    """``send_error`` (value: errno, e.g. ECONNREFUSED for ICMP port unreachable),
+    ``no_media`` (value: ms without ingress media), ``media_resumed``, ``rtcp_report``
+    (first receiver report from the recorder)."""
+    call_sid: str | None
+    """The call concerned (None if it has already been removed)."""
+    fork_id: int | None
+    """The fork concerned, for fork events."""
+    track: Track
+    """The track concerned."""
+    value: int
+    """Event-specific number, see ``kind``."""
+    time_ns: int
+    """CLOCK_MONOTONIC time the worker saw it."""
+
+
+_EVENT_KINDS = {
+    _fastpath.EVENT_SEND_ERROR: "send_error",
+    _fastpath.EVENT_NO_MEDIA: "no_media",
+    _fastpath.EVENT_MEDIA_RESUMED: "media_resumed",
+    _fastpath.EVENT_RTCP_REPORT: "rtcp_report",
+}
+
+
+def is_rtcp(packet: bytes) -> bool:
+    """RFC 5761 §4 demultiplexing: RTCP packet types 192..223 in the second byte."""
+    return len(packet) >= 8 and packet[0] >> 6 == 2 and 192 <= packet[1] <= 223
+
+
+def _power_of_two(n: int, name: str) -> int:
+    if n < 2 or n & (n - 1):
+        raise EngineError(f"{name} must be a power of two >= 2, got {n}")
+    return n
+
+
+class Engine:
+    """The media engine: one worker thread, the calls it forwards, their forks."""
+
+    def __init__(
+        self,
+        *,
+        media_address: str = "127.0.0.1",
+        port_range: tuple[int, int] = (30000, 39999),
+        push_ring_slots: int = 8192,
+        event_ring_slots: int = 4096,
+        max_packet: int = 1024,
+        threaded: bool = True,
+    ) -> None:
+        self.media_address = media_address
+        self.ports = PortAllocator(*port_range)
+        self.max_packet = max_packet
+        self._core = _fastpath.CEngine(
+            _power_of_two(push_ring_slots, "push_ring_slots"),
+            _power_of_two(event_ring_slots, "event_ring_slots"),
+            max_packet,
+        )
+        self._calls: dict[str, Call] = {}
+        self._calls_by_id: dict[int, Call] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.RLock()
+        self._closed = False
+        if threaded:
+            self._core.start()
+
+    # -- lifecycle ---------------------------------------------------------
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def threaded(self) -> bool:
+        return bool(self._core.started)
+
+    def close(self) -> None:
+        """Remove every call, stop the worker. Idempotent."""
+        if self._closed:
+            return
+        for call in list(self._calls.values()):
+            call.close()
+        self._core.stop()
+        self._closed = True
+
+    def run_once(self, max_wait: float = 0.0) -> None:
+        """Drive one worker iteration from this thread (``threaded=False`` only):
+        reads ingress sockets, sends queued packets, runs RTCP timers."""
+        self._core.iterate(int(max_wait * 1000))
+
+    # -- calls ---------------------------------------------------------------
+    def add_call(
+        self,
+        call_sid: str,
+        *,
+        clock_rate: int = 8000,
+        dtmf_payload_type: int | None = 101,
+        ingress: bool = True,
+        ingress_address: str | None = None,
+        no_media_timeout: float = 0.0,
+        record_slots: int = 1024,
+    ) -> Call:
+        """Register a call. With ``ingress`` the worker receives its two tracks on
+        two UDP ports it allocates (see ``Call.ingress``); without, the host pushes."""
+        self._check_open()
+        if not call_sid:
+            raise EngineError("call_sid is required")
+        if record_slots:
+            _power_of_two(record_slots, "record_slots")
+        with self._lock:
+            if call_sid in self._calls:
+                raise EngineError(f"call {call_sid} is already registered")
+            fds = (-1, -1)
+            ingress_ports: dict[Track, tuple[str, int]] = {}
+            if ingress:
+                address = ingress_address or self.media_address
+                socks = self.ports.bind(address, 2, receive_buffer=INGRESS_BUFFER)
+                for track, sock in zip(Track, socks, strict=True):
+                    ingress_ports[track] = sock.getsockname()[:2]
+                fds = tuple(s.detach() for s in socks)  # the C call owns them now
+            dtmf = -1 if dtmf_payload_type is None else int(dtmf_payload_type)
+            try:
+                core = _fastpath.CCall(
+                    next(self._ids), dtmf, clock_rate, record_slots, self.max_packet, *fds
+                )
+            except BaseException:
+                for fd in fds:
+                    if fd >= 0:
+                        os.close(fd)
+                raise
+            self._core.add_call(core, int(no_media_timeout * 1000))
+            call = Call(self, call_sid, core, ingress_ports, clock_rate)
+            self._calls[call_sid] = call
+            self._calls_by_id[core.id] = call
+            return call
+
+    def get_call(self, call_sid: str) -> Call | None:
+        return self._calls.get(call_sid)
+
+    @property
+    def calls(self) -> list[Call]:
+        return list(self._calls.values())
+
+    def _forget(self, call: Call) -> None:
+        with self._lock:
+            self._calls.pop(call.sid, None)
+            self._calls_by_id.pop(call._core.id, None)
+
+    # -- events and counters ----------------------------------------------
+    @property
+    def event_fd(self) -> int:
+        """Readable when events are queued: give it to ``loop.add_reader``."""
+        return self._core.event_fd
+
+    def poll_events(self) -> list[EngineEvent]:
+        events = []
+        for kind, call_id, fork_id, track, value, time_ns in self._core.read_events():
+            call = self._calls_by_id.get(call_id)
+            events.append(
+                EngineEvent(
+                    kind=_EVENT_KINDS.get(kind, str(kind)),
+                    call_sid=call.sid if call else None,
+                    fork_id=fork_id or None,
+                    track=Track(track & 1),
+                    value=value,
+                    time_ns=time_ns,
+                )
+            )
+        return events
+
+    def counters(self) -> dict[str, int]:
+        """Engine-wide counters (loops, busy time, pushes, events, live calls and forks)."""
+        return dict(self._core.counters())
+
+    def worker_cpu_seconds(self) -> float:
+        """CPU time the worker thread has used (0 when not threaded)."""
+        return self._core.worker_cpu_ns() / 1e9
+
+    @staticmethod
+    def live_allocations() -> int:
+        """Data-plane allocations alive in this process (debug accounting)."""
+        return int(_fastpath.live_allocations())
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineError("engine is closed")
+
+
+class Call:
+    """A live call: two tracks in, up to four forks out, optional recording tap."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        sid: str,
+        core: Any,
+        ingress: dict[Track, tuple[str, int]],
+        clock_rate: int,
+    ) -> None:
+        self.engine = engine
+        self.sid = sid
+        self._core = core
+        self.ingress = ingress
+        """Track -> (address, port) where the media server must send that track."""
+        self.clock_rate = clock_rate
+        self._forks: dict[int, Fork] = {}
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Call(sid={self.sid!r}, forks={len(self._forks)}, closed={self._closed})"
+
+    @property
+    def forks(self) -> list[Fork]:
+        return list(self._forks.values())
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def add_fork(
+        self,
+        track: Track,
+        *,
+        key: SrtpKey | None = None,
+        remote_key: SrtpKey | None = None,
+        destination: tuple[str, int] | None = None,
+        rtcp_destination: tuple[str, int] | None = None,
+        drain: bool = False,
+        local_address: str | None = None,
+        ssrc: int | None = None,
+        cname: str | None = None,
+        rtcp_interval: float = 5.0,
+        ring_slots: int | None = None,
+    ) -> Fork:
+        """Fork one track. ``key`` makes it SRTP; ``remote_key`` authenticates the
+        recorder's SRTCP reports. With ``drain`` the host takes packets with
+        ``Fork.drain()``; otherwise the worker sends them from a UDP socket bound
+        on ``local_address`` (the edge) to ``destination`` once one is set."""
+        self._check_open()
+        track = Track(track)
+        if len(self._forks) >= MAX_FORKS_PER_CALL:
+            raise EngineError(f"a call has at most {MAX_FORKS_PER_CALL} forked streams")
+        slots = _power_of_two(ring_slots or (1024 if drain else 64), "ring_slots")
+        fd = -1
+        local: tuple[str, int] | None = None
+        if not drain:
+            address = local_address or self.engine.media_address
+            sock = self.engine.ports.bind(
+                address, 1, send_buffer=EGRESS_BUFFER, report_errors=True
+            )[0]
+            local = sock.getsockname()[:2]
+            fd = sock.detach()
+        fork_id = next(self.engine._ids)
+        ssrc = secrets.randbits(32) if ssrc is None else ssrc & 0xFFFFFFFF
+        cname_bytes = (cname or f"mediafork-{self.sid[-12:]}").encode("ascii", "replace")[:63]
+        try:
+            core = _fastpath.CFork(
+                fork_id,
+                int(track),
+                ssrc,
+                secrets.randbits(16),
+                secrets.randbits(32),
+                fd,
+                slots,
+                self.engine.max_packet,
+                cname_bytes,
+                int(rtcp_interval * 1e9),
+            )
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            raise
+        tx = outbound_session(key) if key else None
+        rx = inbound_session(remote_key) if remote_key else None
+        try:
+            self.engine._core.add_fork(self._core, core, tx, rx)
+        except ValueError as exc:
+            raise EngineError(str(exc)) from None
+        fork = Fork(self, core, track, ssrc, key, local, drain)
+        self._forks[fork_id] = fork
+        if destination is not None:
+            fork.set_destination(destination, rtcp_destination)
+        return fork
+
+    def push(self, track: Track, packet: bytes) -> bool:
+        """Hand one RTP packet of ``track`` to the engine (embedded ingress)."""
+        data = np.frombuffer(packet, dtype=np.uint8)
+        lengths = np.array([len(packet)], dtype=np.uint32)
+        return self.push_many(track, data, np.zeros(1, dtype=np.uint32), lengths) == 1
+
+    def push_many(
+        self,
+        track: Track,
+        buffer: Any,
+        offsets: Sequence[int] | np.ndarray,
+        lengths: Sequence[int] | np.ndarray,
+    ) -> int:
+        """Push a batch: packet i is ``buffer[offsets[i]:offsets[i] + lengths[i]]``.
+        One lock and one wakeup for the whole batch. Returns how many were queued
+        (the rest found the ingress ring full and were dropped and counted)."""
+        self._check_open()
+        data = np.frombuffer(buffer, dtype=np.uint8) if not isinstance(buffer, np.ndarray) else buffer
+        return int(
+            self.engine._core.push(
+                self._core,
+                int(Track(track)),
+                np.ascontiguousarray(data, dtype=np.uint8),
+                np.ascontiguousarray(offsets, dtype=np.uint32),
+                np.ascontiguousarray(lengths, dtype=np.uint32),
+            )
+        )
+
+    def expect_source(self, track: Track, address: str | None, port: int | None = None) -> None:
+        """Accept ingress for ``track`` only from ``address`` (and ``port``);
+        ``None`` accepts any. Others are dropped and counted (source_rejected)."""
+        self._check_open()
+        mode = 0 if address is None else (2 if port else 1)
+        self.engine._core.set_track_source(self._core, int(Track(track)), mode, address or "", port or 0)
+
+    def record(self, tracks: Iterable[Track]) -> None:
+        """Tap ``tracks`` for local recording (empty: stop tapping)."""
+        self._check_open()
+        mask = 0
+        for t in tracks:
+            mask |= 1 << int(Track(t))
+        self.engine._core.set_recording(self._core, mask)
+
+    def drain_recording(self, max_packets: int = 1024) -> dict[str, np.ndarray]:
+        """Packets tapped for recording since the last call, as numpy arrays:
+        track, seq, timestamp, payload_type, marker, arrival_ns, offset, length, payload."""
+        self._check_open()
+        return self._core.drain_recording(max_packets)
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """Per-track ingress counters."""
+        return {t.label: dict(self._core.track_counters(int(t))) for t in Track}
+
+    def close(self) -> None:
+        """Stop every fork and remove the call from the worker. Idempotent."""
+        if self._closed:
+            return
+        forks = [f._core for f in self._forks.values()]
+        self.engine._core.remove_call(self._core, forks)
+        for fork in self._forks.values():
+            fork._closed = True
+        self._closed = True
+        self.engine._forget(self)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineError(f"call {self.sid} has ended")
+
+
+class Fork:
+    """One forked stream: a track of a call, rewritten onto its own SSRC and
+    sequence/timestamp bases and protected with its own SRTP key."""
+
+    def __init__(
+        self,
+        call: Call,
+        core: Any,
+        track: Track,
+        ssrc: int,
+        key: SrtpKey | None,
+        local_address: tuple[str, int] | None,
+        drain: bool,
+    ) -> None:
+        self.call = call
+        self._core = core
+        self.track = track
+        self.ssrc = ssrc
+        self.key = key
+        self.local_address = local_address
+        """(address, port) the fork sends from; offered in SDP. None in drain mode."""
+        self.drain_mode = drain
+        self.destination: tuple[str, int] | None = None
+        self.paused = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"Fork(id={self.id}, call={self.call.sid!r}, track={self.track.label}, "
+            f"ssrc={self.ssrc:#010x}, secure={self.key is not None}, closed={self._closed})"
+        )
+
+    @property
+    def id(self) -> int:
+        return int(self._core.id)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def set_destination(
+        self, destination: tuple[str, int], rtcp_destination: tuple[str, int] | None = None
+    ) -> None:
+        """Where to send (numeric IP). RTCP goes to ``rtcp_destination``, by default port + 1."""
+        self._check_open()
+        host, port = destination
+        if not 0 < port < 65536:
+            raise EngineError(f"invalid destination port {port}")
+        rtcp_host, rtcp_port = rtcp_destination or (host, port + 1 if port < 65535 else port)
+        try:
+            self.call.engine._core.set_fork_destination(self._core, host, port, rtcp_host, rtcp_port)
+        except ValueError as exc:
+            raise EngineError(str(exc)) from None
+        self.destination = (host, port)
+
+    def clear_destination(self) -> None:
+        """Stop sending (answer with port 0) without breaking sequence continuity."""
+        self._check_open()
+        self.call.engine._core.clear_fork_destination(self._core)
+        self.destination = None
+
+    def pause(self) -> None:
+        self._check_open()
+        self.call.engine._core.set_fork_state(self._core, _FORK_PAUSED)
+        self.paused = True
+
+    def resume(self) -> None:
+        self._check_open()
+        self.call.engine._core.set_fork_state(self._core, _FORK_ACTIVE)
+        self.paused = False
+
+    def rotate_key(self, key: SrtpKey | None, remote_key: SrtpKey | None = None) -> None:
+        """Switch to new SRTP keys (e.g. after an SDES re-offer)."""
+        self._check_open()
+        tx = outbound_session(key) if key else None
+        rx = inbound_session(remote_key) if remote_key else None
+        self.call.engine._core.set_fork_srtp(self._core, tx, rx)
+        self.key = key
+
+    def drain(self, max_packets: int = 256) -> list[bytes]:
+        """Protected packets queued for this fork (drain mode): RTP, and RTCP
+        sender reports (tell them apart with :func:`is_rtcp`)."""
+        self._check_open()
+        return self._core.drain(max_packets)
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._core.counters())
+
+    def close(self) -> None:
+        """Remove this fork (its sockets close, its keys are wiped). Idempotent."""
+        if self._closed:
+            return
+        if not self.call.closed:
+            self.call.engine._core.remove_fork(self._core)
+        self.call._forks.pop(self.id, None)
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineError(f"fork {self.id} is closed")

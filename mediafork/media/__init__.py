@@ -1,0 +1,1 @@
+"""The data plane: the compiled forwarding engine and its Python-side helpers."""

@@ -1,0 +1,121 @@
+"""SRTP profiles, master keys and libsrtp sessions for the forwarding path.
+
+libsrtp is the copy inside pylibsrtp. Its entry points are handed to the C
+data plane once, at import, so that the same library (and its OpenSSL
+backend) serves the control plane, the tests and the hot path.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import secrets
+from dataclasses import dataclass
+
+from pylibsrtp import Policy
+from pylibsrtp._binding import ffi, lib
+
+from . import _fastpath
+
+
+def _address(name: str) -> int:
+    return int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+
+
+_fastpath.bind_srtp(
+    _address("srtp_create"),
+    _address("srtp_dealloc"),
+    _address("srtp_protect"),
+    _address("srtp_protect_rtcp"),
+    _address("srtp_unprotect"),
+    _address("srtp_unprotect_rtcp"),
+)
+
+
+class SrtpProfile(enum.Enum):
+    """SRTP crypto suites, named as in SDES `a=crypto` (RFC 4568, RFC 7714)."""
+
+    AES_CM_128_HMAC_SHA1_80 = "AES_CM_128_HMAC_SHA1_80"
+    AES_CM_128_HMAC_SHA1_32 = "AES_CM_128_HMAC_SHA1_32"
+    AEAD_AES_128_GCM = "AEAD_AES_128_GCM"
+    AEAD_AES_256_GCM = "AEAD_AES_256_GCM"
+
+    @property
+    def pylibsrtp_profile(self) -> int:
+        return {
+            SrtpProfile.AES_CM_128_HMAC_SHA1_80: Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
+            SrtpProfile.AES_CM_128_HMAC_SHA1_32: Policy.SRTP_PROFILE_AES128_CM_SHA1_32,
+            SrtpProfile.AEAD_AES_128_GCM: Policy.SRTP_PROFILE_AEAD_AES_128_GCM,
+            SrtpProfile.AEAD_AES_256_GCM: Policy.SRTP_PROFILE_AEAD_AES_256_GCM,
+        }[self]
+
+    @property
+    def master_length(self) -> int:
+        """Bytes of master key + master salt."""
+        profile = self.pylibsrtp_profile
+        return lib.srtp_profile_get_master_key_length(
+            profile
+        ) + lib.srtp_profile_get_master_salt_length(profile)
+
+
+@dataclass(frozen=True, repr=False)
+class SrtpKey:
+    """A master key + salt for one direction of one forked stream.
+
+    Never printed: repr() and str() show the profile only.
+    """
+
+    profile: SrtpProfile
+    master: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.master) != self.profile.master_length:
+            raise ValueError(
+                f"{self.profile.value} needs {self.profile.master_length} bytes of key and salt"
+            )
+
+    @classmethod
+    def generate(cls, profile: SrtpProfile = SrtpProfile.AES_CM_128_HMAC_SHA1_80) -> SrtpKey:
+        return cls(profile, secrets.token_bytes(profile.master_length))
+
+    @classmethod
+    def from_sdes(cls, suite: str, inline_key: str) -> SrtpKey:
+        """From an `a=crypto` suite name and its base64 `inline:` key."""
+        try:
+            profile = SrtpProfile(suite)
+        except ValueError:
+            raise ValueError(f"unsupported SRTP suite {suite!r}") from None
+        try:
+            master = base64.b64decode(inline_key, validate=True)
+        except ValueError:
+            raise ValueError("SDES key is not valid base64") from None
+        return cls(profile, master)
+
+    def sdes_inline(self) -> str:
+        """Base64 key+salt for an `a=crypto ... inline:` attribute."""
+        return base64.b64encode(self.master).decode("ascii")
+
+    def __repr__(self) -> str:
+        return f"SrtpKey(profile={self.profile.value}, master=<redacted>)"
+
+    __str__ = __repr__
+
+
+def outbound_session(key: SrtpKey) -> _fastpath.SrtpSession:
+    """A libsrtp session that protects every SSRC we send with `key`."""
+    policy = Policy(
+        key=key.master,
+        ssrc_type=Policy.SSRC_ANY_OUTBOUND,
+        srtp_profile=key.profile.pylibsrtp_profile,
+    )
+    return _fastpath.SrtpSession(int(ffi.cast("uintptr_t", policy._policy)))
+
+
+def inbound_session(key: SrtpKey) -> _fastpath.SrtpSession:
+    """A libsrtp session that authenticates SRTCP the recorder sends with `key`."""
+    policy = Policy(
+        key=key.master,
+        ssrc_type=Policy.SSRC_ANY_INBOUND,
+        srtp_profile=key.profile.pylibsrtp_profile,
+    )
+    return _fastpath.SrtpSession(int(ffi.cast("uintptr_t", policy._policy)))
