@@ -109,11 +109,15 @@ class TrackTimeline:
         n = len(batch)
         if n == 0:
             return
-        # One table lookup for the whole batch; packets are then views into it.
-        pcm_all = self._table[np.frombuffer(batch.payload, dtype=np.uint8)]
+        # One table lookup for the whole batch; packets are then views into it. Only the span the
+        # packets occupy is decoded, in case the worker hands a view of a larger ring buffer.
+        offs = np.asarray(batch.offsets, dtype=np.int64)
+        lo = int(offs.min())
+        hi = int((offs + np.asarray(batch.lengths, dtype=np.int64)).max())
+        pcm_all = self._table[np.frombuffer(batch.payload, dtype=np.uint8)[lo:hi]]
         ext_seq = self._seq.extend_array(batch.seq)
         ext_ts = self._ts.extend_array(batch.ts)
-        offsets = np.asarray(batch.offsets, dtype=np.int64).tolist()
+        offsets = (offs - lo).tolist()
         lengths = np.asarray(batch.lengths, dtype=np.int64).tolist()
         arrival = None if batch.arrival is None else np.asarray(batch.arrival, np.float64).tolist()
         pts = None

@@ -182,3 +182,18 @@ def test_malformed_batch_is_rejected() -> None:
             seq=np.array([1, 2], np.uint16), ts=np.array([0], np.uint32), payload=b"",
             offsets=np.array([0]), lengths=np.array([0]),
         )
+
+
+def test_payload_may_be_a_view_into_a_larger_buffer() -> None:
+    # The worker may pass a memoryview of its ring with offsets into it, not a compact buffer.
+    ring = bytearray(b"\x00" * 4096)
+    pkts = [pkt(k) for k in range(3)]
+    offsets = [1000, 2000, 3000]
+    for off, p in zip(offsets, pkts, strict=True):
+        ring[off : off + N] = p[2]
+    tl = make()
+    tl.push(PacketBatch(
+        seq=np.array([p[0] for p in pkts], np.uint16), ts=np.array([p[1] for p in pkts], np.uint32),
+        payload=memoryview(ring), offsets=np.array(offsets), lengths=np.array([N] * 3),
+    ))
+    np.testing.assert_array_equal(drain(tl), expected(range(3)))
