@@ -22,6 +22,7 @@ Shape, and why:
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import logging
@@ -244,14 +245,17 @@ class CallbackDispatcher:
     async def _attempt(self, prepared: PreparedRequest) -> int:
         session = self._get_session()
         headers = {SIGNATURE_HEADER: prepared.signature, "User-Agent": self._user_agent}
-        auth = aiohttp.BasicAuth(*prepared.basic_auth) if prepared.basic_auth else None
+        if prepared.basic_auth is not None:
+            # Built by hand: aiohttp's BasicAuth/auth= are deprecated on the way to v4.
+            user, password = prepared.basic_auth
+            credentials = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+            headers["Authorization"] = f"Basic {credentials}"
         try:
             async with session.request(
                 prepared.method,
                 prepared.url,
                 data=list(prepared.form) if prepared.method == "POST" else None,
                 headers=headers,
-                auth=auth,
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
             ) as response:

@@ -79,6 +79,7 @@ DUPLICATE_NAME = _register(900008, 400, "Siprec name already used on the call")
 CALL_NOT_LIVE = _register(900009, 400, "The call is not live")
 INVALID_STATUS = _register(900010, 400, "Invalid status update")
 INVALID_SID = _register(900011, 400, "Invalid SID")
+ENGINE_RESTARTED = _register(900012, 500, "Media engine restarted")
 ENGINE_UNAVAILABLE = _register(900503, 503, "Media engine unavailable")
 
 

@@ -1,0 +1,433 @@
+"""Status-callback delivery against a real aiohttp receiver on 127.0.0.1.
+
+Every test runs on asyncio and on uvloop (the ``run`` fixture) and is bounded in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+from aiohttp import web
+from twilio.request_validator import RequestValidator
+
+from mediafork.control.callbacks import CallbackDispatcher
+from mediafork.control.events import CallbackEvent
+
+ACCOUNT = "AC" + "0123456789abcdef" * 2
+TOKEN = "s3cr3t-auth-token-do-not-log"
+TOKENS = {ACCOUNT: TOKEN}
+
+
+def event(sid: str, url: str, seq: int, method: str = "POST", **extra: str) -> CallbackEvent:
+    params = (("AccountSid", ACCOUNT), ("SiprecSid", sid), ("Seq", str(seq)),
+              *extra.items())
+    return CallbackEvent(resource_sid=sid, account_sid=ACCOUNT, url=url, method=method,  # type: ignore[arg-type]
+                         params=params)
+
+
+def sid(n: int) -> str:
+    return f"SR{n:032x}"
+
+
+def dispatcher(**kwargs: Any) -> CallbackDispatcher:
+    options: dict[str, Any] = {"timeout": 2.0, "backoff_initial": 0.01, "backoff_max": 0.05,
+                               "jitter": 0.0}
+    options.update(kwargs)
+    return CallbackDispatcher(TOKENS.get, **options)
+
+
+def assert_signed(received, token: str = TOKEN) -> None:
+    validator = RequestValidator(token)
+    for request in received:
+        signature = request.headers["X-Twilio-Signature"]
+        params = request.form if request.method == "POST" else {}
+        # What an aiohttp receiver computes, and the raw request line: both must validate.
+        assert validator.validate(request.url, params, signature), request.url
+        assert validator.validate(request.raw_url, params, signature), request.raw_url
+
+
+def test_events_of_one_resource_arrive_in_order(run, receiver_factory):
+    async def scenario() -> None:
+        receiver = await receiver_factory().start()
+
+        async def jittery(request: web.Request) -> web.Response:
+            # later events answer faster: only per-resource sequencing keeps them ordered
+            seq = int((await request.post())["Seq"])
+            await asyncio.sleep(0.02 * (5 - seq % 5))
+            return web.Response(text="ok")
+
+        receiver.on("/cb", jittery)
+        d = dispatcher()
+        try:
+            for seq in range(15):
+                assert d.enqueue(event(sid(1), f"{receiver.base}/cb", seq))
+            await receiver.wait_for(lambda r: len(r) == 15, timeout=10)
+            assert [int(r.form["Seq"]) for r in receiver.received] == list(range(15))
+            while d.stats.delivered < 15:
+                await asyncio.sleep(0.01)
+            assert_signed(receiver.received)
+        finally:
+            await d.close(2)
+            await receiver.stop()
+
+    run(scenario())
+
+
+def test_different_resources_are_delivered_concurrently(run, receiver_factory):
+    async def scenario() -> None:
+        receiver = await receiver_factory().start()
+
+        async def slow(request: web.Request) -> web.Response:
+            await asyncio.sleep(0.4)
+            return web.Response(text="ok")
+
+        receiver.on("/cb", slow)
+        d = dispatcher()
+        loop = asyncio.get_running_loop()
+        try:
+            started = loop.time()
+            for n in range(8):
+                d.enqueue(event(sid(n), f"{receiver.base}/cb", 0))
+            while d.stats.delivered < 8:
+                await asyncio.sleep(0.01)
+            # serial delivery would take 8 * 0.4 s
+            assert loop.time() - started < 1.6
+        finally:
+            await d.close(2)
+            await receiver.stop()
+
+    run(scenario())
+
+
+def test_enqueue_returns_immediately(run, receiver_factory):
+    async def scenario() -> None:
+        receiver = await receiver_factory().start()
+        never = asyncio.Event()
+
+        async def hang(request: web.Request) -> web.Response:
+            await never.wait()
+            return web.Response()
+
+        receiver.on("/hang", hang)
+        d = dispatcher(timeout=5.0)
+        loop = asyncio.get_running_loop()
+        try:
+            started = loop.time()
+            for seq in range(100):
+                d.enqueue(event(sid(seq % 3), f"{receiver.base}/hang", seq))
+            assert loop.time() - started < 0.1
+        finally:
+            await d.close(0.1)
+            await receiver.stop()
+
+    run(scenario())
+
+
+def test_retries_on_500_then_succeeds(run, receiver_factory):
+    async def scenario() -> None:
+        receiver = await receiver_factory().start()
+        answers = [500, 503, 200]
+
+        async def flaky(request: web.Request) -> web.Response:
+            return web.Response(status=answers.pop(0))
+
+        receiver.on("/cb", flaky)
+        delivered: list[CallbackEvent] = []
+        d = dispatcher(max_attempts=4, on_delivered=delivered.append)
+        try:
+            sent = event(sid(1), f"{receiver.base}/cb", 7)
+            d.enqueue(sent)
+            await receiver.wait_for(lambda r: len(r) == 3)
+            while not delivered:
+                await asyncio.sleep(0.01)
+            assert delivered == [sent]
+            assert d.stats.as_dict() == {"delivered": 1, "retried": 2, "failed": 0,
+                                         "dropped": 0, "abandoned": 0}
+            assert {r.form["Seq"] for r in receiver.received} == {"7"}
+            assert_signed(receiver.received)
+        finally:
+            await d.close(2)
+            await receiver.stop()
+
+    run(scenario())
+
+
+def test_gives_up_after_max_attempts(run, receiver_factory):
+    async def scenario() -> None:
+        receiver = await receiver_factory().start()
+        receiver.on("/cb", lambda request: _status(500))
+        undelivered: list[tuple[CallbackEvent, str]] = []
+        d = dispatcher(max_attempts=3, on_undelivered=lambda e, r: undelivered.append((e, r)))
+        try:
+            d.enqueue(event(sid(1), f"{receiver.base}/cb", 0))
+            while not undelivered:
+                await asyncio.sleep(0.01)
+            assert len(receiver.received) == 3
+            assert undelivered[0][1] == "failed"
+            assert d.stats.failed == 1 and d.stats.retried == 2 and d.stats.delivered == 0
+        finally:
+            await d.close(2)
+            await receiver.stop()
+
+    run(scenario())
+
+
+async def _status(status: int) -> web.Response:
+    return web.Response(status=status)
+
+
+def test_no_retry_on_4xx(run, receiver_factory):
+    async def scenario() -> None:
+        receiver = await receiver_factory().start()
+        receiver.on("/cb", lambda request: _status(400))
+        undelivered: list[str] = []
+        d = dispatcher(max_attempts=5, on_undelivered=lambda e, r: undelivered.append(r))
+        try:
+            d.enqueue(event(sid(1), f"{receiver.base}/cb", 0))
+            d.enqueue(event(sid(1), f"{receiver.base}/ok", 1))
+            await receiver.wait_for(lambda r: len(r) == 2)
+            while d.stats.delivered < 1:
+                await asyncio.sleep(0.01)
+            assert [r.path for r in receiver.received] == ["/cb", "/ok"]
+            assert undelivered == ["failed"]
+            assert d.stats.failed == 1 and d.stats.retried == 0
+        finally:
+            await d.close(2)
+            await receiver.stop()
+
+    run(scenario())
+
+
+def test_connection_errors_are_retried(run):
+    async def scenario() -> None:
+        with socket.socket() as s:  # a port with nothing listening
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        undelivered: list[str] = []
+        d = dispatcher(max_attempts=3, on_undelivered=lambda e, r: undelivered.append(r))
+        try:
+            d.enqueue(event(sid(1), f"http://127.0.0.1:{port}/cb", 0))
+            while not undelivered:
+                await asyncio.sleep(0.01)
+            assert undelivered == ["failed"]
+            assert d.stats.retried == 2 and d.stats.failed == 1
+        finally:
+            await d.close(2)
+
+    run(scenario())
+
+
+def test_slow_receiver_does_not_delay_other_callbacks(run, receiver_factory):
+    async def scenario() -> None:
+        slow_receiver = await receiver_factory().start()
+        fast_receiver = await receiver_factory().start()
+        never = asyncio.Event()
+
+        async def hang(request: web.Request) -> web.Response:
+            await never.wait()
+            return web.Response()
+
+        slow_receiver.on("/cb", hang)
+        d = dispatcher(timeout=0.3, max_attempts=3)
+        loop = asyncio.get_running_loop()
+        try:
+            for seq in range(3):
+                d.enqueue(event(sid(1), f"{slow_receiver.base}/cb", seq))
+            await slow_receiver.wait_for(lambda r: len(r) >= 1)
+            started = loop.time()
+            for seq in range(3):
+                d.enqueue(event(sid(2), f"{fast_receiver.base}/cb", seq))
+            await fast_receiver.wait_for(lambda r: len(r) == 3, timeout=2)
+            # well under one timeout of the slow receiver
+            assert loop.time() - started < 0.25
+            # the slow one times out and is retried: timeouts count as retryable
+            while d.stats.retried < 1:
+                await asyncio.sleep(0.01)
+        finally:
+            never.set()
+            await d.close(0.1)
+            await slow_receiver.stop()
+            await fast_receiver.stop()
+
+    run(scenario())
+
+
+def test_get_puts_params_in_query_and_post_in_body(run, receiver_factory):
+    async def scenario() -> None:
+        receiver = await receiver_factory().start()
+        d = dispatcher()
+        try:
+            tricky = "a b+c&d=e/é?:"
+            d.enqueue(event(sid(1), f"{receiver.base}/get?mine=1", 0, "GET", Text=tricky))
+            d.enqueue(event(sid(2), f"{receiver.base}/post?mine=2", 0, "POST", Text=tricky))
+            await receiver.wait_for(lambda r: len(r) == 2)
+            by_path = {r.path: r for r in receiver.received}
+            get, post = by_path["/get"], by_path["/post"]
+            assert get.method == "GET" and get.form == {}
+            assert get.query == {"mine": "1", "AccountSid": ACCOUNT, "SiprecSid": sid(1),
+                                 "Seq": "0", "Text": tricky}
+            assert post.method == "POST" and post.query == {"mine": "2"}
+            assert post.form == {"AccountSid": ACCOUNT, "SiprecSid": sid(2), "Seq": "0",
+                                 "Text": tricky}
+            assert post.headers["Content-Type"].startswith("application/x-www-form-urlencoded")
+            assert_signed(receiver.received)
+            # and a wrong token does not validate
+            validator = RequestValidator("not-the-token")
+            assert not validator.validate(post.url, post.form,
+                                          post.headers["X-Twilio-Signature"])
+        finally:
+            await d.close(2)
+            await receiver.stop()
+
+    run(scenario())
+
+
+def test_pending_bound_drops_oldest(run, receiver_factory):
+    async def scenario() -> None:
+        receiver = await receiver_factory().start()
+        release = asyncio.Event()
+
+        async def gate(request: web.Request) -> web.Response:
+            await release.wait()
+            return web.Response()
+
+        receiver.on("/cb", gate)
+        dropped: list[str] = []
+        d = dispatcher(max_pending=3,
+                       on_undelivered=lambda e, r: dropped.append(f"{r}:{e.param('Seq')}"))
+        try:
+            d.enqueue(event(sid(1), f"{receiver.base}/cb", 0))
+            await receiver.wait_for(lambda r: len(r) == 1)  # event 0 is in flight
+            for seq in range(1, 7):
+                d.enqueue(event(sid(1), f"{receiver.base}/cb", seq))
+            assert d.pending == 3
+            assert d.stats.dropped == 3
+            assert dropped == ["dropped:1", "dropped:2", "dropped:3"]
+            release.set()
+            await receiver.wait_for(lambda r: len(r) == 4)
+            assert [r.form["Seq"] for r in receiver.received] == ["0", "4", "5", "6"]
+        finally:
+            await d.close(2)
+            await receiver.stop()
+
+    run(scenario())
+
+
+def test_close_flushes_then_refuses(run, receiver_factory):
+    async def scenario() -> None:
+        receiver = await receiver_factory().start()
+        undelivered: list[str] = []
+        d = dispatcher(on_undelivered=lambda e, r: undelivered.append(r))
+        for n in range(5):
+            d.enqueue(event(sid(n), f"{receiver.base}/cb", 0))
+        await d.close(5)
+        assert d.stats.delivered == 5 and len(receiver.received) == 5
+        assert d.enqueue(event(sid(9), f"{receiver.base}/cb", 0)) is False
+        assert undelivered == ["closed"]
+        await receiver.stop()
+
+    run(scenario())
+
+
+def test_close_gives_up_on_stuck_deliveries_and_reports_them(run, receiver_factory):
+    async def scenario() -> None:
+        receiver = await receiver_factory().start()
+        never = asyncio.Event()
+
+        async def hang(request: web.Request) -> web.Response:
+            await never.wait()
+            return web.Response()
+
+        receiver.on("/cb", hang)
+        undelivered: list[str] = []
+        d = dispatcher(timeout=30, on_undelivered=lambda e, r: undelivered.append(
+            f"{r}:{e.param('Seq')}"))
+        for seq in range(3):
+            d.enqueue(event(sid(1), f"{receiver.base}/cb", seq))
+        await receiver.wait_for(lambda r: len(r) == 1)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await d.close(0.2)
+        assert loop.time() - started < 1.0
+        assert sorted(undelivered) == ["closed:0", "closed:1", "closed:2"]
+        assert d.stats.abandoned == 3
+        never.set()
+        await receiver.stop()
+
+    run(scenario())
+
+
+def test_unknown_account_is_not_sent(run, receiver_factory):
+    async def scenario() -> None:
+        receiver = await receiver_factory().start()
+        reasons: list[str] = []
+        d = CallbackDispatcher(lambda account: None,
+                               on_undelivered=lambda e, r: reasons.append(r))
+        d.enqueue(event(sid(1), f"{receiver.base}/cb", 0))
+        await d.close(2)
+        assert reasons == ["no-token"] and receiver.received == []
+        assert d.stats.failed == 1
+        await receiver.stop()
+
+    run(scenario())
+
+
+def test_a_raising_hook_does_not_stop_delivery(run, receiver_factory):
+    async def scenario() -> None:
+        receiver = await receiver_factory().start()
+
+        def broken(_: CallbackEvent) -> None:
+            raise RuntimeError("hook bug")
+
+        d = dispatcher(on_delivered=broken)
+        for seq in range(3):
+            d.enqueue(event(sid(1), f"{receiver.base}/cb", seq))
+        await d.close(5)
+        assert d.stats.delivered == 3 and len(receiver.received) == 3
+        await receiver.stop()
+
+    run(scenario())
+
+
+def test_secrets_never_logged_and_url_credentials_sent_as_basic_auth(
+    run, receiver_factory, caplog
+):
+    password = "cb-basic-password-xyz"
+    query_secret = "query-token-abc"
+
+    async def scenario() -> None:
+        receiver = await receiver_factory().start()
+        answers = [500, 200, 404]
+
+        async def flaky(request: web.Request) -> web.Response:
+            return web.Response(status=answers.pop(0))
+
+        receiver.on("/cb", flaky)
+        d = dispatcher(max_attempts=2)
+        host = receiver.base.removeprefix("http://")
+        url = f"http://user:{password}@{host}/cb?token={query_secret}"
+        d.enqueue(event(sid(1), url, 0))
+        d.enqueue(event(sid(1), url, 1))
+        # and one that cannot even connect, to exercise the error-logging path
+        d.enqueue(event(sid(2), f"http://user:{password}@127.0.0.1:1/x?token={query_secret}", 0))
+        while d.stats.delivered + d.stats.failed < 3:
+            await asyncio.sleep(0.01)
+        assert repr(d).count("delivered") == 1
+        await d.close(2)
+        assert [r.headers.get("Authorization") for r in receiver.received] == [
+            "Basic dXNlcjpjYi1iYXNpYy1wYXNzd29yZC14eXo="
+        ] * 3
+        # the signed URL is the one without credentials, as the receiver sees it
+        assert_signed(receiver.received)
+        await receiver.stop()
+
+    with caplog.at_level(logging.DEBUG, logger="mediafork.callbacks"):
+        run(scenario())
+    assert "status callback" in caplog.text  # the logging paths did run
+    for secret in (password, query_secret, TOKEN):
+        assert secret not in caplog.text
+    sample = event(sid(1), f"http://user:{password}@h/cb?token={query_secret}", 0)
+    assert password not in repr(sample) and query_secret not in repr(sample)
