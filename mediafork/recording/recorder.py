@@ -29,7 +29,7 @@ from .mixer import CHANNEL_ORDER, Mixer
 from .pause import Mark, PauseSchedule
 from .timeline import TimelineStats, TrackTimeline
 from .trim import SilenceTrimmer
-from .wavwriter import WavWriter
+from .wavwriter import WavWriter, recover
 
 __all__ = [
     "ERROR_NO_AUDIO",
@@ -85,6 +85,7 @@ class RecordingResult:
     status: str  # "completed" | "absent"
     error_code: int | None  # None when completed
     stats: dict[str, TimelineStats] = field(default_factory=dict)
+    io_error: str | None = None  # set when writing failed; the file holds what reached the disk
 
     @property
     def duration(self) -> str:
@@ -115,6 +116,7 @@ class CallRecording:
         self.writer = WavWriter(path, self.channels, opts.clock_rate)
         self.ignored_batches = 0  # batches for a track this recording does not record
         self.result: RecordingResult | None = None
+        self.io_error: OSError | None = None  # first write failure (disk full, I/O error)
         self.peak_buffered_samples = 0  # high-water mark of samples held in memory (for tests/metrics)
 
     # ------------------------------------------------------------------ input
@@ -129,11 +131,19 @@ class CallRecording:
         if timeline is None:
             self.ignored_batches += 1
             return
+        if self.io_error is not None:
+            return  # the file can no longer grow; finish() keeps what reached the disk
         stop = self.pauses.stop_mark
         if stop is not None and self._resolve(stop) <= self.mixer.position:
             return  # everything from here on would be discarded anyway
         timeline.push(batch)
-        self._drain(self.mixer.pump())
+        try:
+            self._drain(self.mixer.pump())
+        except OSError as exc:
+            # Never let a disk problem take down the media consumer: stop writing, remember why,
+            # and let finish() salvage the file.
+            self.io_error = exc
+            self.writer.abandon()
 
     # --------------------------------------------------------------- commands
 
@@ -194,6 +204,34 @@ class CallRecording:
         """Flush, finalise the WAV (or delete it when empty) and report. Idempotent."""
         if self.result is not None:
             return self.result
+        if self.io_error is None:
+            try:
+                return self._finish_normally()
+            except OSError as exc:
+                self.io_error = exc
+                self.writer.abandon()
+        return self._finish_from_disk()
+
+    def _finish_from_disk(self) -> RecordingResult:
+        # The partial file may end in a torn frame: recover() keeps the whole frames on disk.
+        stats = {name: tl.stats for name, tl in self.timelines.items()}
+        error = f"{type(self.io_error).__name__}: {self.io_error}"
+        try:
+            rec = recover(self.writer.temp_path)
+        except OSError:
+            self.writer.temp_path.unlink(missing_ok=True)
+            rec = None
+        if rec is None or rec.status != "completed" or rec.path is None:
+            self.result = RecordingResult(
+                None, 0.0, 0, self.channels, "absent", ERROR_NO_AUDIO, stats, error
+            )
+        else:
+            self.result = RecordingResult(
+                rec.path, rec.duration_seconds, rec.frames, self.channels, "completed", None, stats, error
+            )
+        return self.result
+
+    def _finish_normally(self) -> RecordingResult:
         try:
             self._drain(self.mixer.finish())
             if self.trimmer is not None:
@@ -211,6 +249,8 @@ class CallRecording:
                 self.result = RecordingResult(
                     path, frames / self.clock_rate, frames, self.channels, "completed", None, stats
                 )
+        except OSError:
+            raise
         except BaseException:
             self.writer.abort()
             raise

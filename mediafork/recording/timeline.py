@@ -94,6 +94,7 @@ class TrackTimeline:
         self._seen: dict[int, None] = {}  # ordered set of recent extended sequence numbers
 
         self.head = 0  # q up to which samples have been released into the FIFO
+        self._released = False
         self._fifo: deque[npt.NDArray[np.int16] | int] = deque()  # arrays, or ints = silence
         self._fifo_samples = 0
 
@@ -101,8 +102,8 @@ class TrackTimeline:
 
     @property
     def started(self) -> bool:
-        """True once the first packet has been accepted."""
-        return self._base is not None
+        """True once audio has been released (the track's start is then final)."""
+        return self._released
 
     def push(self, batch: PacketBatch) -> None:
         """Accept one batch (arrival order); release whatever is now older than the window."""
@@ -142,6 +143,8 @@ class TrackTimeline:
             q = ts - self._base
             if arr is not None and self._ref_q is not None and self._ref_arrival is not None:
                 q = self._maybe_resync(q, ts, arr)
+            if q < 0 and not self._released:
+                q = self._rebase_earlier(q)
             if q + length <= self.head:
                 stats.late += 1
                 continue
@@ -168,6 +171,24 @@ class TrackTimeline:
         self.stats.resyncs += 1
         return new_q
 
+    def _rebase_earlier(self, q: int) -> int:
+        """The first packets arrived out of order: move q == 0 back to this earlier packet.
+
+        Only possible before anything is released (the mixer places a track when it starts
+        releasing), so the track's start is its earliest packet, not its first-arriving one.
+        """
+        assert self._base is not None
+        shift = -q
+        self._base -= shift
+        self._pending = [(pq + shift, seq, pcm) for pq, seq, pcm in self._pending]
+        heapq.heapify(self._pending)
+        self._max_end += shift
+        if self._ref_q is not None:
+            self._ref_q += shift
+        if self.first_arrival is not None:
+            self.first_arrival -= shift / self.clock_rate
+        return 0
+
     def _remember(self, seq: int) -> None:
         self._seen[seq] = None
         if len(self._seen) > _SEEN_LIMIT:
@@ -192,6 +213,7 @@ class TrackTimeline:
                 self.stats.trimmed += 1
             elif q > self.head:
                 self._append_silence(q - self.head)
+            self._released = True
             self._fifo.append(pcm)
             self._fifo_samples += len(pcm)
             self.stats.audio_samples += len(pcm)
@@ -217,6 +239,7 @@ class TrackTimeline:
         self._release(q)
         if self.head < q:
             self._append_silence(q - self.head)
+            self._released = True
         self._max_end = max(self._max_end, self.head)
 
     # ----------------------------------------------------------------- output

@@ -17,6 +17,7 @@ appending and sets ``overflowed`` (the file stays valid).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from dataclasses import dataclass
@@ -137,6 +138,13 @@ class WavWriter:
         os.replace(self.temp_path, self.path)
         _fsync_dir(self.path.parent)
         return self.path
+
+    def abandon(self) -> None:
+        """Close the handle after a write error, leaving ``.partial`` for ``recover()``."""
+        if not self.closed:
+            self.closed = True
+            with contextlib.suppress(OSError):  # a full disk may refuse the final flush
+                self._file.close()
 
     def abort(self) -> None:
         """Close and delete the partial file (no audio, or the recording was discarded)."""

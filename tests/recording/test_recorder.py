@@ -351,3 +351,39 @@ def test_later_fed_track_that_arrived_first_moves_the_anchor(tmp_path: Path) -> 
     frames, _, _ = read_wav(res.path)
     assert int(np.flatnonzero(frames[:, 1])[0]) <= 2
     assert abs(int(np.flatnonzero(frames[:, 0])[0]) - 240) <= 2
+
+
+class _FullDisk:
+    """Wraps the writer's file: accepts ``budget`` bytes, then fails like a full disk (ENOSPC)."""
+
+    def __init__(self, f, budget: int) -> None:
+        self._f, self._budget = f, budget
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self._budget:
+            self._f.write(data[: self._budget])  # a torn write: part of the last chunk lands
+            self._budget = 0
+            raise OSError(28, "No space left on device")
+        self._budget -= len(data)
+        return self._f.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+
+@pytest.mark.parametrize(("budget", "status"), [(44 + 8001, "completed"), (44, "absent")])
+def test_disk_full_salvages_what_reached_the_disk(tmp_path: Path, budget: int, status: str) -> None:
+    rec = CallRecording(tmp_path / "full.wav", RecordingOptions(channels="dual"))
+    rec.writer._file = _FullDisk(rec.writer._file, budget - 44)
+    for track, batch in worker_batches(two_tones(5.0)):
+        rec.feed(track, batch)  # must not raise: the media consumer keeps running
+    assert rec.io_error is not None
+    res = rec.finish()
+    assert res.status == status and res.io_error and "No space" in res.io_error
+    assert not partial_path(tmp_path / "full.wav").exists()
+    if status == "completed":
+        assert res.samples == 8001 // 4  # whole stereo frames only; the torn one is cut
+        frames, channels, _ = read_wav(res.path)
+        assert channels == 2 and len(frames) == 2000
+    else:
+        assert res.path is None and not (tmp_path / "full.wav").exists()

@@ -197,3 +197,13 @@ def test_payload_may_be_a_view_into_a_larger_buffer() -> None:
         payload=memoryview(ring), offsets=np.array(offsets), lengths=np.array([N] * 3),
     ))
     np.testing.assert_array_equal(drain(tl), expected(range(3)))
+
+
+def test_first_packets_reordered_keep_the_earliest_as_the_start() -> None:
+    pkts = [pkt(k, t0=50.0) for k in range(10)]
+    pkts[0], pkts[1] = pkts[1], pkts[0]  # packet 1 arrives first
+    tl = make()
+    feed(tl, pkts, batch=1)
+    np.testing.assert_array_equal(drain(tl), expected(range(10)))
+    assert tl.stats.late == 0
+    assert tl.first_arrival == pytest.approx(50.0)
