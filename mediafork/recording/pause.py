@@ -92,6 +92,8 @@ class PauseSchedule:
         after ``stop`` are removed. Intervals wholly in the past are dropped afterwards, so the
         schedule stays small on long calls with many pauses.
         """
+        if not self._intervals and self._stop is None:
+            return frames  # the common case: never paused
         n = len(frames)
         end = start + n
         keep = np.ones(n, dtype=bool)

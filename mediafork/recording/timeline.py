@@ -97,6 +97,7 @@ class TrackTimeline:
         self._released = False
         self._fifo: deque[npt.NDArray[np.int16] | int] = deque()  # arrays, or ints = silence
         self._fifo_samples = 0
+        self._fifo_audio = 0  # the part of _fifo_samples that is real audio (held in memory)
 
     # ------------------------------------------------------------------ input
 
@@ -216,6 +217,7 @@ class TrackTimeline:
             self._released = True
             self._fifo.append(pcm)
             self._fifo_samples += len(pcm)
+            self._fifo_audio += len(pcm)
             self.stats.audio_samples += len(pcm)
             self.head = end
 
@@ -257,8 +259,7 @@ class TrackTimeline:
     @property
     def buffered_samples(self) -> int:
         """Samples held in memory (pending packets + released audio not yet read; not silence)."""
-        held = sum(len(seg) for seg in self._fifo if not isinstance(seg, int))
-        return self._pending_samples + held
+        return self._pending_samples + self._fifo_audio
 
     def read(self, n: int) -> npt.NDArray[np.int16]:
         """Pop exactly ``n`` released samples (``n <= available``) as one int16 array."""
@@ -273,6 +274,7 @@ class TrackTimeline:
             take = min(size, n - pos)
             if not isinstance(seg, int):
                 out[pos : pos + take] = seg[:take]
+                self._fifo_audio -= take
             if take == size:
                 fifo.popleft()
             else:

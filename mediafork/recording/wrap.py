@@ -60,6 +60,10 @@ class Unwrapper:
         raw = np.asarray(values).astype(np.int64)
         if raw.size == 0:
             return np.empty(0, dtype=np.int64)
+        if raw.size <= 64:
+            # Small batches (the common case: a few packets per worker wake-up) are cheaper as a
+            # plain loop than as half a dozen numpy calls.
+            return np.array([self.extend(v) for v in raw.tolist()], dtype=np.int64)
         mod = 1 << self._bits
         half = mod >> 1
         first = self.extend(int(raw[0]))

@@ -207,3 +207,15 @@ def test_first_packets_reordered_keep_the_earliest_as_the_start() -> None:
     np.testing.assert_array_equal(drain(tl), expected(range(10)))
     assert tl.stats.late == 0
     assert tl.first_arrival == pytest.approx(50.0)
+
+
+def test_buffered_samples_counts_audio_not_silence() -> None:
+    tl = make(jitter_ms=0)
+    feed(tl, [pkt(0), pkt(1, ts_extra=80000)])  # 10 s DTX gap between two packets
+    tl.flush()
+    assert tl.available == 2 * N + 80000
+    assert tl.buffered_samples == 2 * N  # the gap is a count, not a buffer
+    tl.read(N + 100)
+    assert tl.buffered_samples == N
+    tl.read(tl.available)
+    assert tl.buffered_samples == 0

@@ -38,7 +38,7 @@ def test_rejects_other_widths() -> None:
 
 @given(
     start=st.integers(0, 0xFFFF),
-    steps=st.lists(st.integers(-3000, 3000), min_size=1, max_size=200),
+    steps=st.lists(st.integers(-3000, 3000), min_size=1, max_size=300),
 )
 def test_array_extension_equals_true_positions(start: int, steps: list[int]) -> None:
     # Any walk with steps below half the range is recovered exactly, wraps included, and the
