@@ -116,9 +116,9 @@ class Mixer:
 
     def finish(self) -> Iterator[tuple[int, npt.NDArray[np.int16]]]:
         """Release every jitter window and commit to the end of the longest track."""
-        self._place_new_tracks()
         for tl in self.timelines.values():
             tl.flush()
+        self._place_new_tracks()  # after the flush: a very short track only starts now
         if not self.offsets:
             return
         end = max(self.offsets[n] + self.timelines[n].head for n in self.offsets)

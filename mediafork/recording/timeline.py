@@ -144,7 +144,7 @@ class TrackTimeline:
             q = ts - self._base
             if arr is not None and self._ref_q is not None and self._ref_arrival is not None:
                 q = self._maybe_resync(q, ts, arr)
-            if q < 0 and not self._released:
+            if q < 0 and not self._released and -q <= self.resync:
                 q = self._rebase_earlier(q)
             if q + length <= self.head:
                 stats.late += 1

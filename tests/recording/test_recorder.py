@@ -387,3 +387,11 @@ def test_disk_full_salvages_what_reached_the_disk(tmp_path: Path, budget: int, s
         assert channels == 2 and len(frames) == 2000
     else:
         assert res.path is None and not (tmp_path / "full.wav").exists()
+
+
+def test_call_shorter_than_the_jitter_window_is_recorded(tmp_path: Path) -> None:
+    tracks = {"inbound": packetize(tone(440, 0.04)), "outbound": packetize(tone(1000, 0.04))}
+    _, res = record(tmp_path, tracks, channels="dual")
+    assert res.status == "completed" and res.samples == 2 * PTIME
+    frames, _, _ = read_wav(res.path)
+    assert frames[:, 0].any() and frames[:, 1].any()
