@@ -395,3 +395,14 @@ def test_call_shorter_than_the_jitter_window_is_recorded(tmp_path: Path) -> None
     assert res.status == "completed" and res.samples == 2 * PTIME
     frames, _, _ = read_wav(res.path)
     assert frames[:, 0].any() and frames[:, 1].any()
+
+
+def test_one_way_call_records_the_talking_track(tmp_path: Path) -> None:
+    # Both tracks requested, but the outbound never sends a packet (one-way audio).
+    tracks = {"inbound": packetize(tone(440, 4.0), t0=20.0)}
+    rec, res = record(tmp_path, tracks, channels="mono", track="both")
+    assert res.status == "completed"
+    assert abs(res.duration_seconds - 4.0) <= PACKET_S
+    assert rec.peak_buffered_samples <= 2.0 * RATE + 0.06 * RATE + 0.1 * RATE
+    frames, _, _ = read_wav(res.path)
+    assert abs(peak_hz(frames[:, 0]) - 440) <= 3
