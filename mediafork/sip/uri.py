@@ -139,3 +139,27 @@ def _split_hostport(hostport: str, text: str) -> tuple[str, int | None]:
     if not port_text.isdigit() or len(port_text) > 5 or not 0 < int(port_text) < 65536:
         raise SipParseError(f"bad port in URI: {excerpt(text)}")
     return host, int(port_text)
+
+
+def split_connector_uri(text: str) -> tuple[str, bool, str | None]:
+    """Split a connector's SRS URI into (clean SIP URI, secure flag, edge name).
+
+    Connectors write ``sip:rec@host;secure=true&edge=NAME`` (or ``;secure=true;edge=NAME``);
+    ``secure`` and ``edge`` are mediafork's own knobs, not URI parameters to send to the SRS.
+    """
+    base, *raw_params = text.split(";")
+    kept: list[str] = []
+    secure = False
+    edge: str | None = None
+    for raw in raw_params:
+        for item in raw.split("&") if raw.lower().startswith(("secure=", "edge=")) else [raw]:
+            name, _, value = item.partition("=")
+            if name.lower() == "secure":
+                secure = value.lower() in ("true", "1", "yes")
+            elif name.lower() == "edge":
+                edge = value or None
+            else:
+                kept.append(item)
+    clean = ";".join([base, *kept])
+    SipUri.parse(clean)
+    return clean, secure, edge
