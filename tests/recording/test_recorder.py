@@ -403,6 +403,7 @@ def test_one_way_call_records_the_talking_track(tmp_path: Path) -> None:
     rec, res = record(tmp_path, tracks, channels="mono", track="both")
     assert res.status == "completed"
     assert abs(res.duration_seconds - 4.0) <= PACKET_S
-    assert rec.peak_buffered_samples <= 2.0 * RATE + 0.06 * RATE + 0.1 * RATE
+    # max_skew of released audio + the jitter window and the packet straddling it + one batch
+    assert rec.peak_buffered_samples <= 2.0 * RATE + 0.06 * RATE + PTIME + 0.1 * RATE
     frames, _, _ = read_wav(res.path)
     assert abs(peak_hz(frames[:, 0]) - 440) <= 3
