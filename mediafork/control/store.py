@@ -38,7 +38,7 @@ from .timefmt import utcnow
 
 SiprecStatus = Literal["in-progress", "stopped"]
 RecordingStatus = Literal["in-progress", "paused", "stopped", "processing", "completed", "absent"]
-DeliveryState = Literal["pending", "delivered", "failed", "dropped"]
+DeliveryState = Literal["pending", "delivered", "failed", "dropped", "no-callback"]
 
 RECORDING_UNFINISHED: tuple[RecordingStatus, ...] = ("in-progress", "paused", "stopped",
                                                      "processing")
@@ -569,8 +569,8 @@ class Store:
                   method: str | None, params: Sequence[tuple[str, str]],
                   delivery_state: DeliveryState = "pending",
                   now: datetime | None = None) -> EventRecord:
-        """Append an event; its id gives the order. Events without a URL are stored as
-        ``delivered`` by the caller's choice (nothing to send), which keeps history."""
+        """Append an event; its id gives the order. Events of resources without a callback
+        URL are stored too (state ``no-callback``): they are the resource's history."""
         stamp = _ts(now or utcnow())
         with self._transaction() as db:
             cursor = db.execute(

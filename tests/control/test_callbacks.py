@@ -118,7 +118,7 @@ def test_enqueue_returns_immediately(run, receiver_factory):
             started = loop.time()
             for seq in range(100):
                 d.enqueue(event(sid(seq % 3), f"{receiver.base}/hang", seq))
-            assert loop.time() - started < 0.1
+            assert loop.time() - started < 0.5
         finally:
             await d.close(0.1)
             await receiver.stop()
@@ -231,7 +231,7 @@ def test_slow_receiver_does_not_delay_other_callbacks(run, receiver_factory):
             return web.Response()
 
         slow_receiver.on("/cb", hang)
-        d = dispatcher(timeout=0.3, max_attempts=3)
+        d = dispatcher(timeout=1.0, max_attempts=3)
         loop = asyncio.get_running_loop()
         try:
             for seq in range(3):
@@ -242,7 +242,7 @@ def test_slow_receiver_does_not_delay_other_callbacks(run, receiver_factory):
                 d.enqueue(event(sid(2), f"{fast_receiver.base}/cb", seq))
             await fast_receiver.wait_for(lambda r: len(r) == 3, timeout=2)
             # well under one timeout of the slow receiver
-            assert loop.time() - started < 0.25
+            assert loop.time() - started < 0.6
             # the slow one times out and is retried: timeouts count as retryable
             while d.stats.retried < 1:
                 await asyncio.sleep(0.01)
