@@ -85,7 +85,8 @@ def prepare_request(
     auth_token: str, method: Literal["GET", "POST"], url: str, params: Params
 ) -> PreparedRequest:
     """Build the final URL and body for a callback and sign them."""
-    target = URL(url)
+    # A fragment never leaves the client, so the receiver cannot see it: do not sign it.
+    target = URL(url).with_fragment(None)
     basic_auth = None
     if target.raw_user is not None:
         basic_auth = (unquote(target.raw_user), unquote(target.raw_password or ""))

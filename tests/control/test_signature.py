@@ -89,6 +89,14 @@ def test_credentials_are_moved_out_of_the_signed_url():
     assert TOKEN not in repr(prepared)
 
 
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_fragment_is_not_signed_because_it_is_never_sent(method):
+    prepared = prepare_request(TOKEN, method, "https://example.com/cb?a=1#section", PARAMS)
+    assert "#" not in str(prepared.url)
+    params = dict(PARAMS) if method == "POST" else {}
+    assert RequestValidator(TOKEN).validate(str(prepared.url), params, prepared.signature)
+
+
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError):
         prepare_request(TOKEN, "PUT", "https://example.com/", [])  # type: ignore[arg-type]
