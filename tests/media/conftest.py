@@ -1,0 +1,70 @@
+"""Fixtures for data-plane tests: real engines on 127.0.0.1, and a teardown
+check that every data-plane allocation was released (uvloop's _testbase habit)."""
+
+from __future__ import annotations
+
+import gc
+import socket
+import struct
+from collections.abc import Iterator
+
+import pytest
+
+from mediafork.engine import Engine
+
+
+@pytest.fixture(autouse=True)
+def balanced_allocations() -> Iterator[None]:
+    gc.collect()
+    before = Engine.live_allocations()
+    yield
+    gc.collect()
+    assert Engine.live_allocations() == before, "data-plane allocations leaked"
+
+
+@pytest.fixture
+def engine() -> Iterator[Engine]:
+    e = Engine(port_range=(31000, 34999))
+    yield e
+    e.close()
+
+
+@pytest.fixture
+def sink() -> Iterator[socket.socket]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(2.0)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sender() -> Iterator[socket.socket]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    yield s
+    s.close()
+
+
+def rtp(seq: int, ts: int, payload: bytes = b"\xff" * 160, *, pt: int = 0, ssrc: int = 0x1234,
+        marker: bool = False) -> bytes:
+    """A plain RTP packet (RFC 3550 §5.1)."""
+    return struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | pt, seq & 0xFFFF,
+                       ts & 0xFFFFFFFF, ssrc) + payload
+
+
+def header(packet: bytes) -> tuple[int, int, int, int, int]:
+    """(marker, payload type, seq, timestamp, ssrc) of an RTP packet."""
+    b0, b1, seq, ts, ssrc = struct.unpack("!BBHII", packet[:12])
+    return b1 >> 7, b1 & 0x7F, seq, ts, ssrc
+
+
+def recv_all(sock: socket.socket, count: int, timeout: float = 2.0) -> list[bytes]:
+    sock.settimeout(timeout)
+    out = []
+    try:
+        while len(out) < count:
+            out.append(sock.recv(4096))
+    except TimeoutError:
+        pass
+    return out

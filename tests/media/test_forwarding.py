@@ -1,0 +1,375 @@
+"""Forwarding through the worker over real UDP sockets on 127.0.0.1, with
+every fork's SRTP checked by an independent pylibsrtp session."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import threading
+import time
+
+import pytest
+from pylibsrtp import Policy, Session
+
+from mediafork.engine import Engine, EngineError, SrtpKey, SrtpProfile, Track, is_rtcp
+
+from .conftest import header, recv_all, rtp
+
+
+def receiver_for(key: SrtpKey) -> Session:
+    """What a recorder does with the key from our SDES offer."""
+    return Session(Policy(key=key.master, ssrc_type=Policy.SSRC_ANY_INBOUND,
+                          srtp_profile=key.profile.pylibsrtp_profile))
+
+
+@pytest.mark.parametrize("profile", list(SrtpProfile))
+def test_every_profile_decrypts_with_an_independent_session(engine, sink, sender, profile) -> None:
+    call = engine.add_call("CA-profile")
+    key = SrtpKey.generate(profile)
+    fork = call.add_fork(Track.INBOUND, key=key, destination=sink.getsockname())
+    payloads = [bytes([i]) * 160 for i in range(20)]
+    for i, payload in enumerate(payloads):
+        sender.sendto(rtp(1000 + i, 8000 + 160 * i, payload, marker=(i == 0)),
+                      call.ingress[Track.INBOUND])
+    got = [p for p in recv_all(sink, 20) if not is_rtcp(p)]
+    assert len(got) == 20
+    rx = receiver_for(key)
+    plain = [rx.unprotect(p) for p in got]
+    assert [p[12:] for p in plain] == payloads  # bit-identical payloads
+    heads = [header(p) for p in plain]
+    assert {h[4] for h in heads} == {fork.ssrc}
+    assert heads[0][0] == 1 and all(h[0] == 0 for h in heads[1:])  # marker carried over
+    seqs = [h[2] for h in heads]
+    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
+    assert fork.counters()["sent"] == 20
+
+
+def test_both_tracks_go_to_their_own_forks(engine, sink, sender) -> None:
+    call = engine.add_call("CA-both")
+    keys = {t: SrtpKey.generate() for t in Track}
+    forks = {t: call.add_fork(t, key=keys[t], destination=sink.getsockname()) for t in Track}
+    sender.sendto(rtp(1, 160, b"\x01" * 160, ssrc=1), call.ingress[Track.INBOUND])
+    sender.sendto(rtp(1, 160, b"\x02" * 160, ssrc=2), call.ingress[Track.OUTBOUND])
+    got = recv_all(sink, 2)
+    by_ssrc = {header(p)[4]: p for p in got}
+    assert set(by_ssrc) == {forks[Track.INBOUND].ssrc, forks[Track.OUTBOUND].ssrc}
+    for t in Track:
+        plain = receiver_for(keys[t]).unprotect(by_ssrc[forks[t].ssrc])
+        assert plain[12:] == (b"\x01" if t is Track.INBOUND else b"\x02") * 160
+
+
+def test_plain_rtp_fork_and_fresh_bases(engine, sink, sender) -> None:
+    call = engine.add_call("CA-plain")
+    fork = call.add_fork(Track.INBOUND, destination=sink.getsockname())
+    sender.sendto(rtp(5, 500, pt=8), call.ingress[Track.INBOUND])
+    (pkt,) = recv_all(sink, 1)
+    marker, pt, seq, ts, ssrc = header(pkt)
+    assert (pt, ssrc) == (8, fork.ssrc)
+    assert len(pkt) == 172
+
+
+def drain_all(fork, expected: int, timeout: float = 2.0) -> list[bytes]:
+    out: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < expected and time.monotonic() < deadline:
+        out += [p for p in fork.drain() if not is_rtcp(p)]
+        if len(out) < expected:
+            time.sleep(0.005)
+    return out
+
+
+def test_sequence_and_timestamp_continuity_across_wraparound_with_dtmf(engine) -> None:
+    call = engine.add_call("CA-wrap", ingress=False, dtmf_payload_type=101)
+    fork = call.add_fork(Track.INBOUND, drain=True)
+    sent_payloads = []
+    seq, ts = 65530, 0xFFFFFF00
+    for i in range(30):
+        if i in (4, 5, 6, 20):  # RFC 4733 telephone-events mid-stream
+            call.push(Track.INBOUND, rtp(seq, ts, b"\x05\x0a\x00\xa0", pt=101))
+        else:
+            payload = i.to_bytes(2, "big") * 80
+            sent_payloads.append((payload, ts))
+            call.push(Track.INBOUND, rtp(seq, ts, payload))
+        seq, ts = (seq + 1) & 0xFFFF, (ts + 160) & 0xFFFFFFFF
+    got = drain_all(fork, len(sent_payloads))
+    assert [p[12:] for p in got] == [p for p, _ in sent_payloads]
+    assert all(header(p)[1] != 101 for p in got)  # DTMF never forwarded
+    seqs = [header(p)[2] for p in got]
+    # filtered packets do not look like loss: strictly consecutive through the wrap
+    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
+    out_ts = [header(p)[3] for p in got]
+    in_ts = [t for _, t in sent_payloads]
+    assert [(o - out_ts[0]) & 0xFFFFFFFF for o in out_ts] == [
+        (t - in_ts[0]) & 0xFFFFFFFF for t in in_ts
+    ]
+    assert call.counters()["inbound"]["filtered_dtmf"] == 4
+
+
+def test_real_upstream_loss_still_shows_as_a_gap(engine) -> None:
+    call = engine.add_call("CA-loss", ingress=False)
+    fork = call.add_fork(Track.INBOUND, drain=True)
+    for s in (10, 11, 14, 15):  # 12 and 13 lost upstream
+        call.push(Track.INBOUND, rtp(s, s * 160))
+    seqs = [header(p)[2] for p in drain_all(fork, 4)]
+    assert [(s - seqs[0]) & 0xFFFF for s in seqs] == [0, 1, 4, 5]
+
+
+def test_pause_does_not_look_like_loss_and_ssrc_change_is_seamless(engine) -> None:
+    call = engine.add_call("CA-pause", ingress=False)
+    fork = call.add_fork(Track.INBOUND, drain=True)
+    for s in range(5):
+        call.push(Track.INBOUND, rtp(s, s * 160))
+    fork.pause()
+    for s in range(5, 10):
+        call.push(Track.INBOUND, rtp(s, s * 160))
+    fork.resume()
+    for s in range(10, 13):
+        call.push(Track.INBOUND, rtp(s, s * 160))
+    for s in range(3):  # upstream SSRC change: new sequence and timestamp spaces
+        call.push(Track.INBOUND, rtp(40000 + s, 7_000_000 + s * 160, ssrc=0xABCDEF))
+    got = drain_all(fork, 11)
+    seqs = [header(p)[2] for p in got]
+    assert len(got) == 11
+    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
+    assert {header(p)[4] for p in got} == {fork.ssrc}
+    assert fork.counters()["skipped"] == 5
+    assert call.counters()["inbound"]["ssrc_changes"] == 1
+
+
+def test_full_ring_drops_and_counts_without_blocking(engine) -> None:
+    call = engine.add_call("CA-full", ingress=False)
+    slow = call.add_fork(Track.INBOUND, drain=True, ring_slots=8)
+    other = call.add_fork(Track.INBOUND, drain=True, ring_slots=64)
+    for s in range(20):
+        call.push(Track.INBOUND, rtp(s, s * 160))
+    assert len(drain_all(other, 20)) == 20  # the other fork is unaffected
+    assert len(slow.drain()) == 8
+    assert slow.counters()["dropped_full"] == 12
+
+
+def test_malformed_ingress_is_counted_and_the_worker_survives(engine, sink, sender) -> None:
+    call = engine.add_call("CA-bad")
+    call.add_fork(Track.INBOUND, destination=sink.getsockname())
+    target = call.ingress[Track.INBOUND]
+    bad = [
+        b"\x80\x00\x00",                              # truncated header
+        b"\x40" + rtp(1, 1)[1:],                      # version 1
+        bytes([0x8F]) + rtp(1, 1, b"")[1:],           # CSRC count past the end
+        bytes([0x90]) + rtp(1, 1, b"")[1:] + b"\xbe\xde\x00\x09",  # extension past the end
+        bytes([0xA0]) + rtp(1, 1, b"xy\xff")[1:],     # padding larger than the packet
+        b"",
+    ]
+    for packet in bad:
+        sender.sendto(packet, target)
+    sender.sendto(rtp(2, 320), target)
+    assert len(recv_all(sink, 1)) == 1
+    counters = call.counters()["inbound"]
+    assert counters["malformed"] == len(bad)
+    assert counters["received"] == len(bad) + 1
+
+
+def test_source_filtering(engine, sink, sender) -> None:
+    call = engine.add_call("CA-src")
+    fork = call.add_fork(Track.INBOUND, destination=sink.getsockname())
+    call.expect_source(Track.INBOUND, "127.0.0.1", sender.getsockname()[1])
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        stranger.sendto(rtp(1, 160), call.ingress[Track.INBOUND])
+        sender.sendto(rtp(2, 320), call.ingress[Track.INBOUND])
+        assert len(recv_all(sink, 2, timeout=0.5)) == 1
+    finally:
+        stranger.close()
+    assert call.counters()["inbound"]["source_rejected"] == 1
+    assert fork.counters()["sent"] == 1
+
+
+def test_worker_runs_without_the_gil(engine) -> None:
+    """A Python thread keeps running while the worker forwards a long batch."""
+    call = engine.add_call("CA-gil", ingress=False)
+    call.add_fork(Track.INBOUND, drain=True, ring_slots=8)
+    ticks = 0
+    stop = threading.Event()
+
+    def spin() -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+
+    t = threading.Thread(target=spin)
+    t.start()
+    import numpy as np
+
+    packet = rtp(1, 1)
+    buf = np.frombuffer(packet * 4096, dtype=np.uint8)
+    offsets = np.arange(4096, dtype=np.uint32) * len(packet)
+    lengths = np.full(4096, len(packet), dtype=np.uint32)
+    before = ticks
+    for _ in range(50):
+        call.push_many(Track.INBOUND, buf, offsets, lengths)
+    time.sleep(0.2)
+    stop.set()
+    t.join()
+    assert ticks > before
+    assert engine.counters()["pushed"] > 0
+
+
+def test_rtcp_sender_reports_are_srtcp_with_cname(engine, sink, sender) -> None:
+    call = engine.add_call("CA-rtcp")
+    key = SrtpKey.generate()
+    rtcp_sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rtcp_sink.bind(("127.0.0.1", 0))
+    try:
+        fork = call.add_fork(Track.INBOUND, key=key, destination=sink.getsockname(),
+                             rtcp_destination=rtcp_sink.getsockname(), rtcp_interval=0.2,
+                             cname="rec-session-1")
+        for s in range(10):
+            sender.sendto(rtp(s, s * 160), call.ingress[Track.INBOUND])
+        assert len(recv_all(sink, 10)) == 10
+        (sr,) = recv_all(rtcp_sink, 1, timeout=2.0)
+    finally:
+        rtcp_sink.close()
+    plain = receiver_for(key).unprotect_rtcp(sr)
+    assert plain[1] == 200  # SR
+    assert int.from_bytes(plain[4:8], "big") == fork.ssrc
+    assert int.from_bytes(plain[20:24], "big") == 10  # sender's packet count
+    assert int.from_bytes(plain[24:28], "big") == 1600  # sender's octet count
+    assert b"rec-session-1" in plain[28:]
+    assert fork.counters()["rtcp_sent"] >= 1
+
+
+def test_receiver_reports_from_the_recorder_reach_the_counters(engine, sink, sender) -> None:
+    call = engine.add_call("CA-rr")
+    fork = call.add_fork(Track.INBOUND, destination=sink.getsockname())
+    sender.sendto(rtp(1, 160), call.ingress[Track.INBOUND])
+    recv_all(sink, 1)
+    import struct
+
+    block = struct.pack("!IB", fork.ssrc, 26) + (5).to_bytes(3, "big")
+    block += struct.pack("!IIII", 70000, 123, 0, 0)
+    rr = struct.pack("!BBHI", 0x81, 201, 7, 0x5EC0) + block
+    sink.sendto(rr, fork.local_address)
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and fork.counters()["rr_last_ns"] == 0:
+        time.sleep(0.01)
+    c = fork.counters()
+    assert (c["rr_fraction_lost"], c["rr_cumulative_lost"], c["rr_jitter"]) == (26, 5, 123)
+    kinds = [e.kind for e in engine.poll_events()]
+    assert "rtcp_report" in kinds
+
+
+def test_icmp_port_unreachable_becomes_an_event(engine, sender) -> None:
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    dead = closed.getsockname()
+    closed.close()  # nothing listens there: the kernel answers ICMP port unreachable
+    call = engine.add_call("CA-icmp")
+    fork = call.add_fork(Track.INBOUND, destination=dead)
+    deadline = time.monotonic() + 3
+    events = []
+    seq = 0
+    while time.monotonic() < deadline and not events:
+        sender.sendto(rtp(seq, seq * 160), call.ingress[Track.INBOUND])
+        seq += 1
+        time.sleep(0.02)
+        events = [e for e in engine.poll_events() if e.kind == "send_error"]
+    assert events, "no send_error event"
+    assert events[0].value == errno.ECONNREFUSED
+    assert events[0].call_sid == "CA-icmp" and events[0].fork_id == fork.id
+    assert fork.counters()["send_errors"] >= 1
+
+
+def test_no_media_event(engine) -> None:
+    engine.add_call("CA-quiet", ingress=False, no_media_timeout=0.1)
+    deadline = time.monotonic() + 2
+    seen = set()
+    while time.monotonic() < deadline and len(seen) < 2:
+        seen |= {(e.kind, e.track) for e in engine.poll_events() if e.call_sid == "CA-quiet"}
+        time.sleep(0.02)
+    assert seen == {("no_media", Track.INBOUND), ("no_media", Track.OUTBOUND)}
+
+
+def test_key_rotation_switches_keys(engine) -> None:
+    call = engine.add_call("CA-rotate", ingress=False)
+    k1, k2 = SrtpKey.generate(), SrtpKey.generate()
+    fork = call.add_fork(Track.INBOUND, key=k1, drain=True)
+    call.push(Track.INBOUND, rtp(1, 160))
+    (first,) = drain_all(fork, 1)
+    fork.rotate_key(k2)
+    call.push(Track.INBOUND, rtp(2, 320))
+    (second,) = drain_all(fork, 1)
+    assert receiver_for(k1).unprotect(first)[12:] == b"\xff" * 160
+    assert receiver_for(k2).unprotect(second)[12:] == b"\xff" * 160
+
+
+def test_limits_and_closed_objects(engine) -> None:
+    call = engine.add_call("CA-limits", ingress=False)
+    forks = [call.add_fork(Track.INBOUND, drain=True) for _ in range(4)]
+    with pytest.raises(EngineError, match="at most 4"):
+        call.add_fork(Track.OUTBOUND, drain=True)
+    with pytest.raises(EngineError, match="already registered"):
+        engine.add_call("CA-limits")
+    forks[0].close()
+    call.add_fork(Track.OUTBOUND, drain=True)
+    call.close()
+    with pytest.raises(EngineError, match="has ended"):
+        call.push(Track.INBOUND, rtp(1, 1))
+    with pytest.raises(EngineError, match="closed"):
+        forks[1].drain()
+    with pytest.raises(ValueError, match="needs 30 bytes"):
+        SrtpKey(SrtpProfile.AES_CM_128_HMAC_SHA1_80, b"short")
+
+
+def test_keys_never_show_in_reprs(engine) -> None:
+    key = SrtpKey.generate()
+    call = engine.add_call("CA-secret", ingress=False)
+    fork = call.add_fork(Track.INBOUND, key=key, drain=True)
+    for text in (repr(key), str(key), repr(fork), repr(call)):
+        assert key.sdes_inline() not in text
+        assert key.master.hex() not in text
+
+
+def test_recording_tap_delivers_raw_packets(engine) -> None:
+    call = engine.add_call("CA-rec", ingress=False)
+    call.record([Track.INBOUND, Track.OUTBOUND])
+    call.push(Track.INBOUND, rtp(7, 700, b"\x11" * 160))
+    call.push(Track.OUTBOUND, rtp(9, 900, b"\x22" * 80, pt=8))
+    call.push(Track.INBOUND, rtp(8, 860, b"\x05\x0a\x00\xa0", pt=101))  # DTMF: not recorded
+    deadline = time.monotonic() + 2
+    while engine.counters()["pushed"] < 3 or sum(
+        c["recorded"] + c["filtered_dtmf"] for c in call.counters().values()
+    ) < 3:
+        assert time.monotonic() < deadline, "worker did not process the pushed packets"
+        time.sleep(0.005)
+    batch = call.drain_recording()
+    assert batch["track"].tolist() == [0, 1]
+    assert batch["seq"].tolist() == [7, 9]
+    assert batch["timestamp"].tolist() == [700, 900]
+    assert batch["payload_type"].tolist() == [0, 8]
+    payload = batch["payload"].tobytes()
+    assert payload == b"\x11" * 160 + b"\x22" * 80
+
+
+def test_inline_engine_processes_in_the_callers_thread(sink) -> None:
+    with Engine(threaded=False, port_range=(35000, 35999)) as e:
+        call = e.add_call("CA-inline", ingress=False)
+        fork = call.add_fork(Track.OUTBOUND, destination=sink.getsockname())
+        call.push(Track.OUTBOUND, rtp(1, 160))
+        assert len(recv_all(sink, 1)) == 1
+        assert fork.counters()["sent"] == 1
+
+
+def test_ten_thousand_calls_leave_allocations_balanced() -> None:
+    base = Engine.live_allocations()
+    with Engine(threaded=True) as e:
+        engine_allocs = Engine.live_allocations() - base
+        for i in range(10_000):
+            call = e.add_call(f"CA{i}", ingress=False, record_slots=0)
+            if i % 10 == 0:
+                call.add_fork(Track.INBOUND, drain=True, key=SrtpKey.generate(), ring_slots=4)
+            call.close()
+        del call
+        import gc
+
+        gc.collect()
+        assert Engine.live_allocations() - base == engine_allocs
+        assert e.counters()["calls"] == 0 and e.counters()["forks"] == 0
