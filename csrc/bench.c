@@ -54,14 +54,14 @@ uint64_t mf_bench_process(mf_engine *e, mf_call *c, int track, const uint8_t *pk
     return mf_now_ns() - t0;
 }
 
-void mf_bench_raw_forward(const int *fds, uint32_t nfds, int out_fd, const struct sockaddr_in *dest,
-                          uint64_t packets, uint64_t max_ns, volatile int *stop,
+void mf_bench_raw_forward(const int *in_fds, const int *out_fds, const struct sockaddr_in *dests,
+                          uint32_t n, uint64_t packets, uint64_t max_ns, volatile int *stop,
                           mf_raw_forward_result *out)
 {
     int ep = epoll_create1(EPOLL_CLOEXEC);
-    for (uint32_t i = 0; i < nfds; i++) {
+    for (uint32_t i = 0; i < n; i++) {
         struct epoll_event ev = {.events = EPOLLIN, .data.u32 = i};
-        epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &ev);
+        epoll_ctl(ep, EPOLL_CTL_ADD, in_fds[i], &ev);
     }
     uint8_t buf[MF_RX_BUF];
     struct epoll_event evs[256];
@@ -70,13 +70,13 @@ void mf_bench_raw_forward(const int *fds, uint32_t nfds, int out_fd, const struc
     while (forwarded < packets && !*stop && mf_now_ns() - t0 < max_ns) {
         int n = epoll_wait(ep, evs, 256, 10);
         for (int i = 0; i < n; i++) {
-            int fd = fds[evs[i].data.u32];
+            uint32_t k = evs[i].data.u32;
             for (;;) {
-                ssize_t r = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+                ssize_t r = recv(in_fds[k], buf, sizeof(buf), MSG_DONTWAIT);
                 if (r <= 0)
                     break;
-                if (sendto(out_fd, buf, (size_t)r, MSG_DONTWAIT, (const struct sockaddr *)dest,
-                           sizeof(*dest)) > 0)
+                if (sendto(out_fds[k], buf, (size_t)r, MSG_DONTWAIT,
+                           (const struct sockaddr *)&dests[k], sizeof(dests[k])) > 0)
                     forwarded++;
             }
         }

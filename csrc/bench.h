@@ -19,15 +19,18 @@ uint64_t mf_bench_process(mf_engine *e, mf_call *c, int track, const uint8_t *pk
                           uint64_t n);
 
 /* Baseline forwarder: epoll + recv + sendto per packet, nothing else, until
- * `packets` were forwarded or `max_ns` passed. Reports its thread CPU time. */
+ * `packets` were forwarded or `max_ns` passed. Stream i is received on
+ * in_fds[i] and sent from out_fds[i] to dests[i]: the same socket layout a
+ * forwarder of independent streams needs (pass one shared out fd to measure
+ * the single-socket variant). Reports its thread CPU time. */
 typedef struct {
     uint64_t forwarded;
     uint64_t cpu_ns;
     uint64_t wall_ns;
 } mf_raw_forward_result;
 
-void mf_bench_raw_forward(const int *fds, uint32_t nfds, int out_fd, const struct sockaddr_in *dest,
-                          uint64_t packets, uint64_t max_ns, volatile int *stop,
+void mf_bench_raw_forward(const int *in_fds, const int *out_fds, const struct sockaddr_in *dests,
+                          uint32_t n, uint64_t packets, uint64_t max_ns, volatile int *stop,
                           mf_raw_forward_result *out);
 
 /* Paced RTP load generator and sink in one thread: `nstreams` streams at

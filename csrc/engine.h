@@ -206,6 +206,7 @@ typedef struct {
     uint32_t push_ring_slots;   /* power of two */
     uint32_t event_ring_slots;  /* power of two */
     uint32_t max_packet;        /* largest RTP packet forwarded */
+    uint32_t coalesce_us;       /* pause after a light loop so the next one batches more */
 } mf_engine_config;
 
 struct mf_engine {
@@ -231,6 +232,7 @@ struct mf_engine {
     mf_call *calls;
     mf_fork *dirty;
     uint64_t next_timer_ns;
+    uint32_t last_ready;        /* sockets that were ready in the last loop */
     mf_engine_counters ctr;
 
     /* worker batch buffers: preallocated with the engine, reused each loop */

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .media import _fastpath
-from .media.sockets import EGRESS_BUFFER, INGRESS_BUFFER, PortAllocator, udp_socket
+from .media.sockets import EGRESS_BUFFER, INGRESS_BUFFER, PortAllocator
 from .media.srtp import SrtpKey, SrtpProfile, inbound_session, outbound_session
 
 __all__ = [
@@ -116,6 +116,7 @@ class Engine:
         event_ring_slots: int = 4096,
         max_packet: int = 1024,
         threaded: bool = True,
+        coalesce: float = 0.0002,
     ) -> None:
         self.media_address = media_address
         self.ports = PortAllocator(*port_range)
@@ -124,6 +125,7 @@ class Engine:
             _power_of_two(push_ring_slots, "push_ring_slots"),
             _power_of_two(event_ring_slots, "event_ring_slots"),
             max_packet,
+            int(coalesce * 1e6),
         )
         self._calls: dict[str, Call] = {}
         self._calls_by_id: dict[int, Call] = {}
@@ -150,7 +152,7 @@ class Engine:
             return
         for call in list(self._calls.values()):
             call.close()
-        self._core.stop()
+        self._core.close()
         self._closed = True
 
     def run_once(self, max_wait: float = 0.0) -> None:
@@ -240,10 +242,12 @@ class Engine:
 
     def counters(self) -> dict[str, int]:
         """Engine-wide counters (loops, busy time, pushes, events, live calls and forks)."""
+        self._check_open()
         return dict(self._core.counters())
 
     def worker_cpu_seconds(self) -> float:
         """CPU time the worker thread has used (0 when not threaded)."""
+        self._check_open()
         return self._core.worker_cpu_ns() / 1e9
 
     @staticmethod
@@ -340,7 +344,7 @@ class Call:
             if fd >= 0:
                 os.close(fd)
             raise
-        tx = outbound_session(key) if key else None
+        tx = outbound_session(key, ssrc) if key else None
         rx = inbound_session(remote_key) if remote_key else None
         try:
             self.engine._core.add_fork(self._core, core, tx, rx)
@@ -495,7 +499,7 @@ class Fork:
     def rotate_key(self, key: SrtpKey | None, remote_key: SrtpKey | None = None) -> None:
         """Switch to new SRTP keys (e.g. after an SDES re-offer)."""
         self._check_open()
-        tx = outbound_session(key) if key else None
+        tx = outbound_session(key, self.ssrc) if key else None
         rx = inbound_session(remote_key) if remote_key else None
         self.call.engine._core.set_fork_srtp(self._core, tx, rx)
         self.key = key

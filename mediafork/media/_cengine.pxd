@@ -64,6 +64,7 @@ cdef extern from "engine.h":
         uint32_t push_ring_slots
         uint32_t event_ring_slots
         uint32_t max_packet
+        uint32_t coalesce_us
 
     ctypedef struct mf_track_counters:
         uint64_t received
@@ -205,7 +206,7 @@ cdef extern from "bench.h":
     uint64_t mf_bench_raw_protect(void *session, const uint8_t *pkt, uint32_t len, uint64_t n) nogil
     uint64_t mf_bench_process(mf_engine *e, mf_call *c, int track, const uint8_t *pkt,
                               uint32_t len, uint64_t n) nogil
-    void mf_bench_raw_forward(const int *fds, uint32_t nfds, int out_fd, const sockaddr_in *dest,
-                              uint64_t packets, uint64_t max_ns, volatile int *stop,
+    void mf_bench_raw_forward(const int *in_fds, const int *out_fds, const sockaddr_in *dests,
+                              uint32_t n, uint64_t packets, uint64_t max_ns, volatile int *stop,
                               mf_raw_forward_result *out) nogil
     void mf_loadgen_run(mf_loadgen *g, volatile int *stop) nogil

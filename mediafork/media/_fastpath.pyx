@@ -262,8 +262,10 @@ cdef class CEngine:
     cdef mf_engine *ptr
     cdef readonly bint started
 
-    def __cinit__(self, uint32_t push_ring_slots, uint32_t event_ring_slots, uint32_t max_packet):
+    def __cinit__(self, uint32_t push_ring_slots, uint32_t event_ring_slots, uint32_t max_packet,
+                  uint32_t coalesce_us=0):
         cdef mf_engine_config cfg
+        cfg.coalesce_us = coalesce_us
         cfg.push_ring_slots = push_ring_slots
         cfg.event_ring_slots = event_ring_slots
         cfg.max_packet = max_packet
@@ -272,39 +274,55 @@ cdef class CEngine:
             raise MemoryError("cannot create engine (ring sizes must be powers of two)")
 
     def __dealloc__(self):
+        self.close()
+
+    def close(self):
+        """Stop the worker and free the engine (every call must be removed first)."""
         if self.ptr != NULL:
             with nogil:
                 mf_engine_stop(self.ptr)
             mf_engine_free(self.ptr)
             self.ptr = NULL
+        self.started = False
+
+    cdef int _check(self) except -1:
+        if self.ptr == NULL:
+            raise RuntimeError("engine is closed")
+        return 0
 
     @property
     def event_fd(self):
+        self._check()
         return self.ptr.evt_efd
 
     def start(self):
+        self._check()
         if mf_engine_start(self.ptr) != 0:
             raise OSError(errno, "cannot start the media worker thread")
         self.started = True
 
     def stop(self):
+        self._check()
         with nogil:
             mf_engine_stop(self.ptr)
         self.started = False
 
     def iterate(self, int max_wait_ms=0):
         """Run one worker iteration in this thread (engine not started)."""
+        self._check()
         if self.started:
             raise RuntimeError("the worker thread is running")
         with nogil:
             mf_engine_iterate(self.ptr, max_wait_ms)
 
     def worker_cpu_ns(self):
+        self._check()
         return mf_engine_worker_cpu_ns(self.ptr)
 
     cdef _run(self, mf_cmd *cmd):
         cdef uint64_t ticket
         cdef int rc
+        self._check()
         with nogil:
             ticket = mf_engine_submit(self.ptr, cmd)
             rc = mf_engine_wait(self.ptr, ticket, WAIT_MS)
@@ -419,6 +437,7 @@ cdef class CEngine:
                 raise ValueError(f"packet {i} runs past the end of the buffer")
         if n == 0:
             return 0
+        self._check()
         with nogil:
             accepted = mf_engine_push(self.ptr, call.ptr, track, &data[0], &offsets[0],
                                       &lengths[0], n, mf_now_ns())
@@ -426,17 +445,20 @@ cdef class CEngine:
 
     def read_events(self):
         cdef mf_event evs[MAX_EVENTS]
+        self._check()
         cdef uint32_t n = mf_engine_read_events(self.ptr, evs, MAX_EVENTS)
         return [(evs[i].type, evs[i].call_id, evs[i].fork_id, evs[i].track, evs[i].value,
                  evs[i].time_ns) for i in range(n)]
 
     def counters(self):
         cdef mf_engine_counters c
+        self._check()
         mf_engine_counters_read(self.ptr, &c)
         return c
 
     def bench_process(self, CCall call, int track, const uint8_t[::1] packet, uint64_t n):
         """Benchmark kernel: n packets through the per-packet path, inline. Elapsed ns."""
+        self._check()
         if self.started:
             raise RuntimeError("bench_process needs an engine that is not started")
         cdef uint64_t ns
@@ -445,17 +467,33 @@ cdef class CEngine:
         return ns
 
 
-def raw_forward(list fds, int out_fd, str host, int port, uint64_t packets, double max_seconds):
-    """Baseline forwarder (epoll + recv + sendto); returns (forwarded, cpu_ns, wall_ns)."""
-    cdef sockaddr_storage dest
-    fill_sockaddr(host, port, &dest)
-    cdef int[::1] cfds = np.asarray(fds, dtype=np.intc)
+cdef bytearray _sockaddr_array(list addresses):
+    """Packed IPv4 sockaddr_in structs for the benchmark kernels."""
+    cdef Py_ssize_t n = len(addresses), i
+    buf = bytearray(max(1, n) * sizeof(sockaddr_in_full))
+    cdef uint8_t[::1] b = buf
+    cdef sockaddr_storage tmp
+    for i in range(n):
+        fill_sockaddr(addresses[i][0], addresses[i][1], &tmp)
+        memcpy(&b[i * sizeof(sockaddr_in_full)], &tmp, sizeof(sockaddr_in_full))
+    return buf
+
+
+def raw_forward(list in_fds, list out_fds, list dests, uint64_t packets, double max_seconds):
+    """Baseline forwarder (epoll + recv + sendto): stream i from in_fds[i], sent
+    from out_fds[i] to dests[i]. Returns (forwarded, cpu_ns, wall_ns)."""
+    if not (len(in_fds) == len(out_fds) == len(dests)) or not in_fds:
+        raise ValueError("in_fds, out_fds and dests must be non-empty and of equal length")
+    cdef int[::1] cin = np.asarray(in_fds, dtype=np.intc)
+    cdef int[::1] cout = np.asarray(out_fds, dtype=np.intc)
+    dest_buf = _sockaddr_array(dests)
+    cdef uint8_t[::1] db = dest_buf
     cdef mf_raw_forward_result res
     cdef volatile int stop = 0
     cdef uint64_t max_ns = <uint64_t>(max_seconds * 1e9)
     with nogil:
-        mf_bench_raw_forward(&cfds[0], cfds.shape[0], out_fd, <const sockaddr_in *>&dest, packets,
-                             max_ns, &stop, &res)
+        mf_bench_raw_forward(&cin[0], &cout[0], <const sockaddr_in *>&db[0], cin.shape[0],
+                             packets, max_ns, &stop, &res)
     return res.forwarded, res.cpu_ns, res.wall_ns
 
 
@@ -463,13 +501,8 @@ def run_loadgen(int send_fd, list dests, uint32_t pps, uint32_t payload_len, int
                 double duration, double drain, list sink_fds):
     """Paced generator + sink (see bench.h). dests: [(ip, port)] (IPv4)."""
     cdef Py_ssize_t n = len(dests)
-    dest_buf = bytearray(n * sizeof(sockaddr_in_full))
+    dest_buf = _sockaddr_array(dests)
     cdef uint8_t[::1] db = dest_buf
-    cdef sockaddr_storage tmp
-    cdef Py_ssize_t i
-    for i in range(n):
-        fill_sockaddr(dests[i][0], dests[i][1], &tmp)
-        memcpy(&db[i * sizeof(sockaddr_in_full)], &tmp, sizeof(sockaddr_in_full))
     cdef int[::1] sinks = np.asarray(sink_fds, dtype=np.intc)
     cdef mf_loadgen g
     memset(&g, 0, sizeof(g))

@@ -101,11 +101,15 @@ class SrtpKey:
     __str__ = __repr__
 
 
-def outbound_session(key: SrtpKey) -> _fastpath.SrtpSession:
-    """A libsrtp session that protects every SSRC we send with `key`."""
+def outbound_session(key: SrtpKey, ssrc: int | None = None) -> _fastpath.SrtpSession:
+    """A libsrtp session that protects what we send with `key`.
+
+    With `ssrc` the stream exists from creation, so libsrtp never clones a
+    template (an allocation) on the worker's first packet."""
     policy = Policy(
         key=key.master,
-        ssrc_type=Policy.SSRC_ANY_OUTBOUND,
+        ssrc_type=Policy.SSRC_ANY_OUTBOUND if ssrc is None else Policy.SSRC_SPECIFIC,
+        ssrc_value=ssrc or 0,
         srtp_profile=key.profile.pylibsrtp_profile,
     )
     return _fastpath.SrtpSession(int(ffi.cast("uintptr_t", policy._policy)))

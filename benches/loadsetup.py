@@ -1,0 +1,153 @@
+"""Shared set-up for the end-to-end load measurements (benches and scripts/load):
+N calls with ingress sockets, one both-tracks fork each (two SRTP forked
+streams), a paced C load generator and a sink, all on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+from mediafork.engine import Engine, SrtpKey, Track
+from mediafork.media import _fastpath
+from mediafork.media.sockets import udp_socket
+
+PPS = 50
+PAYLOAD = 160  # PCMU 20 ms -> 172-byte RTP packets
+
+
+@dataclass
+class LoadResult:
+    calls: int
+    generated: int
+    received_by_engine: int
+    forwarded: int
+    sent_by_engine: int
+    dropped_inside: int
+    sink_received: int
+    cpu_us_per_pkt: float
+    loss_pct: float
+
+    @property
+    def zero_loss(self) -> bool:
+        return self.generated > 0 and self.sink_received >= self.generated and self.dropped_inside == 0
+
+
+def _sinks(n: int) -> list[socket.socket]:
+    return [udp_socket("127.0.0.1", 0, receive_buffer=16 << 20) for _ in range(n)]
+
+
+def _run_generator(dests, duration, sinks, result):
+    gen = udp_socket("127.0.0.1", 0, send_buffer=8 << 20)
+    try:
+        result.update(_fastpath.run_loadgen(gen.fileno(), dests, PPS, PAYLOAD, 0, duration, 0.5,
+                                            [s.fileno() for s in sinks]))
+    finally:
+        gen.close()
+
+
+def _wait_until_drained(calls, forks, limit: float = 5.0) -> None:
+    """Counters are read once the worker has caught up with what was sent."""
+    deadline = time.monotonic() + limit
+    last = -1
+    while time.monotonic() < deadline:
+        now = sum(f.counters()["sent"] for f in forks)
+        if now == last:
+            return
+        last = now
+        time.sleep(0.2)
+
+
+def run_engine_load(calls: int, duration: float, warmup: float = 1.0) -> LoadResult:
+    """Forward `calls` calls through mediafork for `duration` seconds."""
+    sinks = _sinks(4)
+    rtcp_sink = udp_socket("127.0.0.1", 0)
+    engine = Engine(port_range=(20000, 59999))
+    try:
+        dests, forks, call_objs = [], [], []
+        for i in range(calls):
+            call = engine.add_call(f"CA{i:032x}", record_slots=0)
+            call_objs.append(call)
+            for track in Track:
+                dests.append(call.ingress[track])
+                forks.append(call.add_fork(
+                    track, key=SrtpKey.generate(),
+                    destination=sinks[(2 * i + track) % len(sinks)].getsockname(),
+                    rtcp_destination=rtcp_sink.getsockname(),
+                ))
+        result: dict = {}
+        t = threading.Thread(target=_run_generator, args=(dests, duration, sinks, result))
+        t.start()
+        time.sleep(warmup)
+        cpu0, fwd0 = engine.worker_cpu_seconds(), sum(f.counters()["forwarded"] for f in forks)
+        time.sleep(max(0.1, duration - warmup - 0.2))
+        cpu1, fwd1 = engine.worker_cpu_seconds(), sum(f.counters()["forwarded"] for f in forks)
+        t.join()
+        _wait_until_drained(call_objs, forks)
+        fc = [f.counters() for f in forks]
+        received = sum(c.counters()[t.label]["received"] for c in call_objs for t in Track)
+        dropped = sum(c["dropped_full"] + c["send_errors"] + c["srtp_errors"] for c in fc)
+        generated = result["sent"]
+        window = max(1, fwd1 - fwd0)
+        return LoadResult(
+            calls=calls,
+            generated=generated,
+            received_by_engine=received,
+            forwarded=sum(c["forwarded"] for c in fc),
+            sent_by_engine=sum(c["sent"] for c in fc),
+            dropped_inside=dropped + (generated - received),
+            sink_received=result["sink_received"],
+            cpu_us_per_pkt=(cpu1 - cpu0) * 1e6 / window,
+            loss_pct=100.0 * max(0, generated - result["sink_received"]) / max(1, generated),
+        )
+    finally:
+        engine.close()
+        for s in sinks:
+            s.close()
+        rtcp_sink.close()
+
+
+def run_raw_load(calls: int, duration: float, *, shared_socket: bool = False) -> tuple[float, int, int]:
+    """Baseline: the same streams through a plain C recv+send loop. Stream i
+    is received on its own ingress socket and, as a forwarder of independent
+    streams must, sent from its own egress socket to the same sinks as the
+    engine uses (``shared_socket`` sends everything from one socket instead).
+    Returns (cpu_us_per_pkt, generated, forwarded)."""
+    sinks = _sinks(4)
+    ingress: list[socket.socket] = []
+    egress: list[socket.socket] = []
+    port = 20000
+    try:
+        while len(ingress) < 2 * calls:
+            with contextlib.suppress(OSError):
+                ingress.append(udp_socket("127.0.0.1", port, receive_buffer=1 << 20))
+            port += 2
+        streams = len(ingress)
+        if shared_socket:
+            egress = [udp_socket("127.0.0.1", 0, send_buffer=8 << 20)]
+            out_fds = [egress[0].fileno()] * streams
+        else:
+            egress = [udp_socket("127.0.0.1", 0, send_buffer=1 << 19) for _ in range(streams)]
+            out_fds = [s.fileno() for s in egress]
+        dests = [sinks[i % len(sinks)].getsockname() for i in range(streams)]
+        result: dict = {}
+        raw: dict = {}
+
+        def forward():
+            raw["r"] = _fastpath.raw_forward([s.fileno() for s in ingress], out_fds, dests,
+                                             1 << 62, duration + 0.3)
+
+        fwd = threading.Thread(target=forward)
+        fwd.start()
+        gen = threading.Thread(target=_run_generator,
+                               args=([s.getsockname() for s in ingress], duration, sinks, result))
+        gen.start()
+        gen.join()
+        fwd.join()
+        forwarded, cpu_ns, _wall = raw["r"]
+        return cpu_ns / 1e3 / max(1, forwarded), result["sent"], forwarded
+    finally:
+        for s in ingress + egress + sinks:
+            s.close()

@@ -1,0 +1,128 @@
+"""Hot-path benchmarks (pytest-benchmark). Each records the figure the report
+needs in extra_info; scripts/bench turns them into benches/results/latest.json."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import struct
+
+import pytest
+from pylibsrtp import Policy, Session
+
+from mediafork.engine import Engine, SrtpKey, Track
+
+from .loadsetup import run_engine_load, run_raw_load
+
+PACKET = struct.pack("!BBHII", 0x80, 0, 1, 160, 0x1234) + b"\xff" * 160  # 172-byte PCMU
+N = 200_000
+
+
+def _inline_call(forks: int, secure: bool):
+    engine = Engine(threaded=False)
+    call = engine.add_call("CA-bench", ingress=False, record_slots=0)
+    for _ in range(forks):
+        call.add_fork(Track.INBOUND, drain=True, key=SrtpKey.generate() if secure else None,
+                      ring_slots=64)
+    return engine, call
+
+
+def test_fanout_copies(benchmark):
+    engine, call = _inline_call(4, secure=False)
+    try:
+        benchmark.pedantic(engine._core.bench_process, args=(call._core, 0, PACKET, N),
+                           rounds=7, warmup_rounds=1)
+        benchmark.extra_info["fanout_copies_per_s"] = 4 * N / benchmark.stats.stats.median
+    finally:
+        engine.close()
+
+
+def test_srtp_fork(benchmark):
+    engine, call = _inline_call(1, secure=True)
+    try:
+        benchmark.pedantic(engine._core.bench_process, args=(call._core, 0, PACKET, N),
+                           rounds=7, warmup_rounds=1)
+        benchmark.extra_info["srtp_fork_pkts_per_s"] = N / benchmark.stats.stats.median
+    finally:
+        engine.close()
+
+
+def test_raw_srtp_protect(benchmark):
+    from mediafork.media.srtp import outbound_session
+
+    session = outbound_session(SrtpKey.generate())
+    benchmark.pedantic(session.bench_raw_protect, args=(PACKET, N), rounds=7, warmup_rounds=1)
+    benchmark.extra_info["raw_srtp_protect_pkts_per_s"] = N / benchmark.stats.stats.median
+
+
+_python_seq = 0
+
+
+def _python_fork(packets: int, session: Session) -> None:
+    """The same SRTP fork, per packet in Python with pylibsrtp."""
+    global _python_seq
+    seq_base, ts_base, ssrc = 1000, 5000, 0xABCDEF
+    for _ in range(packets):
+        i = _python_seq = _python_seq + 1
+        pkt = PACKET
+        b0, b1, seq, ts, _ = struct.unpack_from("!BBHII", pkt)
+        header = struct.pack("!BBHII", 0x80, b1, (seq_base + i) & 0xFFFF,
+                             (ts_base + ts) & 0xFFFFFFFF, ssrc)
+        session.protect(header + pkt[12:])
+
+
+def test_python_baseline(benchmark):
+    n = 20_000
+    key = SrtpKey.generate()
+    session = Session(Policy(key=key.master, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    benchmark.pedantic(_python_fork, args=(n, session), rounds=5, warmup_rounds=1)
+    benchmark.extra_info["python_baseline_pkts_per_s"] = n / benchmark.stats.stats.median
+
+
+def _steps() -> list[int]:
+    raw = os.environ.get("MEDIAFORK_BENCH_CALLS", "500,1000,1500,2000")
+    return [int(x) for x in raw.split(",") if x]
+
+
+@pytest.mark.e2e
+def test_e2e_forwarding(benchmark):
+    duration = float(os.environ.get("MEDIAFORK_BENCH_SECONDS", "6"))
+    steps = _steps()
+    results = {}
+
+    def run():
+        for calls in steps:
+            results[calls] = run_engine_load(calls, duration)
+            if not results[calls].zero_loss:
+                break
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    zero = [c for c, r in results.items() if r.zero_loss]
+    reference = int(os.environ.get("MEDIAFORK_BENCH_REFERENCE", "1000"))
+    if reference not in results or not results[reference].zero_loss:
+        reference = max(zero) if zero else min(results)
+    # The CPU comparison is noisy on shared machines: interleave engine and
+    # raw runs at the reference load and compare medians.
+    engine_cpu, raw_cpu, raw_loss = [results[reference].cpu_us_per_pkt], [], []
+    repeats = int(os.environ.get("MEDIAFORK_BENCH_REPEATS", "3"))
+    shared_cpu = []
+    for i in range(repeats):
+        cpu, generated, forwarded = run_raw_load(reference, duration)
+        raw_cpu.append(cpu)
+        raw_loss.append(100.0 * max(0, generated - forwarded) / max(1, generated))
+        shared_cpu.append(run_raw_load(reference, duration, shared_socket=True)[0])
+        if i < repeats - 1:
+            engine_cpu.append(run_engine_load(reference, duration).cpu_us_per_pkt)
+    ref = results[reference]
+    benchmark.extra_info.update({
+        "e2e_reference_calls": reference,
+        "e2e_cpu_us_per_pkt": statistics.median(engine_cpu),
+        "e2e_cpu_us_per_pkt_runs": engine_cpu,
+        "raw_udp_cpu_us_per_pkt": statistics.median(raw_cpu),
+        "raw_udp_cpu_us_per_pkt_runs": raw_cpu,
+        "raw_udp_loss_pct": max(raw_loss),
+        "raw_udp_1sock_cpu_us_per_pkt": statistics.median(shared_cpu),
+        "e2e_loss_pct": ref.loss_pct,
+        "e2e_calls_zero_loss": max(zero) if zero else 0,
+        "e2e_steps": {c: vars(r) for c, r in results.items()},
+    })
