@@ -12,15 +12,24 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
+LOG="$VENV/bootstrap.log"
+# Runs a step quietly; on failure shows its output and stops.
+quietly() {
+  if ! "$@" >>"$LOG" 2>&1; then
+    echo "[bootstrap] failed: $*" >&2
+    tail -n 40 "$LOG" >&2
+    exit 1
+  fi
+}
 stamp="$VENV/.mediafork-deps"
 if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
-  echo "[bootstrap] installing build and test dependencies"
-  python -m pip install -q --upgrade pip setuptools wheel "Cython>=3.0" "numpy>=1.24"
-  python -m pip install -q --no-build-isolation -e "$ROOT[test]"
+  echo "[bootstrap] installing build and test dependencies (log: $LOG)"
+  quietly python -m pip install --upgrade pip "setuptools>=77" wheel "Cython>=3.0" "numpy>=1.24"
+  quietly python -m pip install --no-build-isolation -e "$ROOT[test]"
   touch "$stamp"
 fi
 echo "[bootstrap] building the extension"
-(cd "$ROOT" && python setup.py -q build_ext --inplace >/dev/null)
+(cd "$ROOT" && quietly python setup.py build_ext --inplace)
 
 # Debian packages used by interoperability tests (sipp, tshark, clang for the
 # fuzzer, sox). Installed when we are root and they are missing; tests that need
