@@ -1,0 +1,123 @@
+"""The seam between the control plane and recording sessions.
+
+The control service (REST, TwiML, store, callbacks) decides *what* to record;
+a ``RecorderLinks`` implementation (mediafork.sip.links) opens and keeps the
+SIPREC sessions that carry it, creating the call's forks in the engine. This
+module holds only the types both sides share: connectors and edges from the
+operator's config, the start request, and the events coming back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from .engine import Call
+
+SiprecTrack = Literal["inbound_track", "outbound_track", "both_tracks"]
+
+
+@dataclass(frozen=True)
+class Edge:
+    """A named local address that SIP and media to a recorder leave from."""
+
+    name: str
+    address: str
+    default: bool = False
+
+
+@dataclass(frozen=True)
+class Connector:
+    """An operator-configured way to reach a Session Recording Server.
+
+    ``srs`` keeps the seeds' spelling (``sip:rec@host;secure=true&edge=NAME``);
+    ``secure`` and ``edge`` are mediafork's knobs, stripped before the URI is
+    used. The credential is a secret: it never appears in repr(), logs,
+    metrics or API responses.
+    """
+
+    account_sid: str
+    unique_name: str
+    srs: str
+    standby_srs: tuple[str, ...] = ()
+    credentials_header: str | None = None
+    credentials: str | None = field(default=None, repr=False)
+    digest_username: str | None = None
+    digest_password: str | None = field(default=None, repr=False)
+    metadata_content_type: str = "application/rs-metadata+xml"
+
+
+@dataclass(frozen=True)
+class CallCodec:
+    name: str = "PCMU"
+    payload_type: int = 0
+    clock_rate: int = 8000
+
+
+@dataclass(frozen=True)
+class SiprecStart:
+    """Everything needed to open one recording session for one Siprec."""
+
+    siprec_sid: str
+    account_sid: str
+    call_sid: str
+    name: str | None
+    connector: Connector
+    track: SiprecTrack
+    parameters: tuple[tuple[str, str], ...]
+    caller: str
+    """The call's From (a SIP AOR or E.164 number)."""
+    callee: str
+    """The call's To."""
+    codec: CallCodec = CallCodec()
+
+
+@dataclass(frozen=True)
+class LinkEvent:
+    """A recording session's state change, for status callbacks and the store."""
+
+    siprec_sid: str
+    kind: Literal["started", "stopped", "error"]
+    """``started`` on the recorder's 2xx, ``stopped`` when it ended normally
+    (our BYE, the recorder's BYE, call end), ``error`` when it failed."""
+    error_code: int | None = None
+    """mediafork/Twilio error code for ``error`` (see docs/api-errors.md)."""
+    error_message: str | None = None
+    """Human text naming the SIP status and phase; never a secret."""
+    sip_status: int | None = None
+    by_remote: bool = False
+    """For ``stopped``: the recorder hung up."""
+
+
+LinkEventSink = Callable[[LinkEvent], None]
+
+
+class RecorderLinks(Protocol):
+    """Opens, keeps and closes recording sessions; reports via the event sink."""
+
+    async def start(self, call: Call, request: SiprecStart) -> None:
+        """Create the forks and send the INVITE; returns without waiting for the
+        answer. Problems found before anything is sent (unknown edge, no free
+        ports) raise ``LinkError``; later ones arrive as ``error`` events."""
+
+    async def stop(self, siprec_sid: str, reason: str = "stopped") -> None:
+        """BYE (or CANCEL while inviting), bounded wait; emits ``stopped``. Idempotent."""
+
+    async def pause(self, siprec_sid: str) -> None: ...
+
+    async def resume(self, siprec_sid: str) -> None: ...
+
+    async def update_participants(self, call_sid: str, caller: str, callee: str) -> None:
+        """Send partial metadata to every session of the call."""
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Graceful shutdown: BYE every session, wait up to ``timeout``."""
+
+
+class LinkError(Exception):
+    """A session could not be started; ``code`` is the API error code to report."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
