@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets with clang, ASan and UBSan into $1 (default build/fuzz).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+out="${1:-$here/../../build/fuzz}"
+mkdir -p "$out"
+CC="${CC:-clang}"
+flags=(-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+       -fno-omit-frame-pointer -D_GNU_SOURCE -std=gnu11 -I"$here/.." -pthread)
+core=("$here/../rtp.c" "$here/../rtcp.c" "$here/../alloc.c")
+"$CC" "${flags[@]}" "$here/fuzz_parsers.c" "${core[@]}" -o "$out/fuzz_parsers"
+"$CC" "${flags[@]}" "$here/fuzz_forward.c" "${core[@]}" "$here/../engine.c" "$here/../worker.c" \
+  "$here/../srtp_shim.c" -o "$out/fuzz_forward"
+echo "$out"
