@@ -287,6 +287,15 @@ class RecordingSession:
         """True while recording is paused (by us or by the SRS)."""
         return self._paused or self._remote_paused
 
+    def remote_key(self, label: str) -> bytes | None:
+        """The SRS's own SRTP master key+salt for stream ``label`` from the current answer
+        (its a=crypto for the selected suite); the data plane needs it to authenticate the
+        SRS's SRTCP. Secret: never log it. None for plain RTP or before an answer."""
+        for answered in self._answered:
+            if answered.label == label:
+                return answered.remote_key
+        return None
+
     @property
     def metadata_content_type(self) -> str:
         """The metadata content type in use (may have switched after a 415/488)."""
@@ -861,7 +870,9 @@ class RecordingSession:
         elif purpose == "resume":
             self._paused = False
             self._events.append(ev.Resumed(False))
-        elif changed:
+        if changed:
+            # Also with Paused/Resumed: the answer may move the streams (new ports), and
+            # those events carry no destinations.
             self._events.append(ev.MediaUpdated(self._destinations()))
         if purpose == "refresh":
             self._apply_session_timer(response, now)
@@ -1208,7 +1219,9 @@ class RecordingSession:
                 self._events.append(ev.Paused(True))
             elif was_paused and not self._remote_paused:
                 self._events.append(ev.Resumed(True))
-            elif changed:
+            if changed:
+                # Also with Paused/Resumed: the offer may move the streams, and those
+                # events carry no destinations.
                 self._events.append(ev.MediaUpdated(self._destinations()))
         elif request.method == "INVITE":
             # Offer-less re-INVITE: we offer in the 2xx and read the answer from the ACK.
