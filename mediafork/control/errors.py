@@ -121,3 +121,11 @@ def not_found(what: str) -> ApiError:
 
 def authenticate() -> ApiError:
     return ApiError(AUTHENTICATE, "Authenticate")
+
+
+# Added with the HTTP server (mediafork.api, mediafork.service).
+CALL_ALREADY_REGISTERED = _register(900013, 409, "Call already registered")
+SESSION_NOT_STARTED = _register(900014, 503, "Recording session could not be started")
+# One code for what the HTTP layer refuses before any handler runs; the response's HTTP
+# status says which case it is (405 method not allowed, 413 body too large, 400 otherwise).
+HTTP_REQUEST_REJECTED = _register(900015, 400, "Request rejected by the HTTP layer")

@@ -1,0 +1,784 @@
+"""ControlService: the single owner of control-plane state.
+
+Everything the REST API, the host call API and the msgpack control socket do goes through
+here: registered calls, Siprec resources, the forked-stream budget, connectors, recorder
+sessions (through an injected :class:`RecorderLinks`), status callbacks (through the
+:class:`Outbox`), TwiML, restart reconciliation, and the Recordings resource (delegated to a
+RecordingManager).
+
+Concurrency rules, and why:
+
+* One ``asyncio.Lock`` per call serialises the operations that read-then-change a call's
+  Siprecs (create, stop, TwiML, end): the name-uniqueness and four-stream checks would
+  otherwise race between two concurrent requests.
+* Link events are handled in one ordered chain per Siprec (each handler awaits the previous
+  one of the same Siprec), and every status callback of a Siprec is produced on that chain,
+  so callbacks are stored and queued in the order they happened. Different Siprecs never
+  wait for each other.
+* Terminal callbacks are de-duplicated in memory: a Siprec gets at most one of
+  ``siprec-stopped`` / ``siprec-error``, whichever comes first (an API stop followed by the
+  recorder's BYE, say, reports once).
+* Engine calls that wait for the media worker run in a thread so the loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .calls import CallHandle
+from .config import Config
+from .control import errors
+from .control.errors import ApiError
+from .control.events import CallInfo, siprec_params
+from .control.forms import (
+    DEFAULT_CONNECTOR,
+    RecordingRequest,
+    RecordingUpdate,
+    SiprecRequest,
+    Track,
+    check_stream_budget,
+    parse_siprec_create,
+    parse_siprec_update,
+)
+from .control.outbox import Outbox
+from .control.resources import (
+    list_page,
+    page_request,
+    render_siprec,
+    siprec_list_uri,
+)
+from .control.sids import ACCOUNT, CALL, SIPREC, is_sid, new_sid
+from .control.store import (
+    ENGINE_RESTARTED,
+    ENGINE_RESTARTED_CODE,
+    AsyncStore,
+    CallRecord,
+    EventRecord,
+    NameTaken,
+    SiprecRecord,
+)
+from .control.timefmt import rfc2822, utcnow
+from .control.twiml import ActiveSiprec, StartSiprec, check_program, parse_twiml
+from .engine import Engine, EngineError
+from .engine import Track as EngineTrack
+from .links import CallCodec, Connector, LinkError, LinkEvent, RecorderLinks, SiprecStart
+
+log = logging.getLogger("mediafork.service")
+
+__all__ = ["ControlService", "PublishingOutbox", "RecordingManagerLike", "ServiceEvent"]
+
+STOP_TIMEOUT = 10.0
+"""Upper bound on waiting for a recorder session to stop (links.stop has its own, shorter)."""
+
+_CODEC_NAMES = re.compile(r"[A-Za-z0-9\-_.]{1,32}")
+_MAX_PARTICIPANT = 1024
+
+
+class RecordingManagerLike(Protocol):
+    """The interface of mediafork.recording.manager.RecordingManager that we call."""
+
+    async def create(self, *, account_sid: str, call: CallHandle,
+                     request: RecordingRequest) -> dict[str, Any]: ...
+
+    async def update(self, *, account_sid: str, call_sid: str, sid: str,
+                     update: RecordingUpdate) -> dict[str, Any]: ...
+
+    async def fetch(self, *, account_sid: str, call_sid: str, sid: str) -> dict[str, Any]: ...
+
+    async def list(self, *, account_sid: str, call_sid: str, query: Any) -> dict[str, Any]: ...
+
+    async def wav_path(self, *, account_sid: str, call_sid: str, sid: str) -> Any: ...
+
+    async def call_ended(self, call_sid: str) -> None: ...
+
+    async def recover_after_crash(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ServiceEvent:
+    """What the control socket's event stream carries (never URLs, tokens or credentials)."""
+
+    account_sid: str
+    type: str
+    """``call-registered``, ``call-updated``, ``call-ended``, or a status-callback event name
+    (``siprec-started``, ``siprec-stopped``, ``siprec-error``, ``recording-…``/``completed``…)."""
+    data: dict[str, Any]
+
+
+class PublishingOutbox(Outbox):
+    """An Outbox that also publishes each event to the service's subscribers.
+
+    Recording events are emitted by the RecordingManager through the outbox it is given;
+    subclassing is how they reach the control socket's event stream without the manager
+    knowing about it.
+    """
+
+    publish: Callable[[ServiceEvent], None] | None = None
+
+    async def emit(self, **kwargs: Any) -> EventRecord:  # type: ignore[override]
+        record = await super().emit(**kwargs)
+        if self.publish is not None:
+            self.publish(ServiceEvent(account_sid=record.account_sid, type=record.event,
+                                      data=dict(record.params)))
+        return record
+
+
+@dataclass
+class _Siprec:
+    """In-memory state of a Siprec this process started."""
+
+    sid: str
+    account_sid: str
+    call_sid: str
+    name: str | None
+    track: Track
+    url: str | None
+    method: str
+    started_sent: bool = False
+    final_sent: bool = False
+    chain: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _LiveCall:
+    handle: CallHandle
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    ended: bool = False
+
+
+class ControlService:
+    """See the module docstring. Construct, then ``await start()``; ``await close()`` at the end.
+
+    *links* may be given later with :meth:`set_links` (it usually needs
+    :meth:`on_link_event` as its event sink, so it is built after the service).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        engine: Engine,
+        store: AsyncStore,
+        outbox: Outbox | None = None,
+        links: RecorderLinks | None = None,
+        recordings: RecordingManagerLike | None = None,
+        callback_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.store = store
+        options = {"timeout": config.callbacks.timeout,
+                   "max_attempts": config.callbacks.max_attempts, **(callback_options or {})}
+        self.outbox = outbox if outbox is not None else PublishingOutbox(
+            store, config.auth_token_for, **options)
+        if isinstance(self.outbox, PublishingOutbox):
+            self.outbox.publish = self._publish
+        self.links = links
+        self.recordings = recordings
+        self._calls: dict[str, _LiveCall] = {}
+        self._siprecs: dict[str, _Siprec] = {}
+        self._subscribers: set[asyncio.Queue[ServiceEvent | None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        self.started = False
+        # A constant-time comparison needs something to compare with for unknown accounts.
+        self._dummy_token = new_sid(ACCOUNT)
+
+    def set_links(self, links: RecorderLinks) -> None:
+        self.links = links
+
+    def set_recordings(self, recordings: RecordingManagerLike) -> None:
+        self.recordings = recordings
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Settle what a previous process left behind, then be ready to serve.
+
+        Undelivered callbacks are replayed first, then the ``siprec-error`` ("engine
+        restarted") of each Siprec the crash interrupted, so each Siprec's callbacks stay in
+        order.
+        """
+        report = await self.store.reconcile_after_crash()
+        await self.outbox.replay_pending()
+        calls = {c.call_sid: c for c in report.calls}
+        for siprec in report.siprecs:
+            call = calls.get(siprec.call_sid) or await self.store.get_call(siprec.call_sid)
+            info = CallInfo(account_sid=siprec.account_sid, call_sid=siprec.call_sid,
+                            from_=call.from_uri if call else "", to=call.to_uri if call else "")
+            await self._emit(siprec, info, "siprec-error", error=ENGINE_RESTARTED,
+                             error_code=ENGINE_RESTARTED_CODE)
+        if report.siprecs or report.calls:
+            log.warning("restart: %d Siprecs and %d calls were interrupted",
+                        len(report.siprecs), len(report.calls))
+        if self.recordings is not None:
+            await self.recordings.recover_after_crash()
+        self.started = True
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """End every call (their Siprecs stop with callbacks), then flush callbacks."""
+        if self._closed:
+            return
+        self._closed = True
+        for call_sid in list(self._calls):
+            with contextlib.suppress(Exception):
+                await self.end_call(self._calls[call_sid].handle.account_sid, call_sid)
+        chains = [s.chain for s in self._siprecs.values() if s.chain is not None]
+        if chains:
+            await asyncio.wait(chains, timeout=timeout)
+        if self.links is not None:
+            with contextlib.suppress(Exception):
+                await self.links.close(timeout)
+        if self.recordings is not None:
+            with contextlib.suppress(Exception):
+                await self.recordings.close()
+        await self.outbox.close(timeout)
+        for queue in list(self._subscribers):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+
+    # -- auth ---------------------------------------------------------------------------
+
+    def authenticate(self, account_sid: str, token: str) -> bool:
+        """Constant-time check of HTTP Basic credentials (same work for unknown accounts)."""
+        expected = self.config.auth_token_for(account_sid)
+        ok = hmac.compare_digest((expected or self._dummy_token).encode("utf-8", "replace"),
+                                 token.encode("utf-8", "replace"))
+        return ok and expected is not None
+
+    # -- events to subscribers ------------------------------------------------------------
+
+    def subscribe(self, maxsize: int = 1000) -> asyncio.Queue[ServiceEvent | None]:
+        """A queue of every event; a full queue drops for that subscriber only (counted by
+        the subscriber seeing a ``None`` gap is not needed: slow subscribers just miss)."""
+        queue: asyncio.Queue[ServiceEvent | None] = asyncio.Queue(maxsize)
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[ServiceEvent | None]) -> None:
+        self._subscribers.discard(queue)
+
+    def _publish(self, event: ServiceEvent) -> None:
+        for queue in list(self._subscribers):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(event)
+
+    # -- calls --------------------------------------------------------------------------
+
+    def _live_call(self, account_sid: str, call_sid: str) -> _LiveCall:
+        live = self._calls.get(call_sid)
+        if live is None or live.handle.account_sid != account_sid:
+            raise errors.not_found("call")
+        return live
+
+    def get_call_handle(self, account_sid: str, call_sid: str) -> CallHandle:
+        return self._live_call(account_sid, call_sid).handle
+
+    async def register_call(self, account_sid: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /v1/Calls``: validate, allocate ingress ports, store. Returns the call view."""
+        if self._closed:
+            raise ApiError(errors.ENGINE_UNAVAILABLE, "the service is shutting down")
+        call_sid = body.get("call_sid")
+        if not is_sid(call_sid, CALL):
+            raise ApiError(errors.INVALID_SID,
+                           "call_sid must be 'CA' followed by 32 hexadecimal digits")
+        assert isinstance(call_sid, str)
+        body_account = body.get("account_sid", account_sid)
+        if body_account != account_sid:
+            # The body may only name the authenticated account; no hint about others.
+            raise ApiError(errors.INVALID_PARAMETER,
+                           "account_sid must be the account you authenticated as")
+        from_ = _participant(body.get("from", ""), "from")
+        to = _participant(body.get("to", ""), "to")
+        codec = _codec(body.get("codec"))
+        dtmf = body.get("dtmf_payload_type", 101)
+        if dtmf is not None and (isinstance(dtmf, bool) or not isinstance(dtmf, int)
+                                 or not 0 <= dtmf <= 127):
+            raise ApiError(errors.INVALID_PARAMETER,
+                           "dtmf_payload_type must be an integer 0-127 or null")
+        sources = _sources(body.get("sources"))
+        if call_sid in self._calls:
+            raise ApiError(errors.CALL_ALREADY_REGISTERED,
+                           "a call with this call_sid is already registered")
+        existing = await self.store.get_call(call_sid)
+        if existing is not None:
+            # SIDs are global: a call SID used before (by any account) is not reused.
+            raise ApiError(errors.CALL_ALREADY_REGISTERED,
+                           "a call with this call_sid is already registered")
+        live = _LiveCall(handle=None)  # type: ignore[arg-type]  # reserved before awaiting
+        self._calls[call_sid] = live
+        try:
+            engine_call = await asyncio.to_thread(
+                self.engine.add_call, call_sid, clock_rate=codec.clock_rate,
+                dtmf_payload_type=dtmf)
+        except (EngineError, OSError) as exc:
+            del self._calls[call_sid]
+            log.warning("register %s: engine refused: %s", call_sid, exc)
+            raise ApiError(errors.ENGINE_UNAVAILABLE,
+                           "the media engine could not allocate the call's ports") from None
+        try:
+            for track, address in sources.items():
+                engine_call.expect_source(track, address)
+            live.handle = CallHandle(call_sid=call_sid, account_sid=account_sid,
+                                     engine_call=engine_call, from_=from_, to=to, codec=codec)
+            await self.store.register_call(CallRecord(
+                call_sid=call_sid, account_sid=account_sid, from_uri=from_, to_uri=to,
+                codec={"name": codec.name, "payload_type": codec.payload_type,
+                       "clock_rate": codec.clock_rate}))
+        except BaseException:
+            del self._calls[call_sid]
+            await asyncio.to_thread(engine_call.close)
+            raise
+        self._publish(ServiceEvent(account_sid, "call-registered",
+                                   {"CallSid": call_sid, "From": from_, "To": to}))
+        return await self.call_view(account_sid, call_sid)
+
+    async def update_call(self, account_sid: str, call_sid: str,
+                          body: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /v1/Calls/{CallSid}``: new From/To; recorders get partial metadata."""
+        live = self._live_call(account_sid, call_sid)
+        if "from" not in body and "to" not in body:
+            raise ApiError(errors.MISSING_PARAMETER, "give from, to or both")
+        handle = live.handle
+        from_ = _participant(body["from"], "from") if "from" in body else handle.from_
+        to = _participant(body["to"], "to") if "to" in body else handle.to
+        async with live.lock:
+            live.handle = handle.with_participants(from_, to)
+            await self.store.update_call_participants(call_sid, from_uri=from_, to_uri=to)
+            if self.links is not None and any(
+                s.call_sid == call_sid and not s.final_sent for s in self._siprecs.values()
+            ):
+                try:
+                    await self.links.update_participants(call_sid, from_, to)
+                except Exception:
+                    log.exception("update participants of %s failed", call_sid)
+        self._publish(ServiceEvent(account_sid, "call-updated",
+                                   {"CallSid": call_sid, "From": from_, "To": to}))
+        return await self.call_view(account_sid, call_sid)
+
+    async def call_view(self, account_sid: str, call_sid: str) -> dict[str, Any]:
+        """The host API's view of a live call: ingress, counters, forks, Siprecs."""
+        live = self._live_call(account_sid, call_sid)
+        handle = live.handle
+        call = handle.engine_call
+        siprecs = await self.store.list_siprecs(account_sid, call_sid)
+        forks = []
+        if not call.closed:
+            for fork in call.forks:
+                forks.append({
+                    "id": fork.id, "track": fork.track.label, "ssrc": fork.ssrc,
+                    "secure": fork.key is not None, "paused": fork.paused,
+                    "local_address": _addr(fork.local_address),
+                    "destination": _addr(fork.destination),
+                    "counters": fork.counters(),
+                })
+        return {
+            "call_sid": call_sid,
+            "account_sid": account_sid,
+            "from": handle.from_,
+            "to": handle.to,
+            "codec": {"name": handle.codec.name, "payload_type": handle.codec.payload_type,
+                      "clock_rate": handle.codec.clock_rate},
+            "status": "ended" if live.ended else "live",
+            "ingress": {t.label: _addr(a) for t, a in call.ingress.items()},
+            "counters": call.counters() if not call.closed else {},
+            "forks": forks,
+            "siprecs": [{**render_siprec(s), "track": s.track,
+                         "connector_name": s.connector_name} for s in siprecs],
+        }
+
+    async def list_calls(self, account_sid: str) -> dict[str, Any]:
+        views = [await self.call_view(account_sid, sid) for sid, live in list(self._calls.items())
+                 if live.handle is not None and live.handle.account_sid == account_sid]
+        return {"calls": views}
+
+    async def end_call(self, account_sid: str, call_sid: str) -> None:
+        """``DELETE /v1/Calls/{CallSid}``: every Siprec stops (siprec-stopped), recordings
+        finish, the ingress ports close."""
+        live = self._live_call(account_sid, call_sid)
+        async with live.lock:
+            if live.ended:
+                return
+            live.ended = True
+            active = await self.store.active_siprecs(call_sid)
+            await asyncio.gather(*(self._stop_locked(live, s, "call ended") for s in active),
+                                 return_exceptions=True)
+            if self.recordings is not None:
+                try:
+                    await self.recordings.call_ended(call_sid)
+                except Exception:
+                    log.exception("recordings of %s did not finish cleanly", call_sid)
+            await asyncio.to_thread(live.handle.engine_call.close)
+            await self.store.set_call_state(call_sid, "ended")
+            self._calls.pop(call_sid, None)
+        self._publish(ServiceEvent(account_sid, "call-ended", {"CallSid": call_sid}))
+
+    # -- Siprec -------------------------------------------------------------------------
+
+    def connector(self, account_sid: str, name: str | None, field_name: str) -> Connector:
+        wanted = name or DEFAULT_CONNECTOR
+        found = self.config.connectors_for(account_sid).get(wanted)
+        if found is None:
+            if name is None:
+                raise ApiError(errors.INVALID_CONNECTOR_NAME,
+                               f"{field_name} is required: this account has no connector "
+                               f"named {DEFAULT_CONNECTOR!r}")
+            raise ApiError(errors.INVALID_CONNECTOR_NAME,
+                           f"{field_name} does not name a connector of this account")
+        return found
+
+    async def create_siprec(self, account_sid: str, call_sid: str, form: Any) -> dict[str, Any]:
+        request = parse_siprec_create(form)
+        live = self._live_call(account_sid, call_sid)
+        async with live.lock:
+            record = await self._start_locked(live, request, "ConnectorName")
+        return render_siprec(record)
+
+    async def _start_locked(self, live: _LiveCall, request: SiprecRequest,
+                            connector_field: str) -> SiprecRecord:
+        """Check the stateful rules, start the session, store the resource (lock held)."""
+        if live.ended or live.handle.engine_call.closed:
+            raise ApiError(errors.CALL_NOT_LIVE, "the call has ended")
+        if self.links is None:
+            raise ApiError(errors.ENGINE_UNAVAILABLE, "recorder sessions are not available")
+        handle = live.handle
+        connector = self.connector(handle.account_sid, request.connector_name, connector_field)
+        if request.name is not None and await self.store.get_siprec(
+                handle.account_sid, handle.call_sid, request.name) is not None:
+            raise ApiError(errors.DUPLICATE_NAME,
+                           f"a Siprec named {request.name!r} already exists on this call")
+        active = await self.store.active_siprecs(handle.call_sid)
+        check_stream_budget([s.track for s in active], request.track)  # type: ignore[misc]
+        sid = new_sid(SIPREC)
+        state = _Siprec(sid=sid, account_sid=handle.account_sid, call_sid=handle.call_sid,
+                        name=request.name, track=request.track, url=request.status_callback,
+                        method=request.status_callback_method)
+        # Events the links emit while start() runs are chained behind this gate, so none is
+        # handled before the resource exists in the store.
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        state.chain = asyncio.ensure_future(gate)
+        self._siprecs[sid] = state
+        record = SiprecRecord(
+            sid=sid, account_sid=handle.account_sid, call_sid=handle.call_sid,
+            name=request.name, connector_name=connector.unique_name, track=request.track,
+            status="in-progress", status_callback=request.status_callback,
+            status_callback_method=request.status_callback_method,
+            parameters=request.parameters)
+        try:
+            await self.store.create_siprec(record)
+        except NameTaken:
+            self._siprecs.pop(sid, None)
+            gate.cancel()
+            raise ApiError(errors.DUPLICATE_NAME,
+                           f"a Siprec named {request.name!r} already exists on this call"
+                           ) from None
+        start = SiprecStart(
+            siprec_sid=sid, account_sid=handle.account_sid, call_sid=handle.call_sid,
+            name=request.name, connector=connector, track=request.track,
+            parameters=request.parameters, caller=handle.from_, callee=handle.to,
+            codec=handle.codec)
+        try:
+            await self.links.start(handle.engine_call, start)
+        except LinkError as exc:
+            # Nothing reached the recorder: answer the client, keep the record as stopped
+            # with the reason (its name stays reserved, as for every Siprec of the call).
+            state.final_sent = True
+            gate.set_result(None)
+            self._siprecs.pop(sid, None)
+            code = errors.REGISTRY.get(exc.code, errors.SESSION_NOT_STARTED)
+            await self.store.set_siprec_status(sid, "stopped", error_code=exc.code,
+                                               error_message=str(exc))
+            raise ApiError(code, f"the recording session could not be started: {exc}",
+                           status=code.status if code.status >= 400 else 503) from None
+        except BaseException:
+            state.final_sent = True
+            gate.set_result(None)
+            self._siprecs.pop(sid, None)
+            await self.store.set_siprec_status(sid, "stopped", error_code=errors.INTERNAL.code,
+                                               error_message="internal error")
+            raise
+        gate.set_result(None)
+        return record
+
+    async def update_siprec(self, account_sid: str, call_sid: str, sid_or_name: str,
+                            form: Any) -> dict[str, Any]:
+        parse_siprec_update(form)
+        record = await self.store.get_siprec(account_sid, call_sid, sid_or_name)
+        if record is None:
+            raise errors.not_found("Siprec")
+        if record.status == "stopped":
+            return render_siprec(record)  # idempotent
+        live = self._calls.get(call_sid)
+        if live is None or live.handle is None:
+            # In progress in the store but not live here: only possible transiently
+            # (reconciliation marks such Siprecs stopped at start).
+            updated = await self.store.set_siprec_status(record.sid, "stopped")
+            return render_siprec(updated or record)
+        async with live.lock:
+            updated = await self._stop_locked(live, record, "stopped")
+        return render_siprec(updated)
+
+    async def _stop_locked(self, live: _LiveCall, record: SiprecRecord,
+                           reason: str) -> SiprecRecord:
+        """Mark stopped, stop the session (bounded), then report siprec-stopped once."""
+        updated = await self.store.set_siprec_status(record.sid, "stopped") or record
+        if self.links is not None:
+            try:
+                await asyncio.wait_for(self.links.stop(record.sid, reason), STOP_TIMEOUT)
+            except Exception:
+                log.exception("stopping Siprec %s did not finish cleanly", record.sid)
+        # If the links already reported stopped/error this is a no-op; otherwise this is the
+        # one siprec-stopped the client gets.
+        await self._post(LinkEvent(siprec_sid=record.sid, kind="stopped"))
+        return updated
+
+    async def fetch_siprec(self, account_sid: str, call_sid: str,
+                           sid_or_name: str) -> dict[str, Any]:
+        record = await self.store.get_siprec(account_sid, call_sid, sid_or_name)
+        if record is None:
+            raise errors.not_found("Siprec")
+        return render_siprec(record)
+
+    async def list_siprecs(self, account_sid: str, call_sid: str,
+                           query: Mapping[str, str]) -> dict[str, Any]:
+        if call_sid not in self._calls and await self._stored_call(account_sid, call_sid) is None:
+            raise errors.not_found("call")
+        records = await self.store.list_siprecs(account_sid, call_sid)
+        return list_page("siprec", records, render_siprec,
+                         siprec_list_uri(account_sid, call_sid), page_request(dict(query)))
+
+    async def _stored_call(self, account_sid: str, call_sid: str) -> CallRecord | None:
+        call = await self.store.get_call(call_sid)
+        return call if call is not None and call.account_sid == account_sid else None
+
+    # -- TwiML --------------------------------------------------------------------------
+
+    async def run_twiml(self, account_sid: str, call_sid: str, document: str) -> dict[str, Any]:
+        """Parse and check the whole document, then apply its actions in order."""
+        program = parse_twiml(document)
+        live = self._live_call(account_sid, call_sid)
+        async with live.lock:
+            if live.ended or live.handle.engine_call.closed:
+                raise ApiError(errors.CALL_NOT_LIVE, "the call has ended")
+            existing = await self.store.list_siprecs(account_sid, call_sid)
+            check_program(program, [ActiveSiprec(s.name, s.track, s.status == "in-progress")
+                                    for s in existing])  # type: ignore[arg-type]
+            for action in program.actions:
+                if isinstance(action, StartSiprec):
+                    self.connector(account_sid, action.request.connector_name, "connectorName")
+            if program.actions and self.links is None:
+                raise ApiError(errors.ENGINE_UNAVAILABLE, "recorder sessions are not available")
+            started: list[str] = []
+            stopped: list[str] = []
+            for action in program.actions:
+                if isinstance(action, StartSiprec):
+                    record = await self._start_locked(live, action.request, "connectorName")
+                    started.append(record.sid)
+                else:
+                    target = await self.store.get_siprec(account_sid, call_sid, action.name)
+                    if target is not None and target.status == "in-progress":
+                        await self._stop_locked(live, target, "stopped")
+                        stopped.append(target.sid)
+        if program.ignored:
+            log.info("TwiML for %s: ignored verbs %s", call_sid, ", ".join(program.ignored))
+        handle = live.handle
+        now = utcnow()
+        # The platform answers with the Call resource; these are the fields a client reads.
+        return {
+            "sid": call_sid, "account_sid": account_sid, "from": handle.from_,
+            "to": handle.to, "status": "in-progress", "api_version": "2010-04-01",
+            "date_updated": rfc2822(now),
+            "uri": f"/2010-04-01/Accounts/{account_sid}/Calls/{call_sid}.json",
+            "siprec_started": started, "siprec_stopped": stopped,
+            "ignored_verbs": list(program.ignored),
+        }
+
+    # -- link events --------------------------------------------------------------------
+
+    def on_link_event(self, event: LinkEvent) -> None:
+        """The :data:`LinkEventSink` to give to the RecorderLinks (call on the loop)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            log.error("link event for %s delivered outside the event loop", event.siprec_sid)
+            return
+        task = loop.create_task(self._post(event))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _post(self, event: LinkEvent) -> None:
+        """Run *event*'s handler on its Siprec's chain and wait for it."""
+        state = self._siprecs.get(event.siprec_sid)
+        if state is None:
+            log.info("event %s for unknown Siprec %s ignored", event.kind, event.siprec_sid)
+            return
+        previous = state.chain
+        task = asyncio.get_running_loop().create_task(self._handle_after(previous, event))
+        state.chain = task
+        await asyncio.shield(task)
+
+    async def _handle_after(self, previous: asyncio.Future[Any] | None,
+                            event: LinkEvent) -> None:
+        if previous is not None:
+            with contextlib.suppress(BaseException):
+                await previous
+        try:
+            await self._handle(event)
+        except Exception:
+            log.exception("handling %s event of Siprec %s failed", event.kind, event.siprec_sid)
+
+    async def _handle(self, event: LinkEvent) -> None:
+        state = self._siprecs.get(event.siprec_sid)
+        if state is None or state.final_sent:
+            return
+        if event.kind == "started":
+            if state.started_sent:
+                return
+            state.started_sent = True
+            record = await self.store.get_siprec(state.account_sid, state.call_sid, state.sid)
+            if record is not None:
+                await self._emit(record, self._call_info(state), "siprec-started")
+            return
+        state.final_sent = True
+        if event.kind == "stopped":
+            record = await self.store.set_siprec_status(state.sid, "stopped")
+            if record is not None:
+                await self._emit(record, self._call_info(state), "siprec-stopped")
+        else:
+            code = event.error_code if event.error_code is not None else errors.INTERNAL.code
+            message = event.error_message or "recording session failed"
+            record = await self.store.set_siprec_status(state.sid, "stopped", error_code=code,
+                                                        error_message=message)
+            if record is not None:
+                await self._emit(record, self._call_info(state), "siprec-error",
+                                 error=message, error_code=code)
+        # The session is over: nothing more will be reported for it.
+        self._siprecs.pop(state.sid, None)
+
+    def _call_info(self, state: _Siprec) -> CallInfo:
+        live = self._calls.get(state.call_sid)
+        handle = live.handle if live is not None else None
+        return CallInfo(account_sid=state.account_sid, call_sid=state.call_sid,
+                        from_=handle.from_ if handle else "", to=handle.to if handle else "")
+
+    async def _emit(self, record: SiprecRecord, call: CallInfo, event: str, *,
+                    error: str | None = None, error_code: int | None = None) -> None:
+        params = siprec_params(call=call, siprec_sid=record.sid, siprec_name=record.name,
+                               event=event, timestamp=utcnow(),  # type: ignore[arg-type]
+                               error=error, error_code=error_code)
+        await self.outbox.emit(resource_sid=record.sid, account_sid=record.account_sid,
+                               event=event, url=record.status_callback,
+                               method=record.status_callback_method,  # type: ignore[arg-type]
+                               params=params)
+
+    # -- Recordings (delegated) ---------------------------------------------------------
+
+    def _recordings(self) -> RecordingManagerLike:
+        if self.recordings is None:
+            raise ApiError(errors.ENGINE_UNAVAILABLE, "local recording is not available")
+        return self.recordings
+
+    async def create_recording(self, account_sid: str, call_sid: str,
+                               request: RecordingRequest) -> dict[str, Any]:
+        manager = self._recordings()
+        live = self._live_call(account_sid, call_sid)
+        if live.ended or live.handle.engine_call.closed:
+            raise ApiError(errors.CALL_NOT_LIVE, "the call has ended")
+        return await manager.create(account_sid=account_sid, call=live.handle, request=request)
+
+    async def _recording_call_known(self, account_sid: str, call_sid: str) -> None:
+        live = self._calls.get(call_sid)
+        if live is not None and live.handle is not None and live.handle.account_sid == account_sid:
+            return
+        if await self._stored_call(account_sid, call_sid) is None:
+            raise errors.not_found("call")
+
+    async def update_recording(self, account_sid: str, call_sid: str, sid: str,
+                               update: RecordingUpdate) -> dict[str, Any]:
+        manager = self._recordings()
+        await self._recording_call_known(account_sid, call_sid)
+        return await manager.update(account_sid=account_sid, call_sid=call_sid, sid=sid,
+                                    update=update)
+
+    async def fetch_recording(self, account_sid: str, call_sid: str,
+                              sid: str) -> dict[str, Any]:
+        manager = self._recordings()
+        await self._recording_call_known(account_sid, call_sid)
+        return await manager.fetch(account_sid=account_sid, call_sid=call_sid, sid=sid)
+
+    async def list_recordings(self, account_sid: str, call_sid: str,
+                              query: Mapping[str, str]) -> dict[str, Any]:
+        manager = self._recordings()
+        await self._recording_call_known(account_sid, call_sid)
+        return await manager.list(account_sid=account_sid, call_sid=call_sid, query=dict(query))
+
+    async def recording_wav(self, account_sid: str, call_sid: str, sid: str) -> Any:
+        """The finished WAV file's path; 404 until the recording is completed."""
+        manager = self._recordings()
+        await self._recording_call_known(account_sid, call_sid)
+        path = await manager.wav_path(account_sid=account_sid, call_sid=call_sid, sid=sid)
+        if path is None:
+            raise errors.not_found("Recording audio")
+        return path
+
+
+def _addr(address: tuple[str, int] | None) -> dict[str, Any] | None:
+    return None if address is None else {"address": address[0], "port": address[1]}
+
+
+def _participant(value: Any, name: str) -> str:
+    if not isinstance(value, str) or len(value) > _MAX_PARTICIPANT or re.search(
+            r"[\x00-\x1f\x7f]", value):
+        raise ApiError(errors.INVALID_PARAMETER,
+                       f"{name} must be a string of at most {_MAX_PARTICIPANT} printable "
+                       "characters")
+    return value
+
+
+def _codec(value: Any) -> CallCodec:
+    if value is None:
+        return CallCodec()
+    if not isinstance(value, Mapping):
+        raise ApiError(errors.INVALID_PARAMETER,
+                       "codec must be an object with name, payload_type, clock_rate")
+    name = value.get("name", "PCMU")
+    pt = value.get("payload_type", 0)
+    rate = value.get("clock_rate", 8000)
+    if not isinstance(name, str) or not _CODEC_NAMES.fullmatch(name):
+        raise ApiError(errors.INVALID_PARAMETER, "codec.name must be a codec name such as PCMU")
+    if isinstance(pt, bool) or not isinstance(pt, int) or not 0 <= pt <= 127:
+        raise ApiError(errors.INVALID_PARAMETER, "codec.payload_type must be an integer 0-127")
+    if isinstance(rate, bool) or not isinstance(rate, int) or not 1000 <= rate <= 192000:
+        raise ApiError(errors.INVALID_PARAMETER,
+                       "codec.clock_rate must be an integer 1000-192000")
+    return CallCodec(name=name, payload_type=pt, clock_rate=rate)
+
+
+def _sources(value: Any) -> dict[EngineTrack, str]:
+    import ipaddress
+
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ApiError(errors.INVALID_PARAMETER,
+                       "sources must be an object: {\"inbound\": IP, \"outbound\": IP}")
+    result: dict[EngineTrack, str] = {}
+    for key, address in value.items():
+        track = {"inbound": EngineTrack.INBOUND, "outbound": EngineTrack.OUTBOUND}.get(key)
+        if track is None:
+            raise ApiError(errors.INVALID_PARAMETER, "sources keys must be inbound or outbound")
+        try:
+            result[track] = str(ipaddress.ip_address(address))
+        except (ValueError, TypeError):
+            raise ApiError(errors.INVALID_PARAMETER,
+                           f"sources.{key} must be an IP address") from None
+    return result
