@@ -60,6 +60,7 @@ from .control.store import (
     ENGINE_RESTARTED_CODE,
     AsyncStore,
     CallRecord,
+    CrashReport,
     EventRecord,
     NameTaken,
     SiprecRecord,
@@ -98,7 +99,9 @@ class RecordingManagerLike(Protocol):
 
     async def call_ended(self, call_sid: str) -> None: ...
 
-    async def recover_after_crash(self) -> None: ...
+    async def delete(self, *, account_sid: str, call_sid: str, sid: str) -> None: ...
+
+    async def recover_after_crash(self, report: CrashReport | None = None) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -221,7 +224,7 @@ class ControlService:
             log.warning("restart: %d Siprecs and %d calls were interrupted",
                         len(report.siprecs), len(report.calls))
         if self.recordings is not None:
-            await self.recordings.recover_after_crash()
+            await self.recordings.recover_after_crash(report)
         self.started = True
 
     async def close(self, timeout: float = 5.0) -> None:
@@ -720,6 +723,11 @@ class ControlService:
         manager = self._recordings()
         await self._recording_call_known(account_sid, call_sid)
         return await manager.list(account_sid=account_sid, call_sid=call_sid, query=dict(query))
+
+    async def delete_recording(self, account_sid: str, call_sid: str, sid: str) -> None:
+        manager = self._recordings()
+        await self._recording_call_known(account_sid, call_sid)
+        await manager.delete(account_sid=account_sid, call_sid=call_sid, sid=sid)
 
     async def recording_wav(self, account_sid: str, call_sid: str, sid: str) -> Any:
         """The finished WAV file's path; 404 until the recording is completed."""

@@ -221,6 +221,14 @@ async def update_recording(request: web.Request) -> web.Response:
                                                                   parsed))
 
 
+async def delete_recording(request: web.Request) -> web.Response:
+    account = _account(request)
+    call_sid = _call_sid(request)
+    sid = _recording_sid(request)
+    await request.app[SERVICE_KEY].delete_recording(account, call_sid, sid)
+    return web.Response(status=204)
+
+
 async def recording_wav(request: web.Request) -> web.StreamResponse:
     account = _account(request)
     call_sid = _call_sid(request)
@@ -276,6 +284,7 @@ _TABLE: list[tuple[str, str, Handler]] = [
     ("GET", CALL_PATH + "/Recordings.json", list_recordings),
     ("POST", CALL_PATH + "/Recordings/{Sid}.json", update_recording),
     ("GET", CALL_PATH + "/Recordings/{Sid}.json", fetch_recording),
+    ("DELETE", CALL_PATH + "/Recordings/{Sid}.json", delete_recording),
     ("GET", CALL_PATH + "/Recordings/{Sid}.wav", recording_wav),
     ("POST", "/v1/Calls", register_call),
     ("GET", "/v1/Calls", list_calls),
