@@ -1,0 +1,873 @@
+"""The real :class:`mediafork.links.RecorderLinks`: SIPREC sessions over the asyncio transport.
+
+For each Siprec started, :class:`SipRecorderLinks` picks an edge, creates the call's forks
+in the engine (bound on the edge's address), drives one sans-I/O
+:class:`~mediafork.sip.session.RecordingSession` with timers on the loop, applies what the
+session learns (destinations, selected SRTP suite, the SRS's key, pause/resume) to the
+forks and reports ``started`` / ``stopped`` / ``error`` :class:`~mediafork.links.LinkEvent`
+through the sink. Incoming SIP is routed to sessions by Call-ID.
+
+Error codes (mediafork range, see docs/sip.md "Error codes"):
+
+* ``LinkError`` from :meth:`SipRecorderLinks.start`: 900020 unknown edge, 900021 unusable
+  edge, 900022 invalid connector URI, 900023 the engine could not create the forks,
+  900024 the Siprec is already running.
+* ``error`` events: 900030 setup failed (the SRS refused, did not answer, or could not be
+  reached, after every standby), 900031 an established session was lost (refresh,
+  keepalive or in-dialog failure), 900032 the SRS's media address is unreachable (ICMP on
+  a forked stream), 900033 the engine could not apply the SRS's answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import logging
+import secrets
+import ssl
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ..engine import Call, EngineError, EngineEvent, Fork, SrtpKey, SrtpProfile, Track
+from ..links import Connector, Edge, LinkError, LinkEvent, LinkEventSink, SiprecStart
+from . import events as ev
+from .dialog import build_response
+from .errors import SipParseError
+from .message import Message, Request, Response
+from .sdp import SUITE_32, SUITE_80, Codec
+from .session import (
+    Destination,
+    ForkedStream,
+    Outgoing,
+    Participant,
+    RecordingSession,
+    SessionConfig,
+    SessionState,
+)
+from .transaction import TimerConfig, new_branch
+from .transport import SipTransport, TransportError, client_tls_context
+from .uri import SipUri, split_connector_uri
+
+__all__ = [
+    "ERR_ALREADY_STARTED",
+    "ERR_BAD_CONNECTOR_URI",
+    "ERR_ENGINE_APPLY",
+    "ERR_ENGINE_FORKS",
+    "ERR_MEDIA_UNREACHABLE",
+    "ERR_SESSION_LOST",
+    "ERR_SETUP_FAILED",
+    "ERR_UNKNOWN_EDGE",
+    "ERR_UNUSABLE_EDGE",
+    "SipRecorderLinks",
+]
+
+log = logging.getLogger(__name__)
+
+ERR_UNKNOWN_EDGE = 900020
+ERR_UNUSABLE_EDGE = 900021
+ERR_BAD_CONNECTOR_URI = 900022
+ERR_ENGINE_FORKS = 900023
+ERR_ALREADY_STARTED = 900024
+ERR_SETUP_FAILED = 900030
+ERR_SESSION_LOST = 900031
+ERR_MEDIA_UNREACHABLE = 900032
+ERR_ENGINE_APPLY = 900033
+
+_LABELS = {Track.INBOUND: "1", Track.OUTBOUND: "2"}
+"""Stable SDP/metadata labels: the same track always has the same label."""
+_TRACKS = {
+    "inbound_track": (Track.INBOUND,),
+    "outbound_track": (Track.OUTBOUND,),
+    "both_tracks": (Track.INBOUND, Track.OUTBOUND),
+}
+_DEAD_MEDIA_ERRNOS = {
+    errno.ECONNREFUSED,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    getattr(errno, "EHOSTDOWN", 112),
+}
+_PROBE_CACHE_SECONDS = 30.0
+
+
+@dataclass
+class _Stream:
+    label: str
+    fork: Fork
+    key_80: SrtpKey | None
+    key_32: SrtpKey | None
+    applied: tuple[str | None, bytes | None] = (SUITE_80, None)
+    """(suite, SRS key) installed in the fork; starts as the _80 key we created it with."""
+
+
+@dataclass
+class _Link:
+    request: SiprecStart
+    edge: Edge
+    session: RecordingSession
+    streams: dict[str, _Stream]
+    outbox: asyncio.Queue[Outgoing | None] = field(default_factory=asyncio.Queue)
+    sender: asyncio.Task[None] | None = None
+    timer: asyncio.TimerHandle | None = None
+    call_ids: set[str] = field(default_factory=set)
+    resolved: dict[tuple[str, str, int], set[Destination]] = field(default_factory=dict)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    reported: bool = False
+    """The final event (stopped or error) has been emitted."""
+    stop_requested: bool = False
+    locally_paused: bool = False
+    remotely_paused: bool = False
+    started: bool = False
+
+    @property
+    def sid(self) -> str:
+        return self.request.siprec_sid
+
+
+def _participant(aor: str) -> Participant:
+    # Metadata wants a URI; a bare E.164 number (the seeds allow one) becomes a tel: URI.
+    return Participant(aor if ":" in aor else f"tel:{aor}")
+
+
+def _safe_uri(uri: str) -> str:
+    """The URI without a password (the only secret a SIP URI can carry)."""
+    try:
+        parsed = SipUri.parse(uri)
+    except SipParseError:
+        return "<invalid URI>"
+    parsed.password = None
+    return str(parsed)
+
+
+def _short(text: str | None, limit: int = 160) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class SipRecorderLinks:
+    """SIPREC recording sessions for the control service (implements ``RecorderLinks``).
+
+    Create it inside the running loop, ``await open()``, then call ``start``/``stop``/...
+    from the loop; feed engine events through :meth:`handle_engine_event`; ``await
+    close()`` at shutdown.
+    """
+
+    def __init__(
+        self,
+        sink: LinkEventSink,
+        edges: Sequence[Edge] = (),
+        *,
+        default_address: str = "127.0.0.1",
+        sip_port: int = 0,
+        tls_context: ssl.SSLContext | None = None,
+        tls_ca_file: str | None = None,
+        tls_verify: bool = True,
+        timers: TimerConfig | None = None,
+        session_expires: int | None = 1800,
+        keepalive_interval: float = 30.0,
+        setup_timeout: float = 60.0,
+        stop_timeout: float = 5.0,
+        probe_timeout: float = 1.0,
+        connect_timeout: float = 5.0,
+        user_agent: str = "mediafork",
+    ) -> None:
+        """``edges``: named local addresses (none: one edge ``default`` on
+        ``default_address``). ``sip_port``: the SIP port on every edge address (UDP and
+        TCP; 0 = a free one per edge). TLS to SRSes verifies against ``tls_ca_file`` (else
+        the system CAs) unless ``tls_context`` is given. The other arguments tune every
+        session (see :class:`~mediafork.sip.session.SessionConfig`)."""
+        self._sink = sink
+        self._edges: dict[str, Edge] = {e.name: e for e in edges} or {
+            "default": Edge("default", default_address, default=True)
+        }
+        if len(self._edges) != len(edges) and edges:
+            raise ValueError("edge names must be unique")
+        self._sip_port = sip_port
+        self._tls_context = tls_context or (
+            client_tls_context(tls_ca_file, verify=tls_verify)
+            if tls_ca_file or not tls_verify
+            else None
+        )
+        self._timers = timers or TimerConfig()
+        self._session_expires = session_expires
+        self._keepalive_interval = keepalive_interval
+        self._setup_timeout = setup_timeout
+        self._stop_timeout = stop_timeout
+        self._probe_timeout = probe_timeout
+        self._connect_timeout = connect_timeout
+        self._user_agent = user_agent
+        self._transport: SipTransport | None = None
+        self._ports: dict[str, int] = {}
+        self._unusable: dict[str, str] = {}
+        self._links: dict[str, _Link] = {}
+        self._by_call_id: dict[str, _Link] = {}
+        self._by_fork: dict[int, _Link] = {}
+        self._probes: dict[str, asyncio.Future[Response]] = {}
+        self._rtt: dict[tuple[str, str], tuple[float, float | None]] = {}
+        self._warned: set[tuple[str, str]] = set()
+        self._closed = False
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Bind the SIP sockets of every edge. An edge whose address cannot be bound is
+        kept as unusable: starting a session on it raises ``LinkError`` naming it."""
+        if self._transport is not None:
+            return
+        self._transport = SipTransport(
+            self._on_message,
+            self._on_transport_error,
+            tls_context=self._tls_context,
+            connect_timeout=self._connect_timeout,
+        )
+        for edge in self._edges.values():
+            try:
+                self._ports[edge.name] = await self._transport.listen(edge.address, self._sip_port)
+            except OSError as exc:
+                self._unusable[edge.name] = str(exc.strerror or exc)
+                log.error("edge %s (%s) is unusable: %s", edge.name, edge.address, exc)
+
+    @property
+    def transport(self) -> SipTransport:
+        """The SIP transport (tests set ``transport.tap`` to see messages)."""
+        if self._transport is None:
+            raise RuntimeError("SipRecorderLinks.open() has not been awaited")
+        return self._transport
+
+    def sip_port(self, edge: str) -> int | None:
+        """The SIP port bound on ``edge`` (None if unusable)."""
+        return self._ports.get(edge)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """BYE (or CANCEL) every session concurrently and wait up to ``timeout`` in all;
+        sessions still unanswered then are reported stopped. Then close the sockets."""
+        if self._closed:
+            return
+        self._closed = True
+        live = [link for link in self._links.values() if not link.reported]
+        if live:
+            await asyncio.wait(
+                [asyncio.ensure_future(self._stop(link, "shutdown", timeout)) for link in live],
+                timeout=timeout + 0.5,
+            )
+        for link in list(self._links.values()):
+            self._report_end(link, LinkEvent(link.sid, "stopped"))
+            self._drop(link)
+        for future in self._probes.values():
+            future.cancel()
+        if self._transport is not None:
+            await self._transport.close()
+
+    # --- RecorderLinks ----------------------------------------------------------------------
+
+    async def start(self, call: Call, request: SiprecStart) -> None:
+        """Create the forks and send the INVITE; errors before sending raise ``LinkError``."""
+        if self._transport is None:
+            await self.open()
+        if self._closed:
+            raise LinkError("recorder links are shut down", ERR_ENGINE_FORKS)
+        if request.siprec_sid in self._links:
+            raise LinkError(f"Siprec {request.siprec_sid} is already running", ERR_ALREADY_STARTED)
+        connector = request.connector
+        srs, secure, edge_name, standbys = self._parse_connector(connector)
+        transport: str | None = None
+        if secure:
+            explicit = SipUri.parse(srs).transport
+            if explicit in ("udp", "tcp"):
+                self._warn_clear_keys(connector, explicit)
+            elif explicit is None:
+                transport = "tls"  # secure media needs secure signalling: SDES keys are in it
+        edge = await self._choose_edge(edge_name, connector, srs, transport)
+        port = self._ports[edge.name]
+        streams = self._create_forks(call, request, edge, secure)
+        codec = Codec(request.codec.name, request.codec.payload_type, request.codec.clock_rate)
+        config = SessionConfig(
+            srs_uri=srs,
+            local_address=edge.address,
+            local_port=port,
+            streams=tuple(
+                ForkedStream(
+                    s.label,
+                    "inbound" if s.fork.track is Track.INBOUND else "outbound",
+                    s.fork.local_address[1] if s.fork.local_address else 0,
+                    codec,
+                    s.key_80.master if s.key_80 else None,
+                    s.key_32.master if s.key_32 else None,
+                )
+                for s in streams
+            ),
+            call_id=request.call_sid,
+            caller=_participant(request.caller),
+            callee=_participant(request.callee),
+            standby_uris=standbys,
+            transport=transport,  # type: ignore[arg-type]
+            credentials_header=connector.credentials_header if connector.credentials else None,
+            credentials_value=connector.credentials if connector.credentials_header else None,
+            digest_username=connector.digest_username,
+            digest_password=connector.digest_password,
+            metadata_content_type=connector.metadata_content_type,
+            custom_parameters=request.parameters,
+            timers=self._timers,
+            session_expires=self._session_expires,
+            keepalive_interval=self._keepalive_interval,
+            stop_timeout=self._stop_timeout,
+            setup_timeout=self._setup_timeout,
+            user_agent=self._user_agent,
+        )
+        link = _Link(request, edge, RecordingSession(config), {s.label: s for s in streams})
+        self._links[link.sid] = link
+        for stream in streams:
+            self._by_fork[stream.fork.id] = link
+        link.sender = asyncio.ensure_future(self._send_loop(link))
+        log.info(
+            "Siprec %s: recording session to %s from edge %s (%s)",
+            link.sid,
+            _safe_uri(srs),
+            edge.name,
+            edge.address,
+        )
+        link.session.start(self._now())
+        self._drive(link)
+
+    async def stop(self, siprec_sid: str, reason: str = "stopped") -> None:
+        """BYE (or CANCEL while inviting), wait within the stop timeout, emit ``stopped``."""
+        link = self._links.get(siprec_sid)
+        if link is None or link.reported:
+            return
+        await self._stop(link, reason, self._stop_timeout)
+
+    async def pause(self, siprec_sid: str) -> None:
+        """Stop sending at once, and tell the SRS with a re-INVITE (a=inactive)."""
+        link = self._live(siprec_sid)
+        if link is None:
+            return
+        link.locally_paused = True
+        self._pause_forks(link)
+        link.session.pause(self._now())
+        self._drive(link)
+
+    async def resume(self, siprec_sid: str) -> None:
+        """Re-INVITE with sendonly; media flows again once the SRS accepts (Resumed)."""
+        link = self._live(siprec_sid)
+        if link is None:
+            return
+        link.locally_paused = False
+        link.session.resume(self._now())
+        self._drive(link)
+
+    async def update_participants(self, call_sid: str, caller: str, callee: str) -> None:
+        """Send partial metadata (re-INVITE) to every live session of the call."""
+        for link in list(self._links.values()):
+            if link.request.call_sid == call_sid and not link.reported:
+                link.session.update_participants(
+                    self._now(), _participant(caller), _participant(callee)
+                )
+                self._drive(link)
+
+    def handle_engine_event(self, event: EngineEvent) -> None:
+        """React to an engine event; a ``send_error`` saying the SRS's media address is
+        unreachable (ICMP) fails that session ("dead SRS"). Other events are ignored."""
+        if event.kind != "send_error" or event.fork_id is None:
+            return
+        link = self._by_fork.get(event.fork_id)
+        if link is None or link.reported or not link.started:
+            return
+        if event.value not in _DEAD_MEDIA_ERRNOS:
+            return
+        name = errno.errorcode.get(event.value, str(event.value))
+        message = (
+            f"SRS media unreachable ({name} on forked stream of track {event.track.label}) "
+            f"during established phase, SRS {_safe_uri(link.session.srs_uri)}"
+        )
+        log.warning("Siprec %s: %s", link.sid, message)
+        self._report_end(link, LinkEvent(link.sid, "error", ERR_MEDIA_UNREACHABLE, message))
+        # Best effort BYE; its outcome is not reported (the error already was).
+        link.session.stop(self._now(), "media unreachable")
+        self._drive(link)
+
+    def session_state(self, siprec_sid: str) -> SessionState | None:
+        """The recording session's state (for diagnostics and tests)."""
+        link = self._links.get(siprec_sid)
+        return link.session.state if link else None
+
+    def forks(self, siprec_sid: str) -> list[Fork]:
+        """The forks of a running Siprec (for counters)."""
+        link = self._links.get(siprec_sid)
+        return [s.fork for s in link.streams.values()] if link else []
+
+    # --- starting ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _parse_connector(connector: Connector) -> tuple[str, bool, str | None, tuple[str, ...]]:
+        name = connector.unique_name
+        try:
+            srs, secure, edge = split_connector_uri(connector.srs)
+            standbys: list[str] = []
+            for uri in connector.standby_srs:
+                clean, standby_secure, _ = split_connector_uri(uri)
+                standbys.append(clean)
+                secure = secure or standby_secure
+            for uri in (srs, *standbys):
+                if not SipUri.parse(uri).is_sip:
+                    raise SipParseError("not a sip: or sips: URI")
+        except (SipParseError, ValueError) as exc:
+            raise LinkError(
+                f"connector {name} has an invalid SRS URI: {exc}", ERR_BAD_CONNECTOR_URI
+            ) from None
+        return srs, secure, edge, tuple(standbys)
+
+    def _warn_clear_keys(self, connector: Connector, transport: str) -> None:
+        key = (connector.account_sid, connector.unique_name)
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        log.warning(
+            "connector %s is secure but its SRS URI forces transport=%s: "
+            "SDES SRTP keys will cross the network in clear",
+            connector.unique_name,
+            transport,
+        )
+
+    async def _choose_edge(
+        self, name: str | None, connector: Connector, srs: str, transport: str | None
+    ) -> Edge:
+        if name is not None:
+            edge = self._edges.get(name)
+            if edge is None:
+                raise LinkError(
+                    f"connector {connector.unique_name} names unknown edge {name!r}",
+                    ERR_UNKNOWN_EDGE,
+                )
+            if name in self._unusable:
+                raise LinkError(
+                    f"edge {name!r} ({edge.address}) is unusable: {self._unusable[name]}",
+                    ERR_UNUSABLE_EDGE,
+                )
+            return edge
+        usable = [e for e in self._edges.values() if e.name not in self._unusable]
+        if not usable:
+            names = ", ".join(sorted(self._unusable))
+            raise LinkError(f"no usable edge (unusable: {names})", ERR_UNUSABLE_EDGE)
+        for edge in usable:
+            if edge.default:
+                return edge
+        if any(e.default for e in self._edges.values()):
+            default = next(e for e in self._edges.values() if e.default)
+            raise LinkError(
+                f"default edge {default.name!r} ({default.address}) is unusable: "
+                f"{self._unusable[default.name]}",
+                ERR_UNUSABLE_EDGE,
+            )
+        if len(usable) == 1:
+            return usable[0]
+        rtts = await asyncio.gather(*(self._rtt_to(e, connector, srs, transport) for e in usable))
+        answered = [(rtt, i) for i, rtt in enumerate(rtts) if rtt is not None]
+        if not answered:
+            # Nobody answered OPTIONS: let the session itself fail (with a SIP status)
+            # or fail over to a standby, from the first edge.
+            log.warning(
+                "no edge got an OPTIONS answer from %s; using %s", _safe_uri(srs), usable[0].name
+            )
+            return usable[0]
+        return usable[min(answered)[1]]
+
+    async def _rtt_to(
+        self, edge: Edge, connector: Connector, srs: str, transport: str | None
+    ) -> float | None:
+        """OPTIONS round-trip from ``edge`` to the SRS (cached), None if no answer."""
+        key = (edge.name, srs)
+        now = self._now()
+        cached = self._rtt.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        rtt = await self._probe(edge, connector, srs, transport)
+        self._rtt[key] = (now + _PROBE_CACHE_SECONDS, rtt)
+        log.debug("OPTIONS round-trip from edge %s to %s: %s", edge.name, _safe_uri(srs), rtt)
+        return rtt
+
+    async def _probe(
+        self, edge: Edge, connector: Connector, srs: str, transport: str | None
+    ) -> float | None:
+        uri = SipUri.parse(srs)
+        kind = uri.transport or ("tls" if uri.scheme == "sips" else transport or "udp")
+        host = uri.param("maddr") or uri.host
+        destination = Destination(
+            host.strip("[]"), uri.port or (5061 if kind == "tls" else 5060), kind
+        )
+        port = self._ports[edge.name]
+        address = f"[{edge.address}]" if ":" in edge.address else edge.address
+        call_id = f"{secrets.token_hex(12)}@{edge.address}"
+        request = Request("OPTIONS", str(SipUri(uri.scheme, uri.user, None, uri.host, uri.port)))
+        h = request.headers
+        h.add("Via", f"SIP/2.0/{kind.upper()} {address}:{port};branch={new_branch()};rport")
+        h.add("Max-Forwards", "70")
+        h.add("From", f"<sip:mediafork@{address}>;tag={secrets.token_hex(6)}")
+        h.add("To", f"<{request.uri}>")
+        h.add("Call-ID", call_id)
+        h.add("CSeq", "1 OPTIONS")
+        h.add("Accept", "application/sdp")
+        h.add("User-Agent", self._user_agent)
+        if connector.credentials_header and connector.credentials:
+            h.add(connector.credentials_header, connector.credentials)
+        data = request.to_bytes()
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._probes[call_id] = future
+        started = self._now()
+        try:
+            deadline = started + self._probe_timeout
+            interval = self._timers.t1
+            while not future.done() and self._now() < deadline:
+                await self.transport.send(data, destination, edge.address)
+                if kind != "udp":
+                    interval = deadline - self._now()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        asyncio.shield(future), max(0.0, min(interval, deadline - self._now()))
+                    )
+                interval *= 2
+            if future.done() and not future.cancelled():
+                return self._now() - started
+            return None
+        except TransportError as exc:
+            log.debug("OPTIONS from edge %s failed: %s", edge.name, exc.reason)
+            return None
+        finally:
+            self._probes.pop(call_id, None)
+
+    def _create_forks(
+        self, call: Call, request: SiprecStart, edge: Edge, secure: bool
+    ) -> list[_Stream]:
+        streams: list[_Stream] = []
+        try:
+            for track in _TRACKS[request.track]:
+                key_80 = SrtpKey.generate(SrtpProfile.AES_CM_128_HMAC_SHA1_80) if secure else None
+                key_32 = SrtpKey.generate(SrtpProfile.AES_CM_128_HMAC_SHA1_32) if secure else None
+                fork = call.add_fork(
+                    track,
+                    key=key_80,
+                    local_address=edge.address,
+                    cname=f"mediafork-{request.siprec_sid[-12:]}-{_LABELS[track]}",
+                )
+                streams.append(_Stream(_LABELS[track], fork, key_80, key_32))
+        except (EngineError, OSError, KeyError) as exc:
+            for stream in streams:
+                with contextlib.suppress(Exception):
+                    stream.fork.close()
+            raise LinkError(
+                f"cannot create forked streams on edge {edge.name} ({edge.address}): {exc}",
+                ERR_ENGINE_FORKS,
+            ) from None
+        return streams
+
+    # --- driving sessions -------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _drive(self, link: _Link) -> None:
+        """Move the session's output to the sender, act on its events, re-arm its timer."""
+        session = link.session
+        for _ in range(100):  # handlers may call back into the session; bounded
+            progressed = False
+            for out in session.messages_to_send():
+                link.outbox.put_nowait(out)
+                progressed = True
+            if session.call_id and session.call_id not in link.call_ids:
+                link.call_ids.add(session.call_id)
+                self._by_call_id[session.call_id] = link
+            while (event := session.next_event()) is not None:
+                progressed = True
+                try:
+                    self._on_event(link, event)
+                except Exception:
+                    log.exception("Siprec %s: error handling %s", link.sid, type(event).__name__)
+            if not progressed:
+                break
+        if link.timer is not None:
+            link.timer.cancel()
+            link.timer = None
+        deadline = session.get_timer()
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            link.timer = loop.call_at(deadline, self._on_timer, link, deadline)
+        elif link.reported and link.outbox.empty():
+            self._drop(link)
+
+    def _on_timer(self, link: _Link, deadline: float) -> None:
+        link.timer = None
+        # call_at may fire a hair early; the session must see its deadline as reached.
+        link.session.handle_timer(max(self._now(), deadline))
+        self._drive(link)
+
+    async def _send_loop(self, link: _Link) -> None:
+        """Send one session's messages in order (TCP/TLS: connect first, in sequence)."""
+        while True:
+            out = await link.outbox.get()
+            if out is None:
+                return
+            destination = out.destination
+            try:
+                peer = await self.transport.send(
+                    out.message.to_bytes(), destination, link.edge.address
+                )
+            except TransportError as exc:
+                log.info("Siprec %s: cannot send to %s: %s", link.sid, destination.host, exc.reason)
+                link.session.handle_transport_error(self._now(), exc.reason, destination)
+                self._drive(link)
+                continue
+            except Exception:
+                log.exception("Siprec %s: send failed", link.sid)
+                continue
+            link.resolved.setdefault((destination.transport, *peer), set()).add(destination)
+
+    def _on_message(
+        self, message: Message, source: tuple[str, int], transport: str, local: str
+    ) -> None:
+        try:
+            call_id = message.call_id
+        except SipParseError:
+            return
+        if isinstance(message, Response):
+            probe = self._probes.get(call_id)
+            if probe is not None:
+                if message.status >= 200 and not probe.done():
+                    probe.set_result(message)
+                return
+        link = self._by_call_id.get(call_id)
+        if link is not None:
+            link.session.handle_message(message, self._now(), source)
+            self._drive(link)
+            return
+        if isinstance(message, Request) and message.method != "ACK":
+            # Out of any session: OPTIONS pings are answered, the rest is 481 (§12.2.2).
+            status = 200 if message.method == "OPTIONS" else 481
+            headers = (
+                [("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE")] if status == 200 else []
+            )
+            reply = build_response(message, status, to_tag=secrets.token_hex(4), headers=headers)
+            self.transport.send_reply(reply.to_bytes(), source, transport, local)
+
+    def _on_transport_error(
+        self, local: str, transport: str, peer: tuple[str, int], reason: str
+    ) -> None:
+        """ICMP unreachable (UDP) or a lost connection: fail what was sent there."""
+        for link in list(self._links.values()):
+            if link.edge.address != local:
+                continue
+            destinations = link.resolved.get((transport, *peer))
+            if not destinations:
+                continue
+            now = self._now()
+            for destination in list(destinations):
+                link.session.handle_transport_error(now, reason, destination)
+            self._drive(link)
+
+    # --- session events -> forks and link events --------------------------------------------
+
+    def _on_event(self, link: _Link, event: ev.SessionEvent) -> None:
+        if isinstance(event, ev.Established):
+            link.started = True
+            if not link.reported:
+                self._apply(link, event.streams)
+                log.info(
+                    "Siprec %s: recording session established with %s",
+                    link.sid,
+                    _safe_uri(event.srs_uri),
+                )
+                self._emit(LinkEvent(link.sid, "started"))
+        elif isinstance(event, ev.MediaUpdated):
+            if not link.reported:
+                self._apply(link, event.streams)
+        elif isinstance(event, ev.Paused):
+            if event.by_remote:
+                link.remotely_paused = True
+            self._pause_forks(link)
+        elif isinstance(event, ev.Resumed):
+            if event.by_remote:
+                link.remotely_paused = False
+            if not link.locally_paused and not link.remotely_paused and not link.reported:
+                for stream in link.streams.values():
+                    self._fork_call(link, stream.fork.resume)
+        elif isinstance(event, ev.UpdateRejected):
+            log.warning(
+                "Siprec %s: SRS refused our %s re-INVITE: %s %s",
+                link.sid,
+                event.purpose,
+                event.status,
+                _short(event.reason),
+            )
+        elif isinstance(event, ev.FailingOver):
+            log.warning(
+                "Siprec %s: SRS %s failed (%s %s); trying standby %s",
+                link.sid,
+                _safe_uri(event.failed_uri),
+                event.status,
+                _short(event.reason),
+                _safe_uri(event.next_uri),
+            )
+        elif isinstance(event, ev.Failed):
+            if link.stop_requested:
+                self._report_end(link, LinkEvent(link.sid, "stopped"))
+            else:
+                code = ERR_SETUP_FAILED if event.phase == "setup" else ERR_SESSION_LOST
+                message = self._failure_message(link, event)
+                log.warning("Siprec %s: %s", link.sid, message)
+                self._report_end(
+                    link,
+                    LinkEvent(link.sid, "error", code, message, sip_status=event.status),
+                )
+        elif isinstance(event, ev.Ended):
+            log.info(
+                "Siprec %s: recording session ended (%s)",
+                link.sid,
+                "by the SRS" if event.by_remote else "by us",
+            )
+            self._report_end(link, LinkEvent(link.sid, "stopped", by_remote=event.by_remote))
+
+    def _failure_message(self, link: _Link, event: ev.Failed) -> str:
+        status = f"SIP {event.status} " if event.status is not None else ""
+        what = (
+            "recording session setup failed" if event.phase == "setup" else "recording session lost"
+        )
+        parts = [f"{what}: {status}{_short(event.reason)} during {event.phase} phase"]
+        parts.append(f"SRS {_safe_uri(link.session.srs_uri)}")
+        if event.reason_header:
+            parts.append(f"Reason: {_short(event.reason_header)}")
+        if event.warning:
+            parts.append(f"Warning: {_short(event.warning)}")
+        return ", ".join(parts)
+
+    def _apply(self, link: _Link, streams: Iterable[ev.StreamDestination]) -> None:
+        """Point each fork where the SRS wants it, with the keys of the selected suite."""
+        for dest in streams:
+            stream = link.streams.get(dest.label)
+            if stream is None:
+                continue
+            try:
+                self._apply_keys(link, stream, dest)
+                if dest.port is None or dest.address is None:
+                    stream.fork.clear_destination()
+                    continue
+                if not _is_ip(dest.address) or (dest.rtcp and not _is_ip(dest.rtcp[0])):
+                    asyncio.ensure_future(self._apply_resolved(link, stream, dest))
+                    continue
+                stream.fork.set_destination((dest.address, dest.port), dest.rtcp)
+            except EngineError as exc:
+                self._engine_failed(link, exc)
+                return
+
+    async def _apply_resolved(
+        self, link: _Link, stream: _Stream, dest: ev.StreamDestination
+    ) -> None:
+        """The SDP named a host instead of an address (legal, rare): resolve it first."""
+        assert dest.address is not None and dest.port is not None
+        try:
+            address, _ = await self.transport.resolve(
+                dest.address, dest.port, "udp", link.edge.address
+            )
+            rtcp = dest.rtcp
+            if rtcp is not None:
+                rtcp = await self.transport.resolve(rtcp[0], rtcp[1], "udp", link.edge.address)
+            if not link.reported:
+                stream.fork.set_destination((address, dest.port), rtcp)
+        except (TransportError, EngineError) as exc:
+            self._engine_failed(link, exc)
+
+    def _apply_keys(self, link: _Link, stream: _Stream, dest: ev.StreamDestination) -> None:
+        if dest.suite is None or stream.key_80 is None:
+            return
+        remote = link.session.remote_key(dest.label)
+        if (dest.suite, remote) == stream.applied:
+            return
+        ours = stream.key_32 if dest.suite == SUITE_32 else stream.key_80
+        profile = SrtpProfile(dest.suite)
+        remote_key: SrtpKey | None = None
+        if remote is not None:
+            try:
+                remote_key = SrtpKey(profile, remote)
+            except ValueError:
+                # A key of the wrong length only costs SRTCP authentication, not the media.
+                log.warning(
+                    "Siprec %s: SRS SRTP key for stream %s is unusable", link.sid, dest.label
+                )
+        stream.fork.rotate_key(ours, remote_key)
+        stream.applied = (dest.suite, remote)
+
+    def _engine_failed(self, link: _Link, exc: Exception) -> None:
+        message = f"media engine could not apply the SRS answer: {exc}"
+        log.error("Siprec %s: %s", link.sid, message)
+        self._report_end(link, LinkEvent(link.sid, "error", ERR_ENGINE_APPLY, message))
+        link.session.stop(self._now(), "media error")
+        self._drive(link)
+
+    def _pause_forks(self, link: _Link) -> None:
+        for stream in link.streams.values():
+            if not stream.fork.closed:
+                self._fork_call(link, stream.fork.pause)
+
+    def _fork_call(self, link: _Link, method: object) -> None:
+        try:
+            method()  # type: ignore[operator]
+        except EngineError as exc:
+            # The call ended under us: its forks are gone already, nothing to do.
+            log.debug("Siprec %s: fork operation skipped: %s", link.sid, exc)
+
+    # --- endings ----------------------------------------------------------------------------
+
+    def _live(self, siprec_sid: str) -> _Link | None:
+        link = self._links.get(siprec_sid)
+        return None if link is None or link.reported or link.stop_requested else link
+
+    async def _stop(self, link: _Link, reason: str, timeout: float) -> None:
+        if not link.stop_requested:
+            link.stop_requested = True
+            self._close_forks(link)  # nothing more to record: stop the media now
+            link.session.stop(self._now(), reason)
+            self._drive(link)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(link.done.wait(), timeout + 0.5)
+        self._report_end(link, LinkEvent(link.sid, "stopped"))
+
+    def _report_end(self, link: _Link, event: LinkEvent) -> None:
+        if link.reported:
+            return
+        link.reported = True
+        self._close_forks(link)
+        link.done.set()
+        self._emit(event)
+
+    def _close_forks(self, link: _Link) -> None:
+        for stream in link.streams.values():
+            self._by_fork.pop(stream.fork.id, None)
+            try:
+                stream.fork.close()
+            except Exception as exc:
+                log.debug("Siprec %s: closing fork: %s", link.sid, exc)
+
+    def _drop(self, link: _Link) -> None:
+        """Forget a finished link (its session has no more timers)."""
+        if link.timer is not None:
+            link.timer.cancel()
+            link.timer = None
+        if link.sender is not None and not link.sender.done():
+            link.outbox.put_nowait(None)  # sends what is queued (a last ACK/BYE), then ends
+        for call_id in link.call_ids:
+            if self._by_call_id.get(call_id) is link:
+                del self._by_call_id[call_id]
+        if self._links.get(link.sid) is link:
+            del self._links[link.sid]
+
+    def _emit(self, event: LinkEvent) -> None:
+        try:
+            self._sink(event)
+        except Exception:
+            log.exception("link event sink failed for Siprec %s", event.siprec_sid)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,493 @@
+"""SIP transports on asyncio (uvloop or the default loop): UDP, TCP and TLS.
+
+This is the only part of ``mediafork.sip`` that touches sockets. It moves bytes: every
+datagram or framed stream message is parsed and handed to ``on_message``; everything that
+goes out is given as bytes plus a :class:`~mediafork.sip.session.Destination`.
+
+* One UDP socket per local (edge) address, also used as the TCP listening port, so the
+  port in Via/Contact is right for both. The UDP socket sets ``IP_RECVERR`` so ICMP port
+  unreachable for a destination is reported (``on_error``) instead of only surfacing as
+  a Timer B timeout 32 s later.
+* TCP and TLS connections are opened from the edge address (``local_addr``) and pooled per
+  (edge, transport, peer); connections the SRS opens to our listener join the pool too, so
+  replies to its requests go back over them. Each connection has its own
+  :class:`~mediafork.sip.message.StreamFramer`; a double-CRLF ping is answered with CRLF
+  (RFC 5626 §3.5.1).
+* Host names are resolved with ``loop.getaddrinfo`` (A/AAAA of the edge's family), cached
+  for ``dns_ttl`` seconds. No SRV lookup.
+* TLS verifies the SRS certificate against the default or a given CA file, with host name
+  checking against the name (or IP) we connected to.
+
+Nothing here logs message contents: they carry credentials headers and SDES keys. A test
+may set ``tap`` to see every message (it is never set in production).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import logging
+import socket
+import ssl
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import SipParseError
+from .message import Message, StreamFramer, parse_message
+from .session import Destination
+
+__all__ = [
+    "ErrorHandler",
+    "MessageHandler",
+    "SipTransport",
+    "Tap",
+    "TransportError",
+    "client_tls_context",
+]
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[Message, tuple[str, int], str, str], None]
+"""on_message(message, source (ip, port), transport, local address)."""
+ErrorHandler = Callable[[str, str, tuple[str, int], str], None]
+"""on_error(local address, transport, peer (ip, port), reason): the peer is unreachable."""
+Tap = Callable[[str, str, str, tuple[str, int], bytes], None]
+"""tap(direction "in"/"out", transport, local address, peer, bytes) (tests only)."""
+
+_MAX_DATAGRAM = 65535
+_IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
+_IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
+_MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+_UNREACHABLE = {
+    errno.ECONNREFUSED,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    getattr(errno, "EHOSTDOWN", 112),
+}
+
+
+class TransportError(Exception):
+    """A message could not be sent (resolution, connect, TLS handshake, socket error)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def client_tls_context(
+    ca_file: str | None = None,
+    *,
+    verify: bool = True,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+) -> ssl.SSLContext:
+    """A TLS client context for SRS connections: verifies by default (system CAs, or only
+    ``ca_file`` when given); ``verify=False`` is for lab setups and is logged."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not verify:
+        log.warning("TLS certificate verification of SRS connections is disabled")
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if cert_file:
+        ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class _UdpEndpoint:
+    """A non-blocking UDP socket read with ``add_reader`` (so its error queue is ours)."""
+
+    def __init__(self, owner: SipTransport, sock: socket.socket, address: str) -> None:
+        self.owner = owner
+        self.sock = sock
+        self.address = address
+        self.port: int = sock.getsockname()[1]
+        owner.loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        for _ in range(64):  # bounded: other sockets and timers get their turn
+            try:
+                data, peer = self.sock.recvfrom(_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                # A pending ICMP error (IP_RECVERR): the details are in the error queue.
+                self._drain_errors()
+                continue
+            self.owner._datagram(self, data, (peer[0], peer[1]))
+        self._drain_errors()
+
+    def _drain_errors(self) -> None:
+        for _ in range(64):
+            try:
+                _, ancdata, _, peer = self.sock.recvmsg(1, 512, _MSG_ERRQUEUE)
+            except OSError:
+                return
+            code = 0
+            for _level, _type, cdata in ancdata:
+                if len(cdata) >= 4:
+                    code = struct.unpack("=I", cdata[:4])[0]  # sock_extended_err.ee_errno
+            if peer and code in _UNREACHABLE:
+                self.owner._unreachable(self.address, "udp", (peer[0], peer[1]), code)
+
+    def sendto(self, data: bytes, peer: tuple[str, int]) -> None:
+        for attempt in range(2):
+            try:
+                self.sock.sendto(data, peer)
+                return
+            except (BlockingIOError, InterruptedError):
+                # Socket buffer full: drop, SIP retransmits over UDP.
+                log.debug("UDP send buffer full on %s; message dropped", self.address)
+                return
+            except OSError as exc:
+                # With IP_RECVERR an earlier ICMP error (maybe about another peer) is
+                # reported by the next send: read it from the queue and try once more.
+                self._drain_errors()
+                if attempt == 1:
+                    raise TransportError(
+                        f"UDP send to {peer[0]}:{peer[1]}: {exc.strerror}"
+                    ) from None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.owner.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+
+class _StreamConnection(asyncio.Protocol):
+    """One TCP or TLS connection carrying SIP, framed by Content-Length."""
+
+    def __init__(self, owner: SipTransport, transport_name: str, address: str) -> None:
+        self.owner = owner
+        self.transport_name = transport_name
+        self.address = address
+        self.framer = StreamFramer()
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = (peer[0], peer[1]) if peer else None
+        if self.peer is not None:
+            self.owner._register(self)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.peer is not None
+        pings = self.framer.keepalives
+        try:
+            messages = self.framer.feed(data)
+        except SipParseError as exc:
+            # The stream is out of sync: nothing after this point can be trusted.
+            log.warning(
+                "closing %s connection from %s:%s: %s", self.transport_name, *self.peer, exc
+            )
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if self.framer.keepalives > pings and self.transport is not None:
+            self.transport.write(b"\r\n")  # pong
+        for message in messages:
+            self.owner._deliver(message, self.peer, self.transport_name, self.address, None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._unregister(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if self.peer is not None and not self.owner._closing:
+            self.owner._lost(self)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise TransportError(f"{self.transport_name} connection is closed")
+        self.transport.write(data)
+
+
+@dataclass
+class _Listener:
+    udp: _UdpEndpoint
+    servers: list[asyncio.AbstractServer]
+
+
+class SipTransport:
+    """SIP over UDP, TCP and TLS for a set of local (edge) addresses."""
+
+    def __init__(
+        self,
+        on_message: MessageHandler,
+        on_error: ErrorHandler | None = None,
+        *,
+        tls_context: ssl.SSLContext | None = None,
+        tls_server_context: ssl.SSLContext | None = None,
+        connect_timeout: float = 5.0,
+        dns_ttl: float = 30.0,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.on_message = on_message
+        self.on_error = on_error
+        self.tls_context = tls_context
+        self.tls_server_context = tls_server_context
+        self.connect_timeout = connect_timeout
+        self.dns_ttl = dns_ttl
+        self.tap: Tap | None = None
+        self._listeners: dict[str, _Listener] = {}
+        self._pool: dict[tuple[str, str, str, int], _StreamConnection] = {}
+        self._connecting: dict[tuple[str, str, str, int], asyncio.Future[_StreamConnection]] = {}
+        self._dns: dict[tuple[str, int, str, int], tuple[float, tuple[str, int]]] = {}
+        self._closing = False
+
+    # --- listening ------------------------------------------------------------------------
+
+    async def listen(self, address: str, port: int = 0, *, tcp: bool = True) -> int:
+        """Bind UDP (and TCP, and TLS on port+1 with a server context) on ``address``;
+        return the SIP port. Port 0 picks a free port usable for both UDP and TCP."""
+        if address in self._listeners:
+            return self._listeners[address].udp.port
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        last: OSError | None = None
+        for _ in range(1 if port else 20):
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock.setblocking(False)
+                sock.bind((address, port))
+                if family == socket.AF_INET:
+                    sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
+                else:
+                    sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
+                bound = sock.getsockname()[1]
+                servers: list[asyncio.AbstractServer] = []
+                if tcp:
+                    servers.append(
+                        await self.loop.create_server(
+                            lambda: _StreamConnection(self, "tcp", address),
+                            host=address,
+                            port=bound,
+                            reuse_address=True,
+                        )
+                    )
+                if self.tls_server_context is not None:
+                    servers.append(
+                        await self.loop.create_server(
+                            lambda: _StreamConnection(self, "tls", address),
+                            host=address,
+                            port=bound + 1,
+                            ssl=self.tls_server_context,
+                            reuse_address=True,
+                        )
+                    )
+            except OSError as exc:
+                sock.close()
+                last = exc
+                continue
+            self._listeners[address] = _Listener(_UdpEndpoint(self, sock, address), servers)
+            return bound
+        raise OSError(
+            last.errno if last else errno.EADDRINUSE, f"cannot listen on {address}: {last}"
+        )
+
+    def local_port(self, address: str) -> int | None:
+        listener = self._listeners.get(address)
+        return listener.udp.port if listener else None
+
+    # --- sending --------------------------------------------------------------------------
+
+    async def resolve(self, host: str, port: int, transport: str, local: str) -> tuple[str, int]:
+        """(ip, port) for ``host``: literal IPs as they are, names by A/AAAA of the local
+        address's family (the socket could not reach the other family anyway)."""
+        host = host.strip("[]")
+        if _is_ip(host):
+            return host, port
+        family = socket.AF_INET6 if ":" in local else socket.AF_INET
+        key = (host.lower(), port, transport, family)
+        cached = self._dns.get(key)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+        try:
+            infos = await self.loop.getaddrinfo(host, port, family=family, type=kind)
+        except OSError as exc:
+            raise TransportError(f"cannot resolve {host}: {exc}") from None
+        if not infos:
+            raise TransportError(f"cannot resolve {host}: no address")
+        sockaddr = infos[0][4]
+        result = (str(sockaddr[0]), int(sockaddr[1]))
+        self._dns[key] = (now + self.dns_ttl, result)
+        return result
+
+    async def send(self, data: bytes, destination: Destination, local: str) -> tuple[str, int]:
+        """Send ``data`` from ``local`` (an address given to :meth:`listen`) to
+        ``destination``; return the peer (ip, port) used. Raises :class:`TransportError`."""
+        listener = self._listeners.get(local)
+        if listener is None:
+            raise TransportError(f"no SIP socket on {local}")
+        peer = await self.resolve(destination.host, destination.port, destination.transport, local)
+        if destination.transport == "udp":
+            listener.udp.sendto(data, peer)
+        elif destination.transport in ("tcp", "tls"):
+            connection = await self._connection(local, destination, peer)
+            connection.write(data)
+        else:
+            raise TransportError(f"unsupported transport {destination.transport}")
+        if self.tap is not None:
+            self.tap("out", destination.transport, local, peer, data)
+        return peer
+
+    async def _connection(
+        self, local: str, destination: Destination, peer: tuple[str, int]
+    ) -> _StreamConnection:
+        key = (local, destination.transport, peer[0], peer[1])
+        existing = self._pool.get(key)
+        if existing is not None and existing.transport and not existing.transport.is_closing():
+            return existing
+        pending = self._connecting.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[_StreamConnection] = self.loop.create_future()
+        self._connecting[key] = future
+        try:
+            connection = await self._connect(local, destination, peer)
+        except TransportError as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it themselves
+            raise
+        else:
+            future.set_result(connection)
+            return connection
+        finally:
+            self._connecting.pop(key, None)
+
+    async def _connect(
+        self, local: str, destination: Destination, peer: tuple[str, int]
+    ) -> _StreamConnection:
+        tls = destination.transport == "tls"
+        context: ssl.SSLContext | None = None
+        if tls:
+            context = self.tls_context or client_tls_context()
+        what = f"{destination.transport.upper()} connection to {peer[0]}:{peer[1]}"
+        try:
+            _, protocol = await asyncio.wait_for(
+                self.loop.create_connection(
+                    lambda: _StreamConnection(self, destination.transport, local),
+                    host=peer[0],
+                    port=peer[1],
+                    local_addr=(local, 0),
+                    ssl=context,
+                    # Verify the name we were given (a host name or the literal IP).
+                    server_hostname=destination.host.strip("[]") if tls else None,
+                ),
+                self.connect_timeout,
+            )
+        except TimeoutError:
+            raise TransportError(f"{what}: timed out") from None
+        except ssl.SSLError as exc:
+            raise TransportError(f"{what}: TLS failure: {exc.reason or exc}") from None
+        except OSError as exc:
+            raise TransportError(f"{what}: {exc.strerror or exc}") from None
+        assert isinstance(protocol, _StreamConnection)
+        return protocol
+
+    # --- receiving ------------------------------------------------------------------------
+
+    def _datagram(self, endpoint: _UdpEndpoint, data: bytes, peer: tuple[str, int]) -> None:
+        if not data.strip(b"\r\n\x00 "):
+            return  # keepalive
+        try:
+            message = parse_message(data)
+        except SipParseError as exc:
+            log.debug("dropping malformed datagram from %s:%s: %s", peer[0], peer[1], exc)
+            return
+        self._deliver(message, peer, "udp", endpoint.address, data)
+
+    def _deliver(
+        self,
+        message: Message,
+        peer: tuple[str, int],
+        transport: str,
+        local: str,
+        raw: bytes | None,
+    ) -> None:
+        if self.tap is not None:
+            self.tap("in", transport, local, peer, raw if raw is not None else message.to_bytes())
+        try:
+            self.on_message(message, peer, transport, local)
+        except Exception:
+            log.exception("error handling a SIP message from %s:%s", peer[0], peer[1])
+
+    def _register(self, connection: _StreamConnection) -> None:
+        assert connection.peer is not None
+        key = (connection.address, connection.transport_name, *connection.peer)
+        self._pool[key] = connection
+
+    def _unregister(self, connection: _StreamConnection) -> None:
+        if connection.peer is None:
+            return
+        key = (connection.address, connection.transport_name, *connection.peer)
+        if self._pool.get(key) is connection:
+            del self._pool[key]
+
+    def _lost(self, connection: _StreamConnection) -> None:
+        assert connection.peer is not None
+        if self.on_error is not None:
+            self.on_error(
+                connection.address, connection.transport_name, connection.peer, "connection lost"
+            )
+
+    def _unreachable(self, local: str, transport: str, peer: tuple[str, int], code: int) -> None:
+        if self.on_error is not None:
+            self.on_error(local, transport, peer, errno.errorcode.get(code, str(code)))
+
+    def send_reply(self, data: bytes, peer: tuple[str, int], transport: str, local: str) -> None:
+        """Send a stateless reply back the way a request came (no resolution, no connect)."""
+        listener = self._listeners.get(local)
+        if listener is None:
+            return
+        try:
+            if transport == "udp":
+                listener.udp.sendto(data, peer)
+            else:
+                connection = self._pool.get((local, transport, *peer))
+                if connection is None:
+                    return
+                connection.write(data)
+        except TransportError as exc:
+            log.debug("stateless reply to %s:%s failed: %s", peer[0], peer[1], exc)
+            return
+        if self.tap is not None:
+            self.tap("out", transport, local, peer, data)
+
+    # --- shutdown -------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close every socket and connection."""
+        self._closing = True
+        connections = list(self._pool.values())
+        for connection in connections:
+            if connection.transport is not None:
+                connection.transport.close()
+        for listener in self._listeners.values():
+            listener.udp.close()
+            for server in listener.servers:
+                server.close()
+        for listener in self._listeners.values():
+            for server in listener.servers:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(server.wait_closed(), 1.0)
+        if connections:
+            await asyncio.wait([c.closed for c in connections], timeout=1.0)
+        self._listeners.clear()
+        self._pool.clear()
