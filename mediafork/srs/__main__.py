@@ -1,0 +1,7 @@
+"""``python -m mediafork.srs``: the same as ``mediafork srs``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
