@@ -266,19 +266,23 @@ class ReferenceRecorder:
                  f", tls {self.tls_address[1]}" if self.tls_address else "", self.out_dir)
         return self
 
-    async def stop(self, bye_timeout: float = 2.0) -> None:
+    async def stop(self, bye_timeout: float = 1.0) -> None:
         """Hang up live sessions (BYE, bounded wait), finish files and close every socket."""
         self._stopping = True
         waits = [self._hangup(s, "shutdown") for s in self.sessions if s.live]
         if waits:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True),
-                                       bye_timeout + 1)
+                                       bye_timeout)
         for session in self.sessions:
             if session.live:
                 await session.end("shutdown")
             elif session.state == "unanswered":
                 session.state = "ended"
+            else:
+                # A hangup cut short by the timeout above may have left receivers open.
+                await session.close_media()
+                session.write_summary()
         if self._tick_task is not None:
             self._tick_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
