@@ -280,7 +280,7 @@ class ControlService:
     def _live_call(self, account_sid: str, call_sid: str) -> _LiveCall:
         live = self._calls.get(call_sid)
         if live is None or live.handle.account_sid != account_sid:
-            raise errors.not_found("call")
+            raise errors.not_found("resource")
         return live
 
     def get_call_handle(self, account_sid: str, call_sid: str) -> CallHandle:
@@ -517,7 +517,7 @@ class ControlService:
         parse_siprec_update(form)
         record = await self.store.get_siprec(account_sid, call_sid, sid_or_name)
         if record is None:
-            raise errors.not_found("Siprec")
+            raise errors.not_found("resource")
         if record.status == "stopped":
             return render_siprec(record)  # idempotent
         live = self._calls.get(call_sid)
@@ -548,13 +548,13 @@ class ControlService:
                            sid_or_name: str) -> dict[str, Any]:
         record = await self.store.get_siprec(account_sid, call_sid, sid_or_name)
         if record is None:
-            raise errors.not_found("Siprec")
+            raise errors.not_found("resource")
         return render_siprec(record)
 
     async def list_siprecs(self, account_sid: str, call_sid: str,
                            query: Mapping[str, str]) -> dict[str, Any]:
         if call_sid not in self._calls and await self._stored_call(account_sid, call_sid) is None:
-            raise errors.not_found("call")
+            raise errors.not_found("resource")
         records = await self.store.list_siprecs(account_sid, call_sid)
         return list_page("siprec", records, render_siprec,
                          siprec_list_uri(account_sid, call_sid), page_request(dict(query)))
@@ -703,7 +703,7 @@ class ControlService:
         if live is not None and live.handle is not None and live.handle.account_sid == account_sid:
             return
         if await self._stored_call(account_sid, call_sid) is None:
-            raise errors.not_found("call")
+            raise errors.not_found("resource")
 
     async def update_recording(self, account_sid: str, call_sid: str, sid: str,
                                update: RecordingUpdate) -> dict[str, Any]:
@@ -735,7 +735,7 @@ class ControlService:
         await self._recording_call_known(account_sid, call_sid)
         path = await manager.wav_path(account_sid=account_sid, call_sid=call_sid, sid=sid)
         if path is None:
-            raise errors.not_found("Recording audio")
+            raise errors.not_found("resource")
         return path
 
 

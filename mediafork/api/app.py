@@ -111,7 +111,7 @@ def _account(request: web.Request) -> str:
 def _call_sid(request: web.Request) -> str:
     call_sid = request.match_info["CallSid"]
     if not is_sid(call_sid, CALL):
-        raise errors.not_found("call")
+        raise errors.not_found("resource")
     return call_sid
 
 
@@ -186,7 +186,7 @@ async def update_call(request: web.Request) -> web.Response:
 def _recording_sid(request: web.Request) -> str:
     sid = request.match_info["Sid"]
     if not is_sid(sid, RECORDING):
-        raise errors.not_found("Recording")
+        raise errors.not_found("resource")
     return sid
 
 

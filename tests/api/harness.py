@@ -187,7 +187,7 @@ class Receiver:
                         f"{self.base}{request.rel_url}", params,
                         request.headers.get("X-Twilio-Signature", ""), time.monotonic())
         if request.path.startswith("/slow/"):
-            await asyncio.sleep(30)
+            await asyncio.sleep(3)  # > the 1 s callback timeout
         with self.cond:
             self.received.append(item)
             self.cond.notify_all()
