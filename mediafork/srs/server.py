@@ -261,7 +261,7 @@ class ReferenceRecorder:
             )
             self.tls_address = (cfg.host, self._tls.sockets[0].getsockname()[1])
         self._tick_task = asyncio.create_task(self._tick())
-        log.info("srs: listening on %s (udp%s%s), recordings in %s", self.address,
+        log.info("srs: listening on %s:%d (udp%s%s), recordings in %s", *self.address,
                  ", tcp" if self.tcp_address else "",
                  f", tls {self.tls_address[1]}" if self.tls_address else "", self.out_dir)
         return self
