@@ -35,6 +35,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import SipParseError
 from .message import Message, StreamFramer, parse_message
@@ -58,7 +59,6 @@ ErrorHandler = Callable[[str, str, tuple[str, int], str], None]
 Tap = Callable[[str, str, str, tuple[str, int], bytes], None]
 """tap(direction "in"/"out", transport, local address, peer, bytes) (tests only)."""
 
-_MAX_DATAGRAM = 65535
 _IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 _IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
 _MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
@@ -106,33 +106,37 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-class _UdpEndpoint:
-    """A non-blocking UDP socket read with ``add_reader`` (so its error queue is ours)."""
+class _UdpEndpoint(asyncio.DatagramProtocol):
+    """One UDP socket (an asyncio datagram endpoint) and its ICMP error queue.
+
+    The loop's transport reads datagrams; when it reports an error (``IP_RECVERR`` makes
+    ICMP errors visible on an unconnected socket), we read the error queue through a
+    duplicate of the socket to learn which peer was unreachable. Reading the queue also
+    clears the socket's error condition (a poller would otherwise keep waking up).
+    """
 
     def __init__(self, owner: SipTransport, sock: socket.socket, address: str) -> None:
         self.owner = owner
-        self.sock = sock
         self.address = address
         self.port: int = sock.getsockname()[1]
-        owner.loop.add_reader(sock.fileno(), self._readable)
+        self.errors = sock.dup()  # same socket; ours to read MSG_ERRQUEUE from
+        self.errors.setblocking(False)
+        self.transport: asyncio.DatagramTransport | None = None
 
-    def _readable(self) -> None:
-        for _ in range(64):  # bounded: other sockets and timers get their turn
-            try:
-                data, peer = self.sock.recvfrom(_MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                # A pending ICMP error (IP_RECVERR): the details are in the error queue.
-                self._drain_errors()
-                continue
-            self.owner._datagram(self, data, (peer[0], peer[1]))
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's UDP transport does not subclass asyncio.DatagramTransport.
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.owner._datagram(self, data, (str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
         self._drain_errors()
 
     def _drain_errors(self) -> None:
         for _ in range(64):
             try:
-                _, ancdata, _, peer = self.sock.recvmsg(1, 512, _MSG_ERRQUEUE)
+                _, ancdata, _, peer = self.errors.recvmsg(1, 512, _MSG_ERRQUEUE)
             except OSError:
                 return
             code = 0
@@ -143,27 +147,16 @@ class _UdpEndpoint:
                 self.owner._unreachable(self.address, "udp", (peer[0], peer[1]), code)
 
     def sendto(self, data: bytes, peer: tuple[str, int]) -> None:
-        for attempt in range(2):
-            try:
-                self.sock.sendto(data, peer)
-                return
-            except (BlockingIOError, InterruptedError):
-                # Socket buffer full: drop, SIP retransmits over UDP.
-                log.debug("UDP send buffer full on %s; message dropped", self.address)
-                return
-            except OSError as exc:
-                # With IP_RECVERR an earlier ICMP error (maybe about another peer) is
-                # reported by the next send: read it from the queue and try once more.
-                self._drain_errors()
-                if attempt == 1:
-                    raise TransportError(
-                        f"UDP send to {peer[0]}:{peer[1]}: {exc.strerror}"
-                    ) from None
+        if self.transport is None or self.transport.is_closing():
+            raise TransportError(f"UDP socket on {self.address} is closed")
+        # Send errors (and ICMP errors surfacing on a send) come back via error_received;
+        # a full socket buffer drops the datagram, and SIP retransmits over UDP.
+        self.transport.sendto(data, peer)
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.owner.loop.remove_reader(self.sock.fileno())
-        self.sock.close()
+        if self.transport is not None:
+            self.transport.close()
+        self.errors.close()
 
 
 class _StreamConnection(asyncio.Protocol):
@@ -179,8 +172,7 @@ class _StreamConnection(asyncio.Protocol):
         self.closed = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1]) if peer else None
         if self.peer is not None:
@@ -264,6 +256,7 @@ class SipTransport:
             try:
                 sock.setblocking(False)
                 sock.bind((address, port))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
                 if family == socket.AF_INET:
                     sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
                 else:
@@ -293,7 +286,16 @@ class SipTransport:
                 sock.close()
                 last = exc
                 continue
-            self._listeners[address] = _Listener(_UdpEndpoint(self, sock, address), servers)
+            endpoint = _UdpEndpoint(self, sock, address)
+            try:
+                await self.loop.create_datagram_endpoint(lambda e=endpoint: e, sock=sock)
+            except OSError as exc:
+                endpoint.close()
+                for server in servers:
+                    server.close()
+                last = exc
+                continue
+            self._listeners[address] = _Listener(endpoint, servers)
             return bound
         raise OSError(
             last.errno if last else errno.EADDRINUSE, f"cannot listen on {address}: {last}"
