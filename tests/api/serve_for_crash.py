@@ -1,0 +1,19 @@
+"""Run a server (FakeLinks) until killed; prints its base URL on stdout. Used by the crash test."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from harness import LoopThread, Server  # noqa: E402
+
+from mediafork.config import load_config  # noqa: E402
+
+if __name__ == "__main__":
+    server = Server(load_config(sys.argv[1]), LoopThread())
+    print(server.base_url, flush=True)
+    while True:
+        time.sleep(60)
