@@ -104,6 +104,7 @@ class _Live:
     recording: CallRecording
     status: LiveStatus = "in-progress"
     finishing: asyncio.Task[None] | None = None
+    announced: asyncio.Task[None] | None = None
 
     @property
     def sid(self) -> str:
@@ -116,6 +117,8 @@ class _Tap:
 
     call: CallHandle
     live: dict[str, _Live] = field(default_factory=dict)
+    claims: dict[str, frozenset[Track]] = field(default_factory=dict)
+    """Tracks each recording needs (set before its file is opened, dropped when it ends)."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     commands: deque[_Command] = field(default_factory=deque)
     tracks: frozenset[Track] = frozenset()
@@ -202,18 +205,20 @@ class RecordingManager:
         except StoreError:
             raise errors.not_found("call") from None
         tap = self._tap_for(call)
+        # Claim the tracks before the first await, so a concurrent re-tap (another recording
+        # of the call finishing) keeps tapping what this one is about to need.
+        tap.claims[sid] = frozenset(_ENGINE_TRACKS[request.track])
         try:
             recording = await self._on_worker(
-                tap, self._open_job, tap, _recordings(tap), path, options,
-                _needed_tracks(tap) | frozenset(_ENGINE_TRACKS[request.track]),
+                tap, self._open_job, tap, _recordings(tap), path, options, _needed_tracks(tap)
             )
         except Exception as exc:  # noqa: BLE001 - the client gets a 500, the row must not linger
             log.error("recording %s: cannot start (%s: %s)", sid, type(exc).__name__, exc)
+            tap.claims.pop(sid, None)
             await self.store.delete_recording(sid)
+            await self._after_removal(tap)
             raise ApiError(errors.INTERNAL, "The recording could not be started") from None
-        # Announce before the recording becomes visible to call end / stop, so in-progress is
-        # always emitted (and therefore delivered) before completed/absent.
-        await self._emit(record, "in-progress", None, None)
+        # Fed from the next drain on: no audio is lost while the event is being stored.
         live = _Live(record, tap, recording)
         tap.live[sid] = live
         self._live[sid] = live
@@ -222,6 +227,10 @@ class RecordingManager:
             self._start_finish(live)
         else:
             self._ensure_drain_task(tap)
+        # Finalisation waits for this, so in-progress is always stored (and therefore
+        # delivered) before completed/absent.
+        live.announced = self._spawn(self._emit(record, "in-progress", None, None))
+        await asyncio.shield(live.announced)
         return render_recording(record)
 
     async def update(
@@ -258,8 +267,10 @@ class RecordingManager:
         else:
             tap.commands.append((live, "stop", (now,)))
             live.status = "stopped"
-            updated = await self.store.update_recording(sid, status="stopped")
+            # Scheduled before the await: a delete arriving meanwhile then waits for it. The
+            # task's first store write is queued after this one, so the order is kept.
             self._start_finish(live)
+            updated = await self.store.update_recording(sid, status="stopped")
         return render_recording(updated or record)
 
     async def fetch(self, *, account_sid: str, call_sid: str, sid: str) -> dict[str, Any]:
@@ -429,8 +440,11 @@ class RecordingManager:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if tap.tracks:
-            await self._on_worker(tap, self._retap_job, tap, frozenset())
+        # Not simply "untap everything": a recording may have been created meanwhile. The set is
+        # computed and the job queued in one step, so jobs apply in decision order.
+        await self._on_worker(tap, self._retap_job, tap, _needed_tracks(tap))
+        if tap.live and tap.task is None and not tap.ended:
+            self._ensure_drain_task(tap)
 
     async def _drain_loop(self, tap: _Tap) -> None:
         while tap.live:
@@ -452,6 +466,7 @@ class RecordingManager:
 
     def _forget(self, live: _Live) -> None:
         live.tap.live.pop(live.sid, None)
+        live.tap.claims.pop(live.sid, None)
         self._live.pop(live.sid, None)
 
     async def _after_removal(self, tap: _Tap) -> None:
@@ -477,6 +492,8 @@ class RecordingManager:
             log.exception("recording %s: finalisation failed; reporting absent", sid)
             status, seconds, path = "absent", 0.0, None
         self._forget(live)
+        if live.announced is not None:
+            await asyncio.wait({live.announced})
         await self._settle(live.record, status, seconds, path)
         await self._after_removal(live.tap)
 
@@ -610,7 +627,7 @@ def _recordings(tap: _Tap) -> list[CallRecording]:
 
 
 def _needed_tracks(tap: _Tap) -> frozenset[Track]:
-    return frozenset(t for live in tap.live.values() for t in _ENGINE_TRACKS[live.record.track])
+    return frozenset(t for tracks in tap.claims.values() for t in tracks)
 
 
 def _split_batches(drained: dict[str, np.ndarray]) -> list[tuple[str, PacketBatch]]:

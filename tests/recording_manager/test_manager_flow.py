@@ -323,3 +323,34 @@ def test_engine_call_closed_without_call_ended(run_asyncio, tmp_path: Path) -> N
             await stack.close()
 
     run_asyncio(scenario())
+
+
+def test_create_while_another_recording_finishes_keeps_its_tracks(run, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        stack = await Stack.open(tmp_path)
+        try:
+            call = await stack.new_call()
+            first = (await stack.create(call, track="inbound"))["sid"]
+            inbound = ToneSender(call.engine_call, Track.INBOUND, 440)
+            outbound = ToneSender(call.engine_call, Track.OUTBOUND, 1000, ssrc=6)
+            push_fast([inbound], 0.5)
+            await asyncio.sleep(0.05)
+            # The first recording's finish narrows the tap while the second one opens.
+            _, second = await asyncio.gather(stack.update(call, first, "stopped"),
+                                             stack.create(call, track="outbound"))
+            await stack.wait_status(call, first, ("completed",))
+            tap = stack.manager._taps[call.call_sid]
+            assert tap.tracks == {Track.OUTBOUND}
+            push_fast([inbound, outbound], 1.0)
+            await stack.manager.call_ended(call.call_sid)
+            frames, _ = read_wav(await stack.wav(call, second["sid"]))
+            assert spectrum_peak(frames[:, 0]) == pytest.approx(1000, abs=3)
+            assert abs(len(frames) - 8000) <= 160
+            page = await stack.manager.list(account_sid=ACCOUNT, call_sid=call.call_sid,
+                                            query={"PageSize": "1", "Page": "1"})
+            assert [r["sid"] for r in page["recordings"]] == [second["sid"]]
+            assert page["previous_page_uri"] and page["next_page_uri"] is None
+        finally:
+            await stack.close()
+
+    run(scenario())
