@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="never answer initial INVITEs (the SRC must time out)")
     parser.add_argument("--hangup-after", type=float, metavar="SECONDS",
                         help="send BYE this long after each session is established")
+    parser.add_argument("--reinvite-after", type=float, metavar="SECONDS",
+                        help="re-INVITE each session onto new media ports this long after ACK")
     parser.add_argument("--require-auth", type=_userpass, metavar="USER:PASS",
                         help="challenge initial INVITEs with digest auth (401)")
     parser.add_argument("--credentials-header", type=_header, metavar="NAME=VALUE",
@@ -88,6 +90,7 @@ def config_from_args(args: argparse.Namespace) -> RecorderConfig:
         answer=args.answer,
         no_answer=args.no_answer,
         hangup_after=args.hangup_after,
+        reinvite_after=args.reinvite_after,
         require_auth=args.require_auth,
         credentials_header=args.credentials_header,
         rtcp_interval=args.rtcp_interval,

@@ -59,6 +59,8 @@ class MediaParams:
     """Where receiver reports go (its port+1, its a=rtcp, or the RTP port with rtcp-mux)."""
     rtcp_mux: bool
     suite: str | None = None
+    tag: int = 1
+    """The a=crypto tag of the selected suite (ours when the recorder offers)."""
     rx_key: bytes | None = field(default=None, repr=False)
     """The SRC's offered master key+salt: decrypts what it sends (secret)."""
     tx_key: bytes | None = field(default=None, repr=False)
@@ -251,11 +253,14 @@ class StreamReceiver:
         self.wav_path: Path | None = None
         self.wav_seconds = 0.0
         self.undecodable = False
+        self.port_range = port_range
         self._socks = _bind_pair(host, params.rtcp_mux, port_range)
         self.port = self._socks[0].getsockname()[1]
         self.rtcp_port = self._socks[-1].getsockname()[1]
         self._rtp: _Protocol | None = None
         self._rtcp: _Protocol | None = None
+        self._previous: list[tuple[list[socket.socket], list[_Protocol | None], int, int]] = []
+        """Sockets replaced by ``rebind`` (kept open: media in flight still arrives there)."""
         self._rx: Session | None = None
         self._rx_rtcp: Session | None = None
         self._tx: Session | None = None
@@ -285,15 +290,46 @@ class StreamReceiver:
                                   srtp_profile=profile))
 
     async def start(self) -> None:
+        await self._open_endpoints()
+        self._task = asyncio.create_task(self._report_loop())
+
+    async def _open_endpoints(self) -> None:
         loop = asyncio.get_running_loop()
         _, self._rtp = await loop.create_datagram_endpoint(
             lambda: _Protocol(self, False), sock=self._socks[0]
         )
+        self._rtcp = None
         if not self.params.rtcp_mux:
             _, self._rtcp = await loop.create_datagram_endpoint(
                 lambda: _Protocol(self, True), sock=self._socks[1]
             )
-        self._task = asyncio.create_task(self._report_loop())
+
+    async def rebind(self) -> None:
+        """Move to a fresh port pair (for an SRS re-INVITE that changes ports).
+
+        The old sockets stay open and keep feeding this receiver, so packets the SRC sends
+        before it has seen the new answer are still recorded; ``revert_rebind`` undoes it.
+        """
+        self._previous.append((self._socks, [self._rtp, self._rtcp], self.port, self.rtcp_port))
+        self._socks = _bind_pair(self.host, self.params.rtcp_mux, self.port_range)
+        self.port = self._socks[0].getsockname()[1]
+        self.rtcp_port = self._socks[-1].getsockname()[1]
+        await self._open_endpoints()
+
+    def revert_rebind(self) -> None:
+        """The re-INVITE failed: go back to the previous ports and close the new ones."""
+        if not self._previous:
+            return
+        endpoints = [(self._socks, [self._rtp, self._rtcp])]
+        endpoints += [(socks, protos) for socks, protos, _, _ in self._previous]
+        for socks, protos in endpoints:
+            for proto in protos:
+                if proto is not None and proto.transport is not None:
+                    proto.transport.close()
+            for sock in socks:
+                sock.close()
+        self._socks, protos, self.port, self.rtcp_port = self._previous.pop()
+        self._rtp, self._rtcp = protos
 
     def update(self, params: MediaParams) -> None:
         """A re-INVITE/UPDATE changed where the SRC is or its keys; ports stay ours."""
@@ -482,11 +518,14 @@ class StreamReceiver:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for proto in (self._rtp, self._rtcp):
-            if proto is not None and proto.transport is not None:
-                proto.transport.close()
-        for sock in self._socks:
-            sock.close()
+        endpoints = [(self._socks, [self._rtp, self._rtcp])]
+        endpoints += [(socks, protos) for socks, protos, _, _ in self._previous]
+        for socks, protos in endpoints:
+            for proto in protos:
+                if proto is not None and proto.transport is not None:
+                    proto.transport.close()
+            for sock in socks:
+                sock.close()
         if self._writer is not None:
             self.wav_seconds = self._writer.duration_seconds
             try:

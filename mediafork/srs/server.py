@@ -30,7 +30,9 @@ from ..sip.digest import DigestVerifier
 from ..sip.errors import SipParseError
 from ..sip.headers import Headers
 from ..sip.message import Message, Request, Response, StreamFramer, parse_message
+from ..sip.sdp import SessionDescription
 from ..sip.transaction import (
+    ClientInviteTransaction,
     ClientNonInviteTransaction,
     ServerInviteTransaction,
     ServerNonInviteTransaction,
@@ -73,6 +75,8 @@ class RecorderConfig:
     """Never answer initial INVITEs (the SRC must time out or CANCEL)."""
     hangup_after: float | None = None
     """Send BYE this many seconds after the ACK."""
+    reinvite_after: float | None = None
+    """Send a re-INVITE moving every stream to new ports this many seconds after the ACK."""
     require_auth: tuple[str, str] | None = field(default=None, repr=False)
     """(user, password): challenge initial INVITEs with 401 digest."""
     auth_realm: str = "mediafork-srs"
@@ -103,10 +107,12 @@ class _ServerTx:
 
 @dataclass
 class _ClientTx:
-    tx: ClientNonInviteTransaction
+    tx: ClientInviteTransaction | ClientNonInviteTransaction
     send: Callable[[bytes], None]
     session: RecordedSession
-    done: asyncio.Future[int | None]
+    done: asyncio.Future[Response | None]
+    ack: Request | None = None
+    """Our ACK for a 2xx to a re-INVITE we sent (re-sent if the 2xx is retransmitted)."""
 
 
 class _StreamConn:
@@ -442,8 +448,15 @@ class ReferenceRecorder:
         if entry is None:
             return  # a stray or late response: nothing waits for it
         entry.tx.handle_message(response, asyncio.get_running_loop().time())
+        for msg in entry.tx.messages_to_send():  # the ACK for a non-2xx final response
+            self._safe_send(entry.send, msg)
+        if isinstance(entry.tx, ClientInviteTransaction) and 200 <= response.status < 300:
+            # The ACK for a 2xx is the TU's job (RFC 3261 §13.2.2.4), also for retransmissions.
+            if entry.ack is None:
+                entry.ack = self._build_ack(entry.session, entry.tx.request, response)
+            self._safe_send(entry.send, entry.ack)
         if response.status >= 200 and not entry.done.done():
-            entry.done.set_result(response.status)
+            entry.done.set_result(response)
 
     async def _on_request(self, request: Request, peer: _Peer) -> None:
         now = asyncio.get_running_loop().time()
@@ -507,6 +520,8 @@ class ReferenceRecorder:
                      sum(r is not None for r in session.receivers))
             if self.config.hangup_after is not None:
                 self._spawn(self._hangup_later(session, self.config.hangup_after))
+            if self.config.reinvite_after is not None:
+                self._spawn(self._reinvite_later(session, self.config.reinvite_after))
 
     def _on_cancel(self, cancel: Request, entry: _ServerTx, branch: str) -> None:
         invite = self._server_txs.get((branch, "INVITE"))
@@ -671,10 +686,52 @@ class ReferenceRecorder:
         self._notify()
         if done is not None:
             with contextlib.suppress(asyncio.TimeoutError):
-                session.bye_status = await asyncio.wait_for(
-                    done, 64 * self.config.timers.t1 + 1)
+                response = await asyncio.wait_for(done, 64 * self.config.timers.t1 + 1)
+                session.bye_status = response.status if response is not None else None
             session.write_summary()
             self._notify()
+
+    async def _reinvite_later(self, session: RecordedSession, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if session.state == "established":
+            await self.reinvite(session)
+
+    async def reinvite(self, session: RecordedSession) -> int | None:
+        """Move the session's media to new ports with a re-INVITE; return the SRC's status.
+
+        Exercises the SRC's handling of SRS-initiated offers (RFC 7866 §8.1.1 lets the SRS
+        re-negotiate). On anything but 2xx the old ports stay in use.
+        """
+        offer = await session.new_ports_offer()
+        invite = self._build_request(session, "INVITE")
+        invite.headers.add("Content-Type", "application/sdp")
+        invite.body = offer.to_bytes()
+        log.info("srs: re-INVITE with new ports for %s", session.call_id)
+        done = self._send_request(session, invite)
+        response = None
+        if done is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                response = await asyncio.wait_for(done, 64 * self.config.timers.t1 + 1)
+        if response is not None and 200 <= response.status < 300 and response.body:
+            try:
+                session.apply_answer(SessionDescription.parse(response.body))
+            except SipParseError as exc:
+                session.warnings.append(f"unreadable answer to our re-INVITE: {exc}")
+                session.revert_offer()
+        else:
+            session.warnings.append(
+                f"re-INVITE refused: {response.status if response is not None else 'timeout'}")
+            session.revert_offer()
+        self._notify()
+        return response.status if response is not None else None
+
+    def _build_ack(self, session: RecordedSession, invite: Request, ok: Response) -> Request:
+        ack = self._build_request(session, "ACK")
+        ack.headers.set("CSeq", f"{invite.cseq[0]} ACK")
+        ack.headers.set("To", ok.headers.get("To") or session.from_value)
+        ack.headers.remove("Contact")
+        session.local_cseq -= 1  # ACK reuses the INVITE's number (_build_request took one)
+        return ack
 
     def _build_request(self, session: RecordedSession, method: str) -> Request:
         peer: _Peer = session.peer
@@ -695,14 +752,19 @@ class ReferenceRecorder:
         return Request(method, session.remote_target, headers)
 
     def _send_request(self, session: RecordedSession, request: Request
-                      ) -> asyncio.Future[int | None] | None:
+                      ) -> asyncio.Future[Response | None] | None:
         peer: _Peer = session.peer
         send = self._request_path(session, peer)
         if send is None:
             return None
         loop = asyncio.get_running_loop()
-        tx = ClientNonInviteTransaction(request, peer.transport != "UDP", self.config.timers)
-        done: asyncio.Future[int | None] = loop.create_future()
+        reliable = peer.transport != "UDP"
+        tx: ClientInviteTransaction | ClientNonInviteTransaction
+        if request.method == "INVITE":
+            tx = ClientInviteTransaction(request, reliable, self.config.timers)
+        else:
+            tx = ClientNonInviteTransaction(request, reliable, self.config.timers)
+        done: asyncio.Future[Response | None] = loop.create_future()
         self._client_txs[request.top_via.branch or ""] = _ClientTx(tx, send, session, done)
         tx.start(loop.time())
         for msg in tx.messages_to_send():

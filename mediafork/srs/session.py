@@ -14,7 +14,7 @@ import os
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +149,7 @@ class RecordedSession:
         self.remote_tag = request.from_.tag
         self.local_tag = secrets.token_hex(6)
         contacts = request.contacts
-        self.remote_target = str(contacts[0].uri) if contacts else request.from_.uri.__str__()
+        self.remote_target = str(contacts[0].uri) if contacts else str(request.from_.uri)
         self.src_contact = request.headers.get("Contact") or ""
         self.src_feature = "+sip.src" in self.src_contact
         # A UAS keeps the INVITE's Record-Route in order as its route set (RFC 3261 §12.1.1).
@@ -180,6 +180,9 @@ class RecordedSession:
         self.reinvites = 0
         self.updates = 0
         self.snapshot_requests = 0
+        self.srs_reinvites = 0
+        """Re-INVITEs the recorder sent that the SRC accepted."""
+        self._pending_offer: SessionDescription | None = None
         self.sdp_version = 0
         self.sdp_session_id = secrets.randbelow(2**31)
         self.last_answer: SessionDescription | None = None
@@ -322,8 +325,8 @@ class RecordedSession:
                 remote_rtcp = (attr[1] or remote_rtp[0], attr[0])
             else:
                 remote_rtcp = (remote_rtp[0], remote_rtp[1] + 1)
-        params = MediaParams(label, pt, name, rate, remote_rtp, remote_rtcp, mux, suite, rx_key,
-                             tx_key)
+        params = MediaParams(label, pt, name, rate, remote_rtp, remote_rtcp, mux, suite, tag,
+                             rx_key, tx_key)
         if existing is None:
             assert self.directory is not None
             receiver = StreamReceiver(params, self.media_host, self.directory, self.media_ports,
@@ -347,6 +350,69 @@ class RecordedSession:
             line.attributes.append(("crypto", str(Crypto(tag, suite, tx_key))))
         line.attributes.append(("inactive" if inactive else "recvonly", None))
         return line, receiver
+
+    # --- recorder-initiated offers (re-INVITE with new ports) ---------------------------------
+
+    async def new_ports_offer(self) -> SessionDescription:
+        """Move every stream to fresh ports and offer that (same codec, same key and tag)."""
+        assert self.last_answer is not None
+        offer = SessionDescription.parse(self.last_answer.to_bytes())
+        for media, receiver in zip(offer.media, self.receivers, strict=False):
+            if receiver is not None and media.port:
+                await receiver.rebind()
+                media.port = receiver.port
+                media.attributes = [(k, v) for k, v in media.attributes if k != "rtcp"]
+        self.sdp_version += 1
+        kind = "IP6" if ":" in self.media_host else "IP4"
+        offer.origin = (
+            f"mediafork-srs {self.sdp_session_id} {self.sdp_version} IN {kind} {self.media_host}"
+        )
+        self._pending_offer = offer
+        return offer
+
+    def apply_answer(self, answer: SessionDescription) -> None:
+        """The SRC answered our re-INVITE: note where it sends from and its (maybe new) key."""
+        offer = self._pending_offer
+        for media, receiver in zip(answer.media, self.receivers, strict=False):
+            if receiver is None:
+                continue
+            if media.port == 0:
+                receiver.set_paused(True)
+                continue
+            params = replace(receiver.params)
+            address = media.connection or answer.connection
+            params.remote_rtp = (address, media.port) if address else None
+            if params.remote_rtp is not None:
+                rtcp = media.rtcp
+                if media.rtcp_mux:
+                    params.remote_rtcp = params.remote_rtp
+                elif rtcp is not None:
+                    params.remote_rtcp = (rtcp[1] or params.remote_rtp[0], rtcp[0])
+                else:
+                    params.remote_rtcp = (params.remote_rtp[0], params.remote_rtp[1] + 1)
+            if params.suite is not None:
+                chosen = [c for c in media.cryptos if c.tag == params.tag]
+                if chosen:
+                    params.rx_key = chosen[0].key
+                else:
+                    self.warnings.append(f"re-INVITE answer for {params.label}: no crypto "
+                                         f"with tag {params.tag}")
+            receiver.update(params)
+            receiver.set_paused(media.direction in ("inactive", "recvonly"))
+        if offer is not None:
+            self.last_answer = offer
+            self._last_answer_key = offer.to_bytes().split(b"\r\n", 2)[2]
+        self._pending_offer = None
+        self.srs_reinvites += 1
+        self.write_summary()
+
+    def revert_offer(self) -> None:
+        """Our re-INVITE was refused: keep using the previous ports."""
+        for receiver in self.receivers:
+            if receiver is not None:
+                receiver.revert_rebind()
+        self._pending_offer = None
+        self.sdp_version -= 1
 
     # --- metadata ----------------------------------------------------------------------------
 
@@ -472,6 +538,7 @@ class RecordedSession:
             "reinvites": self.reinvites,
             "updates": self.updates,
             "snapshot_requests": self.snapshot_requests,
+            "srs_reinvites": self.srs_reinvites,
             "labels": [s["label"] for s in streams],
             "participants": meta.pop("participants"),
             "parameters": meta["custom"],

@@ -20,6 +20,7 @@ from mediafork.sip import (
     Ended,
     Established,
     ForkedStream,
+    MediaUpdated,
     Participant,
     Paused,
     RecordingSession,
@@ -197,5 +198,46 @@ def test_recorder_error_answer_fails_mediafork_session(run, tmp_path):
         finally:
             await driver.close()
             await recorder.stop()
+
+    run(scenario())
+
+
+def test_recorder_reinvite_moves_mediafork_session_to_new_ports(run, tmp_path):
+    async def scenario() -> None:
+        recorder = await ReferenceRecorder(port=0, out_dir=tmp_path, reinvite_after=0.1).start()
+        driver, key = await _src(recorder)
+        protect = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND,
+                                 srtp_profile=Policy.SRTP_PROFILE_AES128_CM_SHA1_80))
+        audio = ulaw_encode(tone(440.0, 1.0))
+
+        def send(dest: Any, first: int, count: int) -> None:
+            for i in range(first, first + count):
+                rtp = struct.pack("!BBHII", 0x80, 0, i, 160 * i, 0xABC0)
+                driver.wire.transport.sendto(
+                    protect.protect(rtp + audio[160 * i:160 * (i + 1)]), (dest.address, dest.port))
+
+        try:
+            established = await driver.wait_event(Established)
+            session = recorder.sessions[-1]
+            old_port = established.streams[0].port
+            send(established.streams[0], 0, 25)
+            updated = await driver.wait_event(MediaUpdated)
+            assert updated.streams[0].port != old_port
+            assert updated.streams[0].suite == "AES_CM_128_HMAC_SHA1_80"
+            await recorder.wait_for(lambda r: session.srs_reinvites == 1)
+            send(updated.streams[0], 25, 25)
+            await recorder.wait_for(
+                lambda r: session.summary()["streams"][0]["packets"] == 50)
+            driver.session.stop(asyncio.get_running_loop().time())
+            driver.flush()
+            await driver.wait_event(Ended)
+            await recorder.wait_for(lambda r: session.state == "ended")
+        finally:
+            await driver.close()
+            await recorder.stop()
+        stream = session.summary()["streams"][0]
+        assert stream["port"] == updated.streams[0].port
+        assert stream["lost"] == 0 and stream["wav_seconds"] == 1.0  # one WAV across the move
+        assert session.summary()["warnings"] == []
 
     run(scenario())
