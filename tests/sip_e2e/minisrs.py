@@ -1,0 +1,164 @@
+"""A small SRS in Python for what sipp cannot do here: TLS (the Debian sipp is built
+without it), seeing the source address of every SIP message, and answering OPTIONS
+with a delay that depends on who asks (edge selection by round-trip)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime
+import ipaddress
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from mediafork.sip.dialog import build_response
+from mediafork.sip.message import Message, Request, StreamFramer, parse_message
+from mediafork.sip.sdp import SessionDescription
+
+from .harness import sdp_of
+
+SRS_KEY = bytes(range(30))
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost / 127.0.0.1 (it is its own CA)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "srs.crt", directory / "srs.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@dataclass
+class MiniSrs:
+    """Answers OPTIONS 200, INVITE 200 with an SDP answer to ``media`` (one (ip, port) per
+    stream), ACK silently, BYE 200. ``options_delay`` maps a source IP to a delay."""
+
+    ip: str = "127.0.0.1"
+    transport: str = "udp"
+    media: list[tuple[str, int]] = field(default_factory=list)
+    tls: ssl.SSLContext | None = None
+    options_delay: dict[str, float] = field(default_factory=dict)
+    answer_bye: bool = True
+    received: list[tuple[tuple[str, int], Message]] = field(default_factory=list)
+    port: int = 0
+    _udp: asyncio.DatagramTransport | None = None
+    _server: asyncio.AbstractServer | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"sip:srs@{self.ip}:{self.port}"
+
+    def requests(self, method: str) -> list[tuple[tuple[str, int], Request]]:
+        return [
+            (src, m) for src, m in self.received if isinstance(m, Request) and m.method == method
+        ]
+
+    async def start(self) -> MiniSrs:
+        loop = asyncio.get_running_loop()
+        if self.transport == "udp":
+            srs = self
+
+            class Udp(asyncio.DatagramProtocol):
+                def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                    srs._handle(parse_message(data), addr, lambda b: srs._sendto(b, addr))
+
+            transport, _ = await loop.create_datagram_endpoint(Udp, local_addr=(self.ip, 0))
+            self._udp = transport  # type: ignore[assignment]
+            self.port = transport.get_extra_info("sockname")[1]
+        else:
+            self._server = await asyncio.start_server(self._stream, self.ip, 0, ssl=self.tls)
+            self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def _sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        assert self._udp is not None
+        self._udp.sendto(data, addr)
+
+    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        framer = StreamFramer()
+        peer = writer.get_extra_info("peername")[:2]
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while data := await reader.read(65536):
+                for message in framer.feed(data):
+                    self._handle(message, peer, writer.write)
+        writer.close()
+
+    def _handle(self, message: Message, source: tuple[str, int], send: object) -> None:
+        self.received.append((source, message))
+        if not isinstance(message, Request) or message.method == "ACK":
+            return
+        reply = send  # type: ignore[assignment]
+        if message.method == "OPTIONS":
+            delay = self.options_delay.get(source[0], 0.0)
+            response = build_response(message, 200, to_tag="srs").to_bytes()
+            asyncio.get_running_loop().call_later(delay, reply, response)  # type: ignore[arg-type]
+        elif message.method == "INVITE":
+            reply(self._answer(message))  # type: ignore[operator]
+        elif message.method == "BYE" and not self.answer_bye:
+            return
+        else:
+            reply(build_response(message, 200, to_tag="srs").to_bytes())  # type: ignore[operator]
+
+    def _answer(self, invite: Request) -> bytes:
+        offer = sdp_of(invite)
+        lines = ["v=0", f"o=srs 1 1 IN IP4 {self.ip}", "s=-", f"c=IN IP4 {self.ip}", "t=0 0"]
+        for i, media in enumerate(offer.media):
+            address, port = self.media[i] if i < len(self.media) else (self.ip, 0)
+            lines.append(f"m=audio {port} {media.proto} {' '.join(media.formats)}")
+            lines.append(f"c=IN IP4 {address}")
+            lines.append(f"a=label:{media.label}")
+            lines.append("a=recvonly")
+            for crypto in media.cryptos[:1]:
+                key = base64.b64encode(SRS_KEY).decode()
+                lines.append(f"a=crypto:{crypto.tag} {crypto.suite} inline:{key}")
+        body = ("\r\n".join(lines) + "\r\n").encode()
+        SessionDescription.parse(body)
+        contact = f"<sip:srs@{self.ip}:{self.port};transport={self.transport}>"
+        return build_response(
+            invite,
+            200,
+            to_tag="srs",
+            headers=[("Contact", contact), ("Content-Type", "application/sdp")],
+            body=body,
+        ).to_bytes()
+
+    async def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
