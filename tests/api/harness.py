@@ -263,6 +263,11 @@ class Server:
         if links:
             self.links = FakeLinks(service.on_link_event)
             service.set_links(self.links)
+        from mediafork.recording.manager import RecordingManager
+        service.set_recordings(RecordingManager(
+            engine=self.engine, store=self.store, outbox=service.outbox,
+            storage_dir=self.config.storage.data_dir / "recordings",
+            public_base_url=None))
         await service.start()
         self.app = build_app(service)
         self.runner = web.AppRunner(self.app, access_log=None)
@@ -278,6 +283,10 @@ class Server:
     def host(self, method: str, path: str, json: Any = None, auth: tuple[str, str] | None =
              (ACCOUNT, TOKEN)) -> requests.Response:
         return requests.request(method, self.base_url + path, json=json, auth=auth, timeout=30)
+
+    def host_form(self, method: str, path: str, data: dict[str, str]) -> requests.Response:
+        return requests.request(method, self.base_url + path, data=data, auth=(ACCOUNT, TOKEN),
+                                timeout=30)
 
     def register(self, call_sid: str | None = None, **extra: Any) -> dict[str, Any]:
         call_sid = call_sid or "CA" + secrets.token_hex(16)
