@@ -598,7 +598,8 @@ class ReferenceRecorder:
             request, entry.peer.transport, entry.peer.addr, self.out_dir,
             cfg.media_host or cfg.host, cfg.media_ports, cfg.rtcp_interval,
         )
-        session.peer = entry.peer
+        # A copy: the path may change for this session alone (a dialed-out connection).
+        session.peer = replace(entry.peer)
         entry.session = session
         self.sessions.append(session)
         return session
@@ -776,7 +777,17 @@ class ReferenceRecorder:
         """Where in-dialog requests go: the SRC's Contact over UDP; over TCP/TLS the
         connection the INVITE came on (the SRC may not listen for new connections)."""
         if peer.conn is not None:
-            return None if peer.conn.closed else peer.conn.send
+            if not peer.conn.closed:
+                return peer.conn.send
+            # The SRC closed its connection: dial its Contact (RFC 3261 §18.1.1).
+            target = SipUri.parse(session.remote_target)
+            default = 5061 if peer.transport == "TLS" else 5060
+            dialer = _Dialer(self, peer.transport, target.host.strip("[]"), target.port or default)
+            peer.conn = None
+            peer.send = dialer.send
+            return dialer.send
+        if peer.transport != "UDP":
+            return peer.send  # a dialer from an earlier request
         target = SipUri.parse(session.remote_target)
         try:
             ipaddress.ip_address(target.host.strip("[]"))
@@ -787,6 +798,50 @@ class ReferenceRecorder:
         if udp is None:
             return None
         return lambda data: udp.sendto(data, dest)
+
+
+class _Dialer:
+    """An outgoing TCP/TLS connection opened on first use; bytes sent before it is up wait.
+
+    TLS does not verify the SRC's certificate: this is a test tool talking to whatever SRC the
+    user points at it, usually with a self-signed certificate.
+    """
+
+    def __init__(self, server: ReferenceRecorder, transport: str, host: str, port: int) -> None:
+        self.server = server
+        self.transport = transport
+        self.host, self.port = host, port
+        self.pending: list[bytes] = []
+        self.conn: _StreamConn | None = None
+        self.failed = False
+        server._spawn(self._connect())
+
+    def send(self, data: bytes) -> None:
+        if self.conn is not None and not self.conn.closed:
+            self.conn.send(data)
+        elif not self.failed:
+            self.pending.append(data)
+
+    async def _connect(self) -> None:
+        context = None
+        if self.transport == "TLS":
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port, ssl=context), 5)
+        except (TimeoutError, OSError, ssl.SSLError) as exc:
+            self.failed = True
+            log.warning("srs: cannot connect to the SRC at %s:%d over %s: %s", self.host,
+                        self.port, self.transport, exc)
+            return
+        self.conn = _StreamConn(self.server, self.transport, reader, writer)
+        self.server._conns.add(self.conn)
+        for data in self.pending:
+            self.conn.send(data)
+        self.pending.clear()
+        await self.conn.run()
 
 
 def _tag() -> str:

@@ -120,6 +120,8 @@ class SrcClient:
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self.legs: list[MediaLeg] = []
+        self.contact_addr: tuple[str, int] | None = None
+        """Advertise this Contact instead of the socket's own address."""
 
     async def open(self) -> SrcClient:
         loop = asyncio.get_running_loop()
@@ -192,7 +194,8 @@ class SrcClient:
         return f"SIP/2.0/{self.transport} {self.local[0]}:{self.local[1]};branch={new_branch()}"
 
     def contact(self) -> str:
-        return f"<sip:src@{self.local[0]}:{self.local[1]};transport={self.transport.lower()}>"
+        host, port = self.contact_addr or self.local
+        return f"<sip:src@{host}:{port};transport={self.transport.lower()}>"
 
     async def add_legs(self, labels: list[str], secure: bool) -> list[OfferStream]:
         """Bind an RTP/RTCP socket pair per label (the offered port) and describe the offer."""

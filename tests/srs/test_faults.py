@@ -273,3 +273,37 @@ def test_unknown_dialog_and_stop_sends_bye(run, tmp_path):
             await client.close()
 
     run(scenario())
+
+
+def test_bye_dials_the_src_contact_when_its_tcp_connection_is_gone(run, tmp_path):
+    from mediafork.sip.message import StreamFramer
+
+    async def scenario() -> None:
+        received: asyncio.Queue[Request] = asyncio.Queue()
+
+        async def src_listener(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+            framer = StreamFramer()
+            while data := await reader.read(65536):
+                for msg in framer.feed(data):
+                    if isinstance(msg, Request):
+                        writer.write(client.answer_to(msg, 200).to_bytes())
+                        received.put_nowait(msg)
+
+        listener = await asyncio.start_server(src_listener, "127.0.0.1", 0)
+        contact_port = listener.sockets[0].getsockname()[1]
+        recorder = await ReferenceRecorder(port=0, tcp=True, out_dir=tmp_path,
+                                           hangup_after=0.3).start()
+        client = await SrcClient("tcp", recorder.address).open()
+        client.contact_addr = ("127.0.0.1", contact_port)
+        try:
+            await establish(recorder, client, ["1"], transport="tcp")
+            await client.close()  # the SRC drops its connection after setup
+            bye = await asyncio.wait_for(received.get(), 5)
+            assert bye.method == "BYE"
+            session = recorder.sessions[0]
+            await recorder.wait_for(lambda r: session.bye_status == 200)
+        finally:
+            await recorder.stop()
+            listener.close()
+
+    run(scenario())
