@@ -206,6 +206,7 @@ class SipRecorderLinks:
         self._probes: dict[str, asyncio.Future[Response]] = {}
         self._rtt: dict[tuple[str, str], tuple[float, float | None]] = {}
         self._warned: set[tuple[str, str]] = set()
+        self._senders: set[asyncio.Task[None]] = set()
         self._closed = False
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -256,6 +257,12 @@ class SipRecorderLinks:
             self._drop(link)
         for future in self._probes.values():
             future.cancel()
+        senders = [t for t in self._senders if not t.done()]
+        if senders:
+            # Let the last queued messages (ACKs, BYEs) go out, briefly.
+            _, pending = await asyncio.wait(senders, timeout=0.5)
+            for task in pending:
+                task.cancel()
         if self._transport is not None:
             await self._transport.close()
 
@@ -282,7 +289,43 @@ class SipRecorderLinks:
         port = self._ports[edge.name]
         streams = self._create_forks(call, request, edge, secure)
         codec = Codec(request.codec.name, request.codec.payload_type, request.codec.clock_rate)
-        config = SessionConfig(
+        try:
+            config = self._config(request, srs, standbys, transport, edge, port, streams, codec)
+        except ValueError as exc:
+            self._close_streams(streams)
+            raise LinkError(
+                f"connector {connector.unique_name} cannot be used: {exc}", ERR_BAD_CONNECTOR_URI
+            ) from None
+        link = _Link(request, edge, RecordingSession(config), {s.label: s for s in streams})
+        self._links[link.sid] = link
+        for stream in streams:
+            self._by_fork[stream.fork.id] = link
+        link.sender = asyncio.ensure_future(self._send_loop(link))
+        self._senders.add(link.sender)
+        link.sender.add_done_callback(self._senders.discard)
+        log.info(
+            "Siprec %s: recording session to %s from edge %s (%s)",
+            link.sid,
+            _safe_uri(srs),
+            edge.name,
+            edge.address,
+        )
+        link.session.start(self._now())
+        self._drive(link)
+
+    def _config(
+        self,
+        request: SiprecStart,
+        srs: str,
+        standbys: tuple[str, ...],
+        transport: str | None,
+        edge: Edge,
+        port: int,
+        streams: list[_Stream],
+        codec: Codec,
+    ) -> SessionConfig:
+        connector = request.connector
+        return SessionConfig(
             srs_uri=srs,
             local_address=edge.address,
             local_port=port,
@@ -315,20 +358,6 @@ class SipRecorderLinks:
             setup_timeout=self._setup_timeout,
             user_agent=self._user_agent,
         )
-        link = _Link(request, edge, RecordingSession(config), {s.label: s for s in streams})
-        self._links[link.sid] = link
-        for stream in streams:
-            self._by_fork[stream.fork.id] = link
-        link.sender = asyncio.ensure_future(self._send_loop(link))
-        log.info(
-            "Siprec %s: recording session to %s from edge %s (%s)",
-            link.sid,
-            _safe_uri(srs),
-            edge.name,
-            edge.address,
-        )
-        link.session.start(self._now())
-        self._drive(link)
 
     async def stop(self, siprec_sid: str, reason: str = "stopped") -> None:
         """BYE (or CANCEL while inviting), wait within the stop timeout, emit ``stopped``."""
@@ -551,14 +580,18 @@ class SipRecorderLinks:
                 )
                 streams.append(_Stream(_LABELS[track], fork, key_80, key_32))
         except (EngineError, OSError, KeyError) as exc:
-            for stream in streams:
-                with contextlib.suppress(Exception):
-                    stream.fork.close()
+            self._close_streams(streams)
             raise LinkError(
                 f"cannot create forked streams on edge {edge.name} ({edge.address}): {exc}",
                 ERR_ENGINE_FORKS,
             ) from None
         return streams
+
+    @staticmethod
+    def _close_streams(streams: list[_Stream]) -> None:
+        for stream in streams:
+            with contextlib.suppress(Exception):
+                stream.fork.close()
 
     # --- driving sessions -------------------------------------------------------------------
 
