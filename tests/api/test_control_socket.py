@@ -1,0 +1,121 @@
+"""The msgpack control socket: auth, the host-call operations and the event stream."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import stat
+import struct
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from harness import ACCOUNT, OTHER, OTHER_TOKEN, TOKEN, Server
+
+from mediafork.api.control_socket import ControlSocketServer
+
+pytestmark = pytest.mark.fake_links
+
+
+class Peer:
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(str(path))
+        self.next_id = 0
+
+    def send(self, message: Any) -> None:
+        body = msgpack.packb(message)
+        self.sock.sendall(struct.pack("!I", len(body)) + body)
+
+    def recv(self) -> Any:
+        (length,) = struct.unpack("!I", self._exact(4))
+        return msgpack.unpackb(self._exact(length))
+
+    def _exact(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return data
+
+    def call(self, op: str, **args: Any) -> Any:
+        self.next_id += 1
+        self.send({"id": self.next_id, "op": op, **args})
+        while True:
+            reply = self.recv()
+            if "event" not in reply:
+                assert reply["id"] == self.next_id
+                return reply
+            self.pending.append(reply)
+
+    pending: list[Any]
+
+
+@pytest.fixture()
+def sock_path(server: Server) -> Iterator[Path]:
+    directory = Path(tempfile.mkdtemp(prefix="mf", dir="/tmp"))
+    path = directory / "control.sock"
+    cs = ControlSocketServer(server.service, path)
+    server.lt.run(cs.start())
+    yield path
+    server.lt.run(cs.close())
+    directory.rmdir()
+
+
+def test_auth_operations_and_events(server: Server, sock_path: Path) -> None:
+    assert stat.S_IMODE(os.stat(sock_path).st_mode) == 0o600
+    peer = Peer(sock_path)
+    peer.pending = []
+    assert peer.call("list")["error"]["code"] == 20003
+    assert peer.call("auth", account_sid=ACCOUNT, auth_token="wrong")["error"]["code"] == 20003
+    assert peer.call("auth", account_sid=ACCOUNT, auth_token=TOKEN)["ok"]
+    assert peer.call("subscribe")["ok"]
+    call_sid = "CA" + secrets.token_hex(16)
+    reply = peer.call("register", call={"call_sid": call_sid, "from": "alice", "to": "bob"})
+    assert reply["ok"], reply
+    assert set(reply["result"]["ingress"]) == {"inbound", "outbound"}
+    assert peer.call("get", call_sid=call_sid)["result"]["from"] == "alice"
+    assert peer.call("update", call_sid=call_sid, to="carol")["result"]["to"] == "carol"
+    assert peer.call("register", call={"call_sid": call_sid})["error"]["code"] == 900013
+
+    siprec = server.host_form("POST", f"/2010-04-01/Accounts/{ACCOUNT}/Calls/{call_sid}"
+                                      "/Siprec.json", {"Name": "sock"}).json()
+    assert peer.call("end", call_sid=call_sid)["ok"]
+    assert peer.call("get", call_sid=call_sid)["error"]["status"] == 404
+    seen = [(e["event"], e["data"].get("SiprecSid")) for e in peer.pending]
+    while ("call-ended", None) not in seen:
+        event = peer.recv()
+        seen.append((event["event"], event["data"].get("SiprecSid")))
+    types = [t for t, _ in seen]
+    assert types[0] == "call-registered" and "call-updated" in types
+    assert ("siprec-stopped", siprec["sid"]) in seen
+    assert types.index("call-updated") < types.index("call-ended")
+
+    # another account's peer sees nothing of ours and cannot touch the call
+    other = Peer(sock_path)
+    other.pending = []
+    assert other.call("auth", account_sid=OTHER, auth_token=OTHER_TOKEN)["ok"]
+    assert other.call("get", call_sid=call_sid)["error"]["code"] == 20404
+    assert other.call("bogus")["error"]["code"] == 900001
+    other.sock.close()
+    peer.sock.close()
+
+
+def test_malformed_frames_close_only_that_connection(server: Server, sock_path: Path) -> None:
+    bad = Peer(sock_path)
+    bad.sock.sendall(struct.pack("!I", 1 << 30))
+    reply = bad.recv()
+    assert reply["ok"] is False
+    with pytest.raises((EOFError, ConnectionError)):
+        bad.recv()
+    good = Peer(sock_path)
+    good.pending = []
+    assert good.call("auth", account_sid=ACCOUNT, auth_token=TOKEN)["ok"]
+    good.sock.close()
