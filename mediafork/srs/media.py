@@ -122,6 +122,11 @@ class StreamStats:
     """How many times the sequence number jumped forward by more than one."""
     ssrc: int | None = None
     ssrc_changes: int = 0
+    source_packets: int = 0
+    """Packets from the current SSRC (sequence accounting restarts with a new source)."""
+    lost_before: int = 0
+    """Packets lost from earlier SSRCs."""
+    expected_before: int = 0
     base_seq: int = 0
     max_seq: int = 0
     cycles: int = 0
@@ -143,17 +148,29 @@ class StreamStats:
         return self.cycles + self.max_seq
 
     @property
+    def source_expected(self) -> int:
+        return self.extended_max - self.base_seq + 1 if self.source_packets else 0
+
+    @property
+    def source_lost(self) -> int:
+        """Lost from the current SSRC (what a receiver report block carries)."""
+        return self.source_expected - self.source_packets
+
+    @property
     def expected(self) -> int:
-        return self.extended_max - self.base_seq + 1 if self.packets else 0
+        return self.expected_before + self.source_expected
 
     @property
     def lost(self) -> int:
         """Cumulative packets lost (may be negative with duplicates, as RFC 3550 allows)."""
-        return self.expected - self.packets
+        return self.lost_before + self.source_lost
 
     def reset_source(self, seq: int, ssrc: int) -> None:
         if self.ssrc is not None:
             self.ssrc_changes += 1
+            self.lost_before += self.source_lost
+            self.expected_before += self.source_expected
+        self.source_packets = 0
         self.ssrc = ssrc
         self.base_seq = self.max_seq = seq
         self.cycles = 0
@@ -377,6 +394,7 @@ class StreamReceiver:
         else:
             in_order = stats.update_seq(packet.seq)
         stats.packets += 1
+        stats.source_packets += 1
         stats.bytes += len(packet.payload)
         if stats.first_packet_at is None:
             stats.first_packet_at = time.time()
@@ -451,16 +469,17 @@ class StreamReceiver:
         """A compound RTCP packet: RR with one report block (if we heard a source) + SDES CNAME."""
         stats = self.stats
         blocks = b""
-        if stats.ssrc is not None and stats.packets:
-            expected_interval = stats.expected - stats.expected_prior
-            received_interval = stats.packets - stats.received_prior
-            stats.expected_prior, stats.received_prior = stats.expected, stats.packets
+        if stats.ssrc is not None and stats.source_packets:
+            expected_interval = stats.source_expected - stats.expected_prior
+            received_interval = stats.source_packets - stats.received_prior
+            stats.expected_prior = stats.source_expected
+            stats.received_prior = stats.source_packets
             lost_interval = expected_interval - received_interval
             fraction = (
                 0 if expected_interval <= 0 or lost_interval <= 0
                 else min(255, (lost_interval << 8) // expected_interval)
             )
-            cumulative = max(-0x800000, min(0x7FFFFF, stats.lost)) & 0xFFFFFF
+            cumulative = max(-0x800000, min(0x7FFFFF, stats.source_lost)) & 0xFFFFFF
             dlsr = 0
             if stats.last_sr_arrival:
                 dlsr = int((time.monotonic() - stats.last_sr_arrival) * 65536) & 0xFFFFFFFF
