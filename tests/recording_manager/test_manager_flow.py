@@ -260,9 +260,14 @@ def test_recordings_share_the_tap_and_take_no_forked_stream(run_asyncio, tmp_pat
             await asyncio.sleep(0.1)
             await stack.update(call, a, "stopped")
             await stack.wait_status(call, a, ("completed",))
-            # Still one drain task, now feeding only b.
+            # Still one drain task, now feeding only b; the tap narrows to what b needs just
+            # after a's completion is stored.
             assert len(tap.live) == 1 and tap.task is not None and not tap.task.done()
-            assert tap.tracks == {Track.OUTBOUND}  # the tap narrowed to what b needs
+            for _ in range(200):
+                if tap.tracks == {Track.OUTBOUND}:
+                    break
+                await asyncio.sleep(0.01)
+            assert tap.tracks == {Track.OUTBOUND}
             push_fast(senders, 1.0)
             await stack.manager.call_ended(call.call_sid)
             frames_a, _ = read_wav(await stack.wav(call, a))
@@ -340,6 +345,10 @@ def test_create_while_another_recording_finishes_keeps_its_tracks(run, tmp_path:
                                              stack.create(call, track="outbound"))
             await stack.wait_status(call, first, ("completed",))
             tap = stack.manager._taps[call.call_sid]
+            for _ in range(200):
+                if tap.tracks == {Track.OUTBOUND}:
+                    break
+                await asyncio.sleep(0.01)
             assert tap.tracks == {Track.OUTBOUND}
             push_fast([inbound, outbound], 1.0)
             await stack.manager.call_ended(call.call_sid)
