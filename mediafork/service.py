@@ -329,8 +329,9 @@ class ControlService:
             raise ApiError(errors.ENGINE_UNAVAILABLE,
                            "the media engine could not allocate the call's ports") from None
         try:
+            # expect_source waits for the worker to apply it: off the loop, like add_call.
             for track, address in sources.items():
-                engine_call.expect_source(track, address)
+                await asyncio.to_thread(engine_call.expect_source, track, address)
             live.handle = CallHandle(call_sid=call_sid, account_sid=account_sid,
                                      engine_call=engine_call, from_=from_, to=to, codec=codec)
             await self.store.register_call(CallRecord(
