@@ -119,7 +119,7 @@ void mf_call_free(mf_call *c)
 }
 
 mf_fork *mf_fork_new(uint64_t id, uint8_t track, uint32_t ssrc, uint16_t seq_base,
-                     uint32_t ts_base, int fd, uint32_t ring_slots, uint32_t max_packet,
+                     uint32_t ts_base, int fd, int rtcp_fd, uint32_t ring_slots, uint32_t max_packet,
                      const char *cname, uint64_t rtcp_interval_ns)
 {
     if (track >= MF_TRACKS)
@@ -137,8 +137,12 @@ mf_fork *mf_fork_new(uint64_t id, uint8_t track, uint32_t ssrc, uint16_t seq_bas
     f->seq_base = seq_base;
     f->ts_base = ts_base;
     f->fd = fd;
+    f->rtcp_fd = rtcp_fd;
     f->src.kind = MF_SRC_EGRESS;
     f->src.owner = f;
+    f->rtcp_src.kind = MF_SRC_EGRESS;
+    f->rtcp_src.track = 1; /* marks the RTCP socket */
+    f->rtcp_src.owner = f;
     size_t n = cname ? strnlen(cname, MF_CNAME_MAX - 1) : 0;
     memcpy(f->cname, cname, n);
     f->cname_len = (uint8_t)n;
@@ -152,6 +156,8 @@ void mf_fork_free(mf_fork *f)
         return;
     if (f->fd >= 0)
         close(f->fd);
+    if (f->rtcp_fd >= 0)
+        close(f->rtcp_fd);
     mf_ring_destroy(&f->ring);
     mf_free(f);
 }
@@ -426,6 +432,8 @@ static void detach_fork(mf_engine *e, mf_fork *f)
     }
     if (f->fd >= 0)
         mf_worker_unregister(e, f->fd);
+    if (f->rtcp_fd >= 0)
+        mf_worker_unregister(e, f->rtcp_fd);
     unlink_dirty(e, f);
     f->linked = 0;
     MF_CTR_ADD(e->ctr.forks, -1);
@@ -481,6 +489,8 @@ static void apply_command(mf_engine *e, mf_cmd *cmd)
         f->linked = 1;
         if (f->fd >= 0)
             mf_worker_register(e, f->fd, &f->src, EPOLLIN);
+        if (f->rtcp_fd >= 0)
+            mf_worker_register(e, f->rtcp_fd, &f->rtcp_src, EPOLLIN);
         MF_CTR_ADD(e->ctr.forks, 1);
         break;
     case MF_CMD_REMOVE_FORK:
@@ -494,10 +504,23 @@ static void apply_command(mf_engine *e, mf_cmd *cmd)
         f->dest_len = cmd->len_a;
         memcpy(&f->rtcp_dest, &cmd->addr_b, sizeof(f->rtcp_dest));
         f->rtcp_dest_len = cmd->len_b;
+        /* A connected RTP socket skips the route lookup on every send and
+         * reports ICMP errors directly; RTCP has its own socket, so nothing
+         * the recorder sends is filtered away by the connection. */
+        if (f->fd >= 0 && connect(f->fd, (struct sockaddr *)&f->dest, f->dest_len) != 0) {
+            f->has_dest = 0;
+            mf_emit_event(e, MF_EV_SEND_ERROR, c ? c->id : f->call->id, f->id, f->track, errno,
+                          mf_now_ns());
+            break;
+        }
         f->has_dest = 1;
         break;
     case MF_CMD_CLEAR_FORK_DEST:
         f->has_dest = 0;
+        if (f->fd >= 0) {
+            struct sockaddr unspec = {.sa_family = AF_UNSPEC};
+            connect(f->fd, &unspec, sizeof(unspec));
+        }
         break;
     case MF_CMD_SET_FORK_SRTP:
         /* key rotation: the caller frees the previous sessions after the ack */

@@ -115,8 +115,9 @@ struct mf_fork {
     int linked;
     uint8_t track;
     uint8_t state;
-    int fd; /* -1: drain mode, the embedder consumes the ring */
-    mf_pollsrc src;
+    int fd;      /* RTP, connected to the destination; -1: drain mode */
+    int rtcp_fd; /* RTCP on the RTP port + 1 (RFC 3550 §11): SRs out, RRs in; -1: none */
+    mf_pollsrc src, rtcp_src;
     void *srtp_tx; /* NULL: plain RTP */
     void *srtp_rx; /* for SRTCP from the recorder; NULL: plain or unknown */
     uint32_t ssrc;
@@ -264,9 +265,9 @@ mf_call *mf_call_new(uint64_t id, uint8_t dtmf_pt, uint32_t clock_rate, uint32_t
                      uint32_t max_packet);
 void mf_call_free(mf_call *c); /* after its remove command completed */
 mf_fork *mf_fork_new(uint64_t id, uint8_t track, uint32_t ssrc, uint16_t seq_base,
-                     uint32_t ts_base, int fd, uint32_t ring_slots, uint32_t max_packet,
+                     uint32_t ts_base, int fd, int rtcp_fd, uint32_t ring_slots, uint32_t max_packet,
                      const char *cname, uint64_t rtcp_interval_ns);
-void mf_fork_free(mf_fork *f); /* after its remove command completed; closes fd */
+void mf_fork_free(mf_fork *f); /* after its remove command completed; closes its sockets */
 
 /* embedded ingress: packets[i] = base + offsets[i], lengths[i]; returns how
  * many were accepted (the rest were dropped: ring full) */

@@ -93,7 +93,7 @@ static void read_ingress(mf_engine *e, mf_call *c, int track)
 
 /* ICMP errors for an unconnected socket arrive on its error queue
  * (IP_RECVERR is set when the socket is made). */
-static void read_errqueue(mf_engine *e, mf_fork *f, uint64_t now)
+static void read_errqueue(mf_engine *e, mf_fork *f, int fd, uint64_t now)
 {
     uint8_t control[512];
     uint8_t data[64];
@@ -102,7 +102,7 @@ static void read_errqueue(mf_engine *e, mf_fork *f, uint64_t now)
         struct sockaddr_storage from;
         struct msghdr h = {.msg_name = &from, .msg_namelen = sizeof(from), .msg_iov = &iov,
                            .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof(control)};
-        if (recvmsg(f->fd, &h, MSG_ERRQUEUE | MSG_DONTWAIT) < 0)
+        if (recvmsg(fd, &h, MSG_ERRQUEUE | MSG_DONTWAIT) < 0)
             return;
         int err = ECONNREFUSED;
         for (struct cmsghdr *cm = CMSG_FIRSTHDR(&h); cm; cm = CMSG_NXTHDR(&h, cm)) {
@@ -117,16 +117,17 @@ static void read_errqueue(mf_engine *e, mf_fork *f, uint64_t now)
     }
 }
 
-static void read_egress(mf_engine *e, mf_fork *f, uint32_t events)
+static void read_egress(mf_engine *e, mf_fork *f, int is_rtcp_socket, uint32_t events)
 {
     uint64_t now = mf_now_ns();
+    int fd = is_rtcp_socket ? f->rtcp_fd : f->fd;
     if (events & EPOLLERR)
-        read_errqueue(e, f, now);
+        read_errqueue(e, f, fd, now);
     if (!(events & EPOLLIN))
         return;
     for (int round = 0; round < MF_MAX_ROUNDS; round++) {
         uint8_t buf[MF_RX_BUF];
-        ssize_t n = recv(f->fd, buf, sizeof(buf), MSG_DONTWAIT);
+        ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
         if (n < 0) {
             if (errno == ECONNREFUSED || errno == EHOSTUNREACH || errno == ENETUNREACH)
                 report_send_error(e, f, errno, now);
@@ -184,8 +185,7 @@ void mf_worker_flush(mf_engine *e, uint64_t now_ns)
                 e->tx_iov[i].iov_len = s->len;
                 h->msg_iov = &e->tx_iov[i];
                 h->msg_iovlen = 1;
-                h->msg_name = &f->dest;
-                h->msg_namelen = f->dest_len;
+                /* connected socket: no per-message destination */
             }
             int sent = f->has_dest ? sendmmsg(f->fd, e->tx_msgs, n, MSG_DONTWAIT) : (int)n;
             if (sent < 0) {
@@ -225,7 +225,13 @@ static void send_sr(mf_engine *e, mf_fork *f, uint64_t now)
         return;
     const struct sockaddr_storage *to = f->rtcp_dest_len ? &f->rtcp_dest : &f->dest;
     socklen_t to_len = f->rtcp_dest_len ? f->rtcp_dest_len : f->dest_len;
-    if (sendto(f->fd, buf, n, MSG_DONTWAIT, (const struct sockaddr *)to, to_len) < 0) {
+    int fd = f->rtcp_fd >= 0 ? f->rtcp_fd : f->fd;
+    /* The RTP socket is connected: an SR for another address must use the
+     * RTCP socket, or go unsent when there is none. */
+    if (fd == f->fd && memcmp(to, &f->dest, to_len) != 0)
+        return;
+    if (sendto(fd, buf, n, MSG_DONTWAIT, fd == f->fd ? NULL : (const struct sockaddr *)to,
+               fd == f->fd ? 0 : to_len) < 0) {
         if (errno != EAGAIN && errno != EWOULDBLOCK)
             report_send_error(e, f, errno, now);
         return;
@@ -299,7 +305,7 @@ void mf_engine_iterate(mf_engine *e, int max_wait_ms)
         case MF_SRC_EGRESS: {
             mf_fork *f = src->owner;
             if (f->linked)
-                read_egress(e, f, evs[i].events);
+                read_egress(e, f, src->track, evs[i].events);
             break;
         }
         }

@@ -315,15 +315,15 @@ class Call:
         if len(self._forks) >= MAX_FORKS_PER_CALL:
             raise EngineError(f"a call has at most {MAX_FORKS_PER_CALL} forked streams")
         slots = _power_of_two(ring_slots or (1024 if drain else 64), "ring_slots")
-        fd = -1
+        fd = rtcp_fd = -1
         local: tuple[str, int] | None = None
         if not drain:
             address = local_address or self.engine.media_address
-            sock = self.engine.ports.bind(
-                address, 1, send_buffer=EGRESS_BUFFER, report_errors=True
-            )[0]
-            local = sock.getsockname()[:2]
-            fd = sock.detach()
+            rtp_sock, rtcp_sock = self.engine.ports.bind(
+                address, 1, rtcp_pairs=True, send_buffer=EGRESS_BUFFER, report_errors=True
+            )
+            local = rtp_sock.getsockname()[:2]
+            fd, rtcp_fd = rtp_sock.detach(), rtcp_sock.detach()  # the C fork owns them now
         fork_id = next(self.engine._ids)
         ssrc = secrets.randbits(32) if ssrc is None else ssrc & 0xFFFFFFFF
         cname_bytes = (cname or f"mediafork-{self.sid[-12:]}").encode("ascii", "replace")[:63]
@@ -335,14 +335,16 @@ class Call:
                 secrets.randbits(16),
                 secrets.randbits(32),
                 fd,
+                rtcp_fd,
                 slots,
                 self.engine.max_packet,
                 cname_bytes,
                 int(rtcp_interval * 1e9),
             )
         except BaseException:
-            if fd >= 0:
-                os.close(fd)
+            for descriptor in (fd, rtcp_fd):
+                if descriptor >= 0:
+                    os.close(descriptor)
             raise
         tx = outbound_session(key, ssrc) if key else None
         rx = inbound_session(remote_key) if remote_key else None
@@ -445,7 +447,8 @@ class Fork:
         self.ssrc = ssrc
         self.key = key
         self.local_address = local_address
-        """(address, port) the fork sends from; offered in SDP. None in drain mode."""
+        """(address, port) the fork sends RTP from; offered in SDP. RTCP uses port + 1
+        (``rtcp_local_address``). None in drain mode."""
         self.drain_mode = drain
         self.destination: tuple[str, int] | None = None
         self.paused = False
@@ -460,6 +463,13 @@ class Fork:
     @property
     def id(self) -> int:
         return int(self._core.id)
+
+    @property
+    def rtcp_local_address(self) -> tuple[str, int] | None:
+        """Where the recorder's RTCP reports arrive and our sender reports leave from."""
+        if self.local_address is None:
+            return None
+        return self.local_address[0], self.local_address[1] + 1
 
     @property
     def closed(self) -> bool:

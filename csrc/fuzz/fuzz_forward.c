@@ -53,7 +53,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     mf_fork *forks[4];
     for (int i = 0; i < 4; i++) {
         forks[i] = mf_fork_new(10 + i, (uint8_t)(i & 1), 0x1000u + i, (uint16_t)(65500 + i),
-                               0xFFFFFF00u, -1, 8, 512, "fuzz", 0);
+                               0xFFFFFF00u, -1, -1, 8, 512, "fuzz", 0);
         cmd = (mf_cmd){.type = MF_CMD_ADD_FORK, .call = c, .fork = forks[i]};
         mf_engine_submit(e, &cmd);
     }

@@ -162,7 +162,8 @@ cdef extern from "engine.h":
                          uint32_t max_packet)
     void mf_call_free(mf_call *c)
     mf_fork *mf_fork_new(uint64_t id, uint8_t track, uint32_t ssrc, uint16_t seq_base,
-                         uint32_t ts_base, int fd, uint32_t ring_slots, uint32_t max_packet,
+                         uint32_t ts_base, int fd, int rtcp_fd, uint32_t ring_slots,
+                         uint32_t max_packet,
                          const char *cname, uint64_t rtcp_interval_ns)
     void mf_fork_free(mf_fork *f)
 

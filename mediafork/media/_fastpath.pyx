@@ -218,11 +218,11 @@ cdef class CFork:
     cdef object tx_session, rx_session  # kept alive while the worker may use them
 
     def __cinit__(self, uint64_t id, int track, uint32_t ssrc, uint16_t seq_base, uint32_t ts_base,
-                  int fd, uint32_t ring_slots, uint32_t max_packet, bytes cname,
+                  int fd, int rtcp_fd, uint32_t ring_slots, uint32_t max_packet, bytes cname,
                   uint64_t rtcp_interval_ns):
         self.id = id
-        self.ptr = mf_fork_new(id, track, ssrc, seq_base, ts_base, fd, ring_slots, max_packet,
-                               cname, rtcp_interval_ns)
+        self.ptr = mf_fork_new(id, track, ssrc, seq_base, ts_base, fd, rtcp_fd, ring_slots,
+                               max_packet, cname, rtcp_interval_ns)
         if self.ptr == NULL:
             raise ValueError("cannot create fork (ring size must be a power of two)")
 

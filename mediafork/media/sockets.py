@@ -78,8 +78,11 @@ class PortAllocator:
         self._cursor = self.low
         self._lock = threading.Lock()
 
-    def bind(self, address: str, count: int = 1, **options: int | bool) -> list[socket.socket]:
-        """Bind `count` sockets on consecutive even ports (p, p+2, ...)."""
+    def bind(self, address: str, count: int = 1, *, rtcp_pairs: bool = False,
+             **options: int | bool) -> list[socket.socket]:
+        """Bind `count` sockets on consecutive even ports (p, p+2, ...). With
+        ``rtcp_pairs`` each even port p also gets p+1 (RFC 3550 §11), returned
+        right after it: [p, p+1, p+2, p+3, ...]."""
         span = 2 * count
         slots = (self.high - self.low + 1) // 2
         with self._lock:
@@ -94,6 +97,8 @@ class PortAllocator:
                 try:
                     for i in range(count):
                         sockets.append(udp_socket(address, base + 2 * i, **options))  # type: ignore[arg-type]
+                        if rtcp_pairs:
+                            sockets.append(udp_socket(address, base + 2 * i + 1, **options))  # type: ignore[arg-type]
                     return sockets
                 except OSError as exc:
                     for s in sockets:

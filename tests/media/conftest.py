@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import socket
 import struct
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -57,6 +58,15 @@ def header(packet: bytes) -> tuple[int, int, int, int, int]:
     """(marker, payload type, seq, timestamp, ssrc) of an RTP packet."""
     b0, b1, seq, ts, ssrc = struct.unpack("!BBHII", packet[:12])
     return b1 >> 7, b1 & 0x7F, seq, ts, ssrc
+
+
+def eventually(check, timeout: float = 2.0) -> None:
+    """Wait for a condition the worker makes true just after the packet we saw:
+    counters are updated once the kernel has accepted a send."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
 
 
 def recv_all(sock: socket.socket, count: int, timeout: float = 2.0) -> list[bytes]:

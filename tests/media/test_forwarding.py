@@ -13,7 +13,7 @@ from pylibsrtp import Policy, Session
 
 from mediafork.engine import Engine, EngineError, SrtpKey, SrtpProfile, Track, is_rtcp
 
-from .conftest import header, recv_all, rtp
+from .conftest import eventually, header, recv_all, rtp
 
 
 def receiver_for(key: SrtpKey) -> Session:
@@ -41,7 +41,7 @@ def test_every_profile_decrypts_with_an_independent_session(engine, sink, sender
     assert heads[0][0] == 1 and all(h[0] == 0 for h in heads[1:])  # marker carried over
     seqs = [h[2] for h in heads]
     assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
-    assert fork.counters()["sent"] == 20
+    eventually(lambda: fork.counters()["sent"] == 20)
 
 
 def test_both_tracks_go_to_their_own_forks(engine, sink, sender) -> None:
@@ -56,6 +56,34 @@ def test_both_tracks_go_to_their_own_forks(engine, sink, sender) -> None:
     for t in Track:
         plain = receiver_for(keys[t]).unprotect(by_ssrc[forks[t].ssrc])
         assert plain[12:] == (b"\x01" if t is Track.INBOUND else b"\x02") * 160
+
+
+def test_destination_moves_without_a_sequence_gap(engine, sink, sender) -> None:
+    """A recorder re-INVITE with new ports: the connected RTP socket follows."""
+    call = engine.add_call("CA-move")
+    fork = call.add_fork(Track.INBOUND, destination=sink.getsockname())
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.1", 0))
+    try:
+        sender.sendto(rtp(1, 160), call.ingress[Track.INBOUND])
+        (first,) = recv_all(sink, 1)
+        fork.set_destination(other.getsockname())
+        sender.sendto(rtp(2, 320), call.ingress[Track.INBOUND])
+        (second,) = recv_all(other, 1)
+        fork.clear_destination()
+        sender.sendto(rtp(3, 480), call.ingress[Track.INBOUND])
+        deadline = time.monotonic() + 2
+        while call.counters()["inbound"]["received"] < 3:  # held back, not merely late
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        fork.set_destination(sink.getsockname())
+        sender.sendto(rtp(4, 640), call.ingress[Track.INBOUND])
+        (third,) = recv_all(sink, 1)
+    finally:
+        other.close()
+    seqs = [header(p)[2] for p in (first, second, third)]
+    assert [(s - seqs[0]) & 0xFFFF for s in seqs] == [0, 1, 2]  # the held-back packet is no gap
+    assert fork.counters()["skipped"] == 1
 
 
 def test_plain_rtp_fork_and_fresh_bases(engine, sink, sender) -> None:
@@ -180,7 +208,7 @@ def test_source_filtering(engine, sink, sender) -> None:
     finally:
         stranger.close()
     assert call.counters()["inbound"]["source_rejected"] == 1
-    assert fork.counters()["sent"] == 1
+    eventually(lambda: fork.counters()["sent"] == 1)
 
 
 def _spin_until(event: threading.Event) -> int:
@@ -195,7 +223,8 @@ def test_forwarding_releases_the_gil() -> None:
 
     The engine is not started, so the whole batch is processed inside push()
     on another thread. Holding the GIL there would leave this thread about one
-    switch interval (5 ms) of a ~100 ms call; releasing it leaves nearly all."""
+    switch interval (5 ms) of a ~200 ms call; releasing it leaves nearly all
+    (less whatever other processes on a shared machine take)."""
     import numpy as np
 
     with Engine(threaded=False) as e:
@@ -203,7 +232,7 @@ def test_forwarding_releases_the_gil() -> None:
         for _ in range(4):
             call.add_fork(Track.INBOUND, key=SrtpKey.generate(), drain=True, ring_slots=8)
         packet = rtp(1, 1, b"12345678")
-        count = 1_500_000
+        count = 3_000_000  # ~0.2 s of work once the small rings are full
         buf = np.frombuffer(packet * count, dtype=np.uint8)
         offsets = np.arange(count, dtype=np.uint32) * len(packet)
         lengths = np.full(count, len(packet), dtype=np.uint32)
@@ -229,7 +258,8 @@ def test_forwarding_releases_the_gil() -> None:
         pusher.join()
         assert e.counters()["pushed"] == count
         assert elapsed > 0.04, "batch too small to observe"
-        assert spins > 0.4 * rate * elapsed, (
+        # holding the GIL would leave ~5 ms of a ~200 ms call: a few percent
+        assert spins > 0.25 * rate * elapsed, (
             f"only {spins / (rate * elapsed):.0%} of this thread's pace during the push"
         )
 
@@ -246,7 +276,9 @@ def test_rtcp_sender_reports_are_srtcp_with_cname(engine, sink, sender) -> None:
         for s in range(10):
             sender.sendto(rtp(s, s * 160), call.ingress[Track.INBOUND])
         assert len(recv_all(sink, 10)) == 10
-        (sr,) = recv_all(rtcp_sink, 1, timeout=2.0)
+        rtcp_sink.settimeout(2.0)
+        sr, source = rtcp_sink.recvfrom(2048)
+        assert source == fork.rtcp_local_address  # sender reports leave from port + 1
     finally:
         rtcp_sink.close()
     plain = receiver_for(key).unprotect_rtcp(sr)
@@ -255,7 +287,7 @@ def test_rtcp_sender_reports_are_srtcp_with_cname(engine, sink, sender) -> None:
     assert int.from_bytes(plain[20:24], "big") == 10  # sender's packet count
     assert int.from_bytes(plain[24:28], "big") == 1600  # sender's octet count
     assert b"rec-session-1" in plain[28:]
-    assert fork.counters()["rtcp_sent"] >= 1
+    eventually(lambda: fork.counters()["rtcp_sent"] >= 1)
 
 
 def test_receiver_reports_from_the_recorder_reach_the_counters(engine, sink, sender) -> None:
@@ -268,7 +300,7 @@ def test_receiver_reports_from_the_recorder_reach_the_counters(engine, sink, sen
     block = struct.pack("!IB", fork.ssrc, 26) + (5).to_bytes(3, "big")
     block += struct.pack("!IIII", 70000, 123, 0, 0)
     rr = struct.pack("!BBHI", 0x81, 201, 7, 0x5EC0) + block
-    sink.sendto(rr, fork.local_address)
+    sink.sendto(rr, fork.rtcp_local_address)  # RFC 3550 §11: RTCP on the RTP port + 1
     deadline = time.monotonic() + 2
     while time.monotonic() < deadline and fork.counters()["rr_last_ns"] == 0:
         time.sleep(0.01)
@@ -376,7 +408,7 @@ def test_inline_engine_processes_in_the_callers_thread(sink) -> None:
         fork = call.add_fork(Track.OUTBOUND, destination=sink.getsockname())
         call.push(Track.OUTBOUND, rtp(1, 160))
         assert len(recv_all(sink, 1)) == 1
-        assert fork.counters()["sent"] == 1
+        assert fork.counters()["sent"] == 1  # inline: sent before push() returned
 
 
 def test_ten_thousand_calls_leave_allocations_balanced() -> None:
