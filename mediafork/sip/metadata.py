@@ -196,7 +196,7 @@ def parse_metadata(data: bytes) -> ParsedMetadata:
         raise SipParseError("metadata document too large")
     try:
         root = SafeET.fromstring(data)
-    except (ET.ParseError, DefusedXmlException, ValueError) as exc:
+    except (ET.ParseError, DefusedXmlException, ValueError, LookupError) as exc:
         raise SipParseError(f"metadata is not well-formed XML: {type(exc).__name__}") from exc
     q = f"{{{NS}}}"
     if root.tag != q + "recording":

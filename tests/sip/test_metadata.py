@@ -85,6 +85,8 @@ def test_schema_rejects_a_broken_document() -> None:
         b"<other xmlns='urn:ietf:params:xml:ns:recording:1'/>",
         b"<!DOCTYPE r [<!ENTITY a 'aaaa'><!ENTITY b '&a;&a;'>]><recording xmlns='urn:ietf:params:xml:ns:recording:1'>&b;</recording>",
         b"<recording xmlns='urn:ietf:params:xml:ns:recording:1'><stream/></recording>",
+        # an unknown encoding makes expat raise LookupError, not ParseError
+        b"<?xml version='1.0' encoding='utfn8'?><recording/>",
     ],
 )
 def test_untrusted_metadata_raises_parse_error(data: bytes) -> None:

@@ -307,3 +307,59 @@ def test_bye_dials_the_src_contact_when_its_tcp_connection_is_gone(run, tmp_path
             listener.close()
 
     run(scenario())
+
+
+def test_mutated_invites_are_refused_without_internal_errors(run, tmp_path, caplog):
+    """Seeded byte/line mutations of a real SIPREC INVITE: every one is either answered or
+    dropped as unparsable, and no handler ever fails with an unexpected exception."""
+    import logging
+    import random
+
+    async def scenario() -> None:
+        recorder, client = await _started(tmp_path)
+        try:
+            streams = await client.add_legs(["1", "2"], True)
+            template = client.invite(recorder.uri(), streams).to_bytes()
+            rng = random.Random(7866)
+            lines = template.split(b"\r\n")
+            for n in range(300):
+                kind = n % 3
+                if kind == 0:  # flip bytes anywhere (head, SDP, crypto, XML)
+                    data = bytearray(template)
+                    for _ in range(rng.randint(1, 8)):
+                        data[rng.randrange(len(data))] = rng.randrange(256)
+                    packet = bytes(data)
+                elif kind == 1:  # drop or duplicate a line
+                    mutated = list(lines)
+                    index = rng.randrange(1, len(mutated))
+                    if rng.random() < 0.5:
+                        del mutated[index]
+                    else:
+                        mutated.insert(index, mutated[index])
+                    packet = b"\r\n".join(mutated)
+                else:  # truncate
+                    packet = template[: rng.randrange(len(template))]
+                packet = packet.replace(b"branch=z9hG4bK", b"branch=z9hG4bK%d" % n, 1)
+                client.send(packet)
+                if n % 20 == 19:
+                    await asyncio.sleep(0.02)
+            await asyncio.sleep(0.5)
+            options = client.in_dialog("OPTIONS", client.invite(recorder.uri(), []),
+                                       _fake_ok(), 1)
+            options.headers.set("To", f"<{recorder.uri()}>")
+            while not client.inbox.empty():
+                client.inbox.get_nowait()
+            client.send(options)
+            while True:
+                response = await client.final_response()
+                if response.cseq[1] == "OPTIONS":
+                    break
+            assert response.status == 200
+        finally:
+            await client.close()
+            await recorder.stop()
+
+    with caplog.at_level(logging.WARNING, logger="mediafork.srs"):
+        run(scenario(), timeout=60)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors[:3]]
