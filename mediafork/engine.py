@@ -98,6 +98,20 @@ def is_rtcp(packet: bytes) -> bool:
     return len(packet) >= 8 and packet[0] >> 6 == 2 and 192 <= packet[1] <= 223
 
 
+_NOT_SUMMED = ("rr_", "last_")
+
+
+def _accumulate(totals: dict[str, int], call: Call) -> None:
+    for track_counters in call.counters().values():
+        for name, value in track_counters.items():
+            if not name.startswith(_NOT_SUMMED):
+                totals[f"ingress_{name}"] = totals.get(f"ingress_{name}", 0) + value
+    for fork in call.forks:
+        for name, value in fork.counters().items():
+            if not name.startswith(_NOT_SUMMED):
+                totals[f"fork_{name}"] = totals.get(f"fork_{name}", 0) + value
+
+
 def _power_of_two(n: int, name: str) -> int:
     if n < 2 or n & (n - 1):
         raise EngineError(f"{name} must be a power of two >= 2, got {n}")
@@ -129,6 +143,8 @@ class Engine:
         )
         self._calls: dict[str, Call] = {}
         self._calls_by_id: dict[int, Call] = {}
+        # counters of calls and forks that have ended, so totals never go back
+        self._retired: dict[str, int] = {}
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
         self._closed = False
@@ -244,6 +260,21 @@ class Engine:
         """Engine-wide counters (loops, busy time, pushes, events, live calls and forks)."""
         self._check_open()
         return dict(self._core.counters())
+
+    def totals(self) -> dict[str, int]:
+        """Monotonic sums over every call and fork this engine has had, live or
+        ended: track counters prefixed ``ingress_``, fork counters ``fork_``
+        (``rr_*`` report snapshots and timestamps are not summed)."""
+        self._check_open()
+        with self._lock:
+            totals = dict(self._retired)
+            for call in self._calls.values():
+                _accumulate(totals, call)
+        return totals
+
+    def _retire(self, call: Call) -> None:
+        with self._lock:
+            _accumulate(self._retired, call)
 
     def worker_cpu_seconds(self) -> float:
         """CPU time the worker thread has used (0 when not threaded)."""
@@ -417,6 +448,7 @@ class Call:
             return
         forks = [f._core for f in self._forks.values()]
         self.engine._core.remove_call(self._core, forks)
+        self.engine._retire(self)  # counters are final now that the worker let go
         for fork in self._forks.values():
             fork._closed = True
         self._closed = True
@@ -529,6 +561,11 @@ class Fork:
             return
         if not self.call.closed:
             self.call.engine._core.remove_fork(self._core)
+            final = {f"fork_{k}": v for k, v in self.counters().items() if not k.startswith(_NOT_SUMMED)}
+            with self.call.engine._lock:
+                retired = self.call.engine._retired
+                for name, value in final.items():
+                    retired[name] = retired.get(name, 0) + value
         self.call._forks.pop(self.id, None)
         self._closed = True
 

@@ -426,3 +426,20 @@ def test_ten_thousand_calls_leave_allocations_balanced() -> None:
         gc.collect()
         assert Engine.live_allocations() - base == engine_allocs
         assert e.counters()["calls"] == 0 and e.counters()["forks"] == 0
+
+
+def test_totals_are_monotonic_across_call_and_fork_ends(engine) -> None:
+    call = engine.add_call("CA-totals", ingress=False)
+    a = call.add_fork(Track.INBOUND, drain=True)
+    b = call.add_fork(Track.INBOUND, drain=True)
+    for s in range(3):
+        call.push(Track.INBOUND, rtp(s, s * 160))
+    drain_all(b, 3)
+    eventually(lambda: engine.totals()["fork_forwarded"] == 6)
+    a.close()
+    assert engine.totals()["fork_forwarded"] == 6  # a's packets stay counted
+    call.close()
+    totals = engine.totals()
+    assert totals["fork_forwarded"] == 6
+    assert totals["ingress_received"] == 3
+    assert "fork_rr_jitter" not in totals
