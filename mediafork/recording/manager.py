@@ -407,6 +407,8 @@ class RecordingManager:
         tap = self._taps.get(call.call_sid)
         if tap is None:
             tap = self._taps[call.call_sid] = _Tap(call)
+            # call_ended may have come (and gone, with no tap to mark) while create awaited.
+            tap.ended = call.call_sid in self._ended
         return tap
 
     async def _on_worker(self, tap: _Tap, job: Callable[..., T], *args: Any) -> T:
@@ -615,6 +617,12 @@ class RecordingManager:
             self._pump_job(tap, recordings)  # what arrived before the stop / call end
         except EngineError:
             self._apply_commands(tap)  # the call is closed: finish with what was fed
+        with contextlib.suppress(Exception):  # counters are diagnostics only
+            dropped = {name: c.get("record_dropped", 0)
+                       for name, c in tap.call.engine_call.counters().items()}
+            if any(dropped.values()):
+                # The ring overflowed (drain task starved): those packets became silence.
+                log.warning("call %s: recording ring dropped packets %s", tap.call_sid, dropped)
         return live.recording.finish()
 
     def _abort_job(self, tap: _Tap, live: _Live) -> None:
