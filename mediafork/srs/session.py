@@ -215,7 +215,11 @@ class RecordedSession:
             self.warnings.append("INVITE without recording metadata")
         self.directory = self._make_directory()
         self._add_metadata(bodies)
-        answer = await self._answer(bodies.sdp)
+        try:
+            answer = await self._answer(bodies.sdp)
+        except SipParseError as exc:  # e.g. a malformed a=rtpmap only read when answering
+            await self.close_media()
+            raise OfferError(400, f"malformed SDP: {exc}") from exc
         if all(r is None for r in self.receivers):
             await self.close_media()
             raise OfferError(488, "no acceptable audio stream in the offer")
@@ -232,7 +236,10 @@ class RecordedSession:
             self.snapshot_requests += 1
         self._add_metadata(bodies)
         if bodies.sdp is not None:
-            answer = await self._answer(bodies.sdp)
+            try:
+                answer = await self._answer(bodies.sdp)
+            except SipParseError as exc:
+                raise OfferError(400, f"malformed SDP: {exc}") from exc
         else:
             answer = self.last_answer
         self.write_summary()
@@ -318,7 +325,8 @@ class RecordedSession:
             try:
                 attr = media.rtcp
             except SipParseError:
-                attr = None
+                attr = None  # lenient: reports go to port+1, and the summary says why
+                self.warnings.append(f"stream {label}: malformed a=rtcp ignored")
             if mux:
                 remote_rtcp = remote_rtp
             elif attr is not None:

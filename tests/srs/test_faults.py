@@ -363,3 +363,22 @@ def test_mutated_invites_are_refused_without_internal_errors(run, tmp_path, capl
         run(scenario(), timeout=60)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors[:3]]
+
+
+@pytest.mark.parametrize(
+    "bad", [b"a=rtpmap:0 PCMU", b"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:!!"])
+def test_malformed_sdp_attribute_gets_a_final_error(run, tmp_path, bad):
+    async def scenario() -> None:
+        recorder, client = await _started(tmp_path)
+        try:
+            invite = client.invite(recorder.uri(), await client.add_legs(["1"], True))
+            invite.body = invite.body.replace(b"a=rtpmap:0 PCMU/8000", bad, 1)
+            client.send(invite)
+            response = await client.final_response()
+            assert response.status in (400, 488), response
+            assert "Warning" in response.headers
+        finally:
+            await client.close()
+            await recorder.stop()
+
+    run(scenario())
