@@ -25,6 +25,20 @@ def run() -> Callable[[Coroutine[Any, Any, Any]], Any]:
     return runner
 
 
+@pytest.fixture
+def uvrun() -> Callable[[Coroutine[Any, Any, Any]], Any]:
+    """Like ``run`` but on uvloop, the loop the daemon uses."""
+    uvloop = pytest.importorskip("uvloop")
+
+    def runner(coro: Coroutine[Any, Any, Any], timeout: float = 30.0) -> Any:
+        async def bounded() -> Any:
+            return await asyncio.wait_for(coro, timeout)
+
+        return uvloop.run(bounded())
+
+    return runner
+
+
 @pytest.fixture(scope="session")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 (cert.pem, key.pem)."""

@@ -131,3 +131,8 @@ def test_secure_session_records_tone_and_reports(run, tmp_path, tls_files, trans
         assert abs(peak_frequency(audio2[:8000]) - 1000.0) < 5
 
     run(scenario())
+
+
+@pytest.mark.parametrize("transport", ["udp", "tls"])
+def test_same_on_uvloop(uvrun, tmp_path, tls_files, transport):
+    test_secure_session_records_tone_and_reports(uvrun, tmp_path, tls_files, transport)
