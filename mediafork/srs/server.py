@@ -259,12 +259,22 @@ class ReferenceRecorder:
             break
         self.address = (cfg.host, port)
         if cfg.tls_cert and cfg.tls_key:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-            tls_port = cfg.tls_port if cfg.tls_port is not None else (port + 1 if cfg.port else 0)
-            self._tls = await asyncio.start_server(
-                lambda r, w: self._accept(r, w, "TLS"), cfg.host, tls_port, ssl=context
-            )
+            try:
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+                tls_port = (
+                    cfg.tls_port if cfg.tls_port is not None else (port + 1 if cfg.port else 0)
+                )
+                self._tls = await asyncio.start_server(
+                    lambda r, w: self._accept(r, w, "TLS"), cfg.host, tls_port, ssl=context
+                )
+            except (OSError, ssl.SSLError):
+                # Do not leave the UDP/TCP listeners behind a failed start.
+                if self._udp is not None:
+                    self._udp.close()
+                if self._tcp is not None:
+                    self._tcp.close()
+                raise
             self.tls_address = (cfg.host, self._tls.sockets[0].getsockname()[1])
         self._tick_task = asyncio.create_task(self._tick())
         log.info("srs: listening on %s:%d (udp%s%s), recordings in %s", *self.address,
@@ -549,6 +559,10 @@ class ReferenceRecorder:
 
     async def _initial_invite(self, request: Request, entry: _ServerTx) -> None:
         cfg = self.config
+        if self._stopping:
+            self._respond(entry, build_response(request, 503, to_tag=_tag(),
+                                                headers=[("Retry-After", "5")]))
+            return
         if cfg.credentials_header is not None:
             name, expected = cfg.credentials_header
             got = request.headers.get(name)
