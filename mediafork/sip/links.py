@@ -246,11 +246,13 @@ class SipRecorderLinks:
         if self._closed:
             return
         self._closed = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         live = [link for link in self._links.values() if not link.reported]
         if live:
             await asyncio.wait(
                 [asyncio.ensure_future(self._stop(link, "shutdown", timeout)) for link in live],
-                timeout=timeout + 0.5,
+                timeout=timeout,
             )
         for link in list(self._links.values()):
             self._report_end(link, LinkEvent(link.sid, "stopped"))
@@ -260,7 +262,7 @@ class SipRecorderLinks:
         senders = [t for t in self._senders if not t.done()]
         if senders:
             # Let the last queued messages (ACKs, BYEs) go out, briefly.
-            _, pending = await asyncio.wait(senders, timeout=0.5)
+            _, pending = await asyncio.wait(senders, timeout=max(0.05, deadline - loop.time()))
             for task in pending:
                 task.cancel()
         if self._transport is not None:
@@ -364,7 +366,8 @@ class SipRecorderLinks:
         link = self._links.get(siprec_sid)
         if link is None or link.reported:
             return
-        await self._stop(link, reason, self._stop_timeout)
+        # The session reports Ended by itself after stop_timeout; the margin covers that.
+        await self._stop(link, reason, self._stop_timeout + 0.5)
 
     async def pause(self, siprec_sid: str) -> None:
         """Stop sending at once, and tell the SRS with a re-INVITE (a=inactive)."""
@@ -852,14 +855,14 @@ class SipRecorderLinks:
         link = self._links.get(siprec_sid)
         return None if link is None or link.reported or link.stop_requested else link
 
-    async def _stop(self, link: _Link, reason: str, timeout: float) -> None:
+    async def _stop(self, link: _Link, reason: str, wait: float) -> None:
         if not link.stop_requested:
             link.stop_requested = True
             self._close_forks(link)  # nothing more to record: stop the media now
             link.session.stop(self._now(), reason)
             self._drive(link)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(link.done.wait(), timeout + 0.5)
+            await asyncio.wait_for(link.done.wait(), wait)
         self._report_end(link, LinkEvent(link.sid, "stopped"))
 
     def _report_end(self, link: _Link, event: LinkEvent) -> None:

@@ -488,8 +488,8 @@ class SipTransport:
         for listener in self._listeners.values():
             for server in listener.servers:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(server.wait_closed(), 1.0)
+                    await asyncio.wait_for(server.wait_closed(), 0.2)
         if connections:
-            await asyncio.wait([c.closed for c in connections], timeout=1.0)
+            await asyncio.wait([c.closed for c in connections], timeout=0.2)
         self._listeners.clear()
         self._pool.clear()
