@@ -26,6 +26,7 @@ from mediafork.sip.session import SessionState
 from mediafork.sip.transport import client_tls_context
 
 from .harness import (
+    CALL_SID,
     SIPREC_SID,
     EventLog,
     Recorder,
@@ -367,3 +368,40 @@ def test_secrets_never_logged(
         *[base64.b64encode(k).decode() for k in keys],
     ]:
         assert secret not in text
+
+
+def test_pause_resume_and_participant_update(
+    engine: Engine, recorders: Callable[..., Recorder]
+) -> None:
+    rec1, rec2 = recorders(), recorders()
+
+    async def main() -> None:
+        srs = await MiniSrs(media=[("127.0.0.1", rec1.port), ("127.0.0.1", rec2.port)]).start()
+        events = EventLog()
+        links = await open_links(events)
+        call = _new_call(engine)
+        await links.start(call, start_request(srs.uri))
+        await events.wait_for("started")
+        await pump_media(call, Track.INBOUND, 2)
+        assert len(await rec1.receive(2)) == 2
+        await links.pause(SIPREC_SID)
+        # Media stops at once, not only when the SRS has answered the re-INVITE.
+        await pump_media(call, Track.INBOUND, 3, start_seq=10)
+        assert await rec1.receive(1, timeout=0.2) == []
+        await eventually(lambda: len(srs.requests("INVITE")) == 2)
+        assert b"a=inactive" in srs.requests("INVITE")[1][1].body
+        await links.resume(SIPREC_SID)
+        await eventually(lambda: not any(f.paused for f in links.forks(SIPREC_SID)))
+        assert b"a=sendonly" in srs.requests("INVITE")[2][1].body
+        await pump_media(call, Track.INBOUND, 2, start_seq=20)
+        assert len(await rec1.receive(2)) == 2
+        await links.update_participants(CALL_SID, "sip:alice@pbx.example", "sip:carol@pbx.example")
+        await eventually(lambda: len(srs.requests("INVITE")) == 4)
+        update = srs.requests("INVITE")[3][1]
+        assert b"<datamode>partial</datamode>" in update.body and b"carol" in update.body
+        assert events.kinds() == ["started"]
+        await links.close(1.0)
+        assert events.kinds() == ["started", "stopped"]
+        await srs.close()
+
+    run(main())
