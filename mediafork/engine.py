@@ -436,7 +436,9 @@ class Call:
         """Packets tapped for recording since the last call, as numpy arrays:
         track, seq, timestamp, payload_type, marker, arrival_ns, offset, length, payload."""
         self._check_open()
-        return self._core.drain_recording(max_packets)
+        # Room for G.711 up to 40 ms per packet; a packet that does not fit
+        # stays in the ring for the next drain, so nothing is lost by a cap.
+        return self._core.drain_recording(max_packets, max(64 * 1024, max_packets * 400))
 
     def counters(self) -> dict[str, dict[str, int]]:
         """Per-track ingress counters."""
