@@ -72,6 +72,7 @@ class Daemon:
             sip_port=config.sip.port,
             tls_ca_file=str(config.sip.tls_ca_file) if config.sip.tls_ca_file else None,
         )
+        await self.links.open()  # bind SIP on every edge now: bind errors surface at start
         self.service.set_links(self.links)
         self.service.set_recordings(RecordingManager(
             engine=self.engine, store=self.store, outbox=self.service.outbox,

@@ -178,6 +178,7 @@ class SipRecorderLinks:
         the system CAs) unless ``tls_context`` is given. The other arguments tune every
         session (see :class:`~mediafork.sip.session.SessionConfig`)."""
         self._sink = sink
+        self._response_counts: dict[str, int] = {}
         self._edges: dict[str, Edge] = {e.name: e for e in edges} or {
             "default": Edge("default", default_address, default=True)
         }
@@ -210,6 +211,10 @@ class SipRecorderLinks:
         self._closed = False
 
     # --- lifecycle --------------------------------------------------------------------------
+
+    def response_counts(self) -> dict[str, int]:
+        """SIP responses received from recorders so far, by class (1xx..6xx): for metrics."""
+        return dict(self._response_counts)
 
     async def open(self) -> None:
         """Bind the SIP sockets of every edge. An edge whose address cannot be bound is
@@ -665,6 +670,8 @@ class SipRecorderLinks:
         except SipParseError:
             return
         if isinstance(message, Response):
+            klass = f"{message.status // 100}xx"
+            self._response_counts[klass] = self._response_counts.get(klass, 0) + 1
             probe = self._probes.get(call_id)
             if probe is not None:
                 if message.status >= 200 and not probe.done():
