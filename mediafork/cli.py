@@ -11,16 +11,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 from pathlib import Path
 
 
 def _serve(args: argparse.Namespace) -> int:
     from . import logs
-    from .config import ConfigError, default_config, load_config
+    from .config import ConfigError, _listen, default_config, load_config
 
     try:
         config = load_config(args.config) if args.config else default_config(args.data)
+        if args.listen:
+            # The embedded defaults fix the API on 127.0.0.1:8080; a sidecar next to
+            # something already on 8080 (or a test wanting a free port) needs another one.
+            host, port = _listen(args.listen, "--listen")
+            config = dataclasses.replace(config,
+                                         api=dataclasses.replace(config.api, host=host,
+                                                                 port=port))
     except ConfigError as exc:
         print(f"mediafork: invalid configuration: {exc}", file=sys.stderr)
         return 2
@@ -83,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", help="TOML config file (default: embedded defaults)")
     serve.add_argument("--data", default="data",
                        help="data folder for the embedded defaults (default: ./data)")
+    serve.add_argument("--listen", metavar="HOST:PORT",
+                       help="API address, overriding [api] listen (port 0: any free port)")
     serve.add_argument("--no-recorder", action="store_true",
                        help="without --config: do not start the embedded reference recorder")
     serve.add_argument("--log-format", choices=["text", "json"], default="text")
