@@ -75,9 +75,18 @@ def main(args: argparse.Namespace, out=sys.stdout) -> int:
     for call in items:
         print(f"  {call.get('call_sid')}  {call.get('from', '')} -> {call.get('to', '')}",
               file=out)
+        # The host API's fork view has no Siprec SID (a fork belongs to the engine, not to
+        # a resource): list the call's Siprecs, then its forks by track and destination.
+        for siprec in call.get("siprecs", []):
+            print(f"    siprec {siprec.get('sid', '?')} {siprec.get('name', '')} "
+                  f"{siprec.get('status', '?')} via {siprec.get('connector_name', '?')} "
+                  f"({siprec.get('track', '?')})", file=out)
         for fork in call.get("forks", []):
             c = fork.get("counters", {})
-            print(f"    fork {fork.get('track', '?'):9} siprec {fork.get('siprec_sid', '-')} "
+            dest = fork.get("destination") or {}
+            where = f"{dest['address']}:{dest['port']}" if "address" in dest else "-"
+            print(f"    fork {fork.get('track', '?'):9} to {where} "
+                  f"{'srtp ' if fork.get('secure') else ''}{'paused ' if fork.get('paused') else ''}"
                   f"sent {c.get('sent', 0)} dropped {c.get('dropped_full', 0)} "
                   f"rr-loss {c.get('rr_cumulative_lost', 0)}", file=out)
     return 0
