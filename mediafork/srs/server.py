@@ -20,7 +20,7 @@ import logging
 import secrets
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -43,6 +43,7 @@ from ..sip.transaction import (
 )
 from ..sip.uri import SipUri
 from .session import OfferError, RecordedSession, split_body
+from .sink import CountingSession, port_cycle
 
 log = logging.getLogger("mediafork.srs")
 
@@ -84,6 +85,10 @@ class RecorderConfig:
     """(header name, value) every initial INVITE must carry; 403 otherwise."""
     rtcp_interval: float = 2.0
     user: str = "recorder"
+    sink_ports: tuple[int, ...] = ()
+    """Count-only media (load tests): answer every stream with one of these ports on
+    ``media_host``, round-robin, where a C sink elsewhere counts packets; no receivers here
+    (see ``srs/sink.py``). Empty: receive, decrypt and record every stream."""
     timers: TimerConfig = field(default_factory=TimerConfig)
 
 
@@ -230,6 +235,7 @@ class ReferenceRecorder:
         )
         self._stopping = False
         self._event = asyncio.Event()
+        self._sink_ports: Iterator[int] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -608,10 +614,19 @@ class ReferenceRecorder:
 
     def _new_session(self, request: Request, entry: _ServerTx) -> RecordedSession:
         cfg = self.config
-        session = RecordedSession(
-            request, entry.peer.transport, entry.peer.addr, self.out_dir,
-            cfg.media_host or cfg.host, cfg.media_ports, cfg.rtcp_interval,
-        )
+        session: RecordedSession
+        if cfg.sink_ports:
+            if self._sink_ports is None:
+                self._sink_ports = port_cycle(cfg.sink_ports)
+            session = CountingSession(
+                request, entry.peer.transport, entry.peer.addr, self.out_dir,
+                cfg.media_host or cfg.host, self._sink_ports, cfg.rtcp_interval,
+            )
+        else:
+            session = RecordedSession(
+                request, entry.peer.transport, entry.peer.addr, self.out_dir,
+                cfg.media_host or cfg.host, cfg.media_ports, cfg.rtcp_interval,
+            )
         # A copy: the path may change for this session alone (a dialed-out connection).
         session.peer = replace(entry.peer)
         entry.session = session
