@@ -1,0 +1,80 @@
+"""`--log-format json`: every stderr line is one JSON object, and no secret reaches a log line
+across a run full of errors (wrong API credentials, a recorder refusing the connector's
+credentials header, an unreachable callback URL carrying credentials)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from .harness import (
+    ACCOUNT,
+    CONNECTOR_SECRET,
+    TOKEN,
+    WRONG_TOKEN,
+    CallbackSink,
+    DaemonProcess,
+    Recorder,
+    call_sid,
+    free_tcp_port,
+    send_tones,
+    wait_until,
+    write_config,
+)
+
+CALLBACK_PASSWORD = "callback-password-" + "p4" * 8
+
+
+def test_json_logs_carry_no_secret(tmp_path: Path, sink: CallbackSink,
+                                   spawn: Callable[..., DaemonProcess]) -> None:
+    # The recorder wants another value in the header than the connector sends: 403.
+    strict = Recorder(tmp_path / "srs", credentials_header=("X-Token", "the-right-value-123"))
+    try:
+        config = write_config(tmp_path, connectors=[
+            {"unique_name": "Default", "srs": strict.uri, "credentials_header": "X-Token",
+             "credentials": CONNECTOR_SECRET},
+        ])
+        daemon = spawn(["--config", str(config), "--log-format", "json",
+                        "--log-level", "debug"]).start()
+
+        # Wrong Basic credentials, on the JSON API and the Twilio-compatible one.
+        for auth in ((ACCOUNT, WRONG_TOKEN), (ACCOUNT + "0", TOKEN), (TOKEN, TOKEN)):
+            assert daemon.get("/v1/Calls", auth=auth).status_code == 401
+            assert daemon.post_form(f"/2010-04-01/Accounts/{ACCOUNT}/Calls/{call_sid(1)}/"
+                                    "Siprec.json", {"Name": "x"}, auth=auth).status_code == 401
+
+        sid = call_sid(0x41)
+        ingress = daemon.register_call(sid)
+        refused = daemon.start_siprec(sid, "refused", sink.url)
+        assert refused.status_code == 201, refused.text
+        wait_until(lambda: "siprec-error" in sink.events(refused.json()["sid"]), 10,
+                   "siprec-error after the 403")
+        error = [c for c in sink.received if c.get("SiprecEvent") == "siprec-error"][0]
+        assert "403" in error.get("SiprecError", ""), error
+
+        # A callback URL with credentials in it, to a port nobody listens on.
+        dead = f"http://hook:{CALLBACK_PASSWORD}@127.0.0.1:{free_tcp_port()}/cb"
+        again = daemon.start_siprec(sid, "dead-callback", dead)
+        assert again.status_code == 201, again.text
+        send_tones(ingress, packets=20)
+        wait_until(lambda: 'mediafork_sip_responses_total{class="4xx"} 2.0' in daemon.metrics(),
+                   10, "the second 403")
+        assert daemon.stop() == 0
+    finally:
+        strict.close()
+
+    lines = daemon.stderr.splitlines()
+    assert len(lines) >= 5  # the run was actually logged (debug level)
+    for line in lines:
+        entry = json.loads(line)  # every line, not just most
+        assert {"time", "level", "logger", "message"} <= entry.keys(), line
+        assert entry["time"].endswith("Z") and entry["level"] in (
+            "debug", "info", "warning", "error", "critical")
+    logged = daemon.stderr + daemon.stdout
+    basic = base64.b64encode(f"{ACCOUNT}:{TOKEN}".encode()).decode()
+    for secret in (TOKEN, WRONG_TOKEN, CONNECTOR_SECRET, CALLBACK_PASSWORD, basic):
+        assert secret not in logged, secret
+    # The problems themselves are visible to the operator.
+    assert "403" in daemon.stderr
