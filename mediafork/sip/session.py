@@ -586,7 +586,13 @@ class RecordingSession:
             return
         while self._ops:
             op = self._ops.popleft()
-            if op == "pause" and self._paused or op == "resume" and not self._paused:
+            if op == "pause" and self._paused:
+                continue
+            if op == "resume" and not self._paused:
+                # The SRS never accepted a pause (it refused ours, say): nothing to
+                # renegotiate, but the host may have held its media since it asked for the
+                # pause, and waits for Resumed to send again.
+                self._events.append(ev.Resumed(False))
                 continue
             if op == "pause":
                 self._sdp_version += 1
