@@ -121,3 +121,38 @@ def test_readyz_is_503_while_draining_and_healthz_stays_200(
     finally:
         slow.close()
 
+
+
+def test_callbacks_not_delivered_within_the_bound_are_kept_and_replayed_at_restart(
+        tmp_path: Path, recorder: Recorder, spawn: Callable[..., DaemonProcess]) -> None:
+    # An application that does not answer: shutdown must not wait for it past its bound,
+    # and must not lose the events either.
+    hanging = CallbackSink(delay=20.0)
+    try:
+        config = write_config(tmp_path,
+                              connectors=[{"unique_name": "Default", "srs": recorder.uri}])
+        daemon = spawn(["--config", str(config)]).start()
+        sid = call_sid(0x51)
+        daemon.register_call(sid)
+        created = daemon.start_siprec(sid, "rec", hanging.url)
+        assert created.status_code == 201, created.text
+        siprec = created.json()["sid"]
+        wait_until(lambda: recorder.summaries() and recorder.summaries()[0]["state"]
+                   == "established", 10, "the recording session")
+        began = time.monotonic()
+        assert daemon.stop(timeout=SHUTDOWN_BOUND + 10) == 0
+        assert time.monotonic() - began < SHUTDOWN_BOUND
+        assert [s["ended_by"] for s in recorder.summaries()] == ["src"]  # BYE regardless
+        assert "siprec-stopped" not in hanging.events(siprec)
+
+        hanging.delay = 0.0  # the application is back
+        again = spawn(["--config", str(config)]).start()
+        wait_until(lambda: "siprec-stopped" in hanging.events(siprec), 10,
+                   "the stored siprec-stopped, replayed")
+        events = hanging.events(siprec)
+        # In order, at least once; a graceful stop is not a crash: no "engine restarted".
+        assert events[-2:] == ["siprec-started", "siprec-stopped"], events
+        assert "siprec-error" not in events
+        assert again.stop() == 0
+    finally:
+        hanging.close()
