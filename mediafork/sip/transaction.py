@@ -167,6 +167,15 @@ class ClientInviteTransaction(_Transaction):
             self._set("A", now, self.timers.t1)
         self._set("B", now, 64 * self.timers.t1)
 
+    def handle_transport_error(self, now: float, reason: str) -> None:
+        # Once a final response is in (Accepted after a 2xx, Completed after an error), the
+        # outcome is decided; the transaction only absorbs retransmissions. A connection lost
+        # now (an SRS resetting TCP right after answering) must not turn an established
+        # session into a "setup failed", or fail over from a dialog that exists.
+        if self.state in (State.ACCEPTED, State.COMPLETED):
+            return
+        super().handle_transport_error(now, reason)
+
     def handle_message(self, response: Response, now: float) -> None:
         """Process a response matched to this transaction."""
         status = response.status
