@@ -58,16 +58,23 @@ def main(args: argparse.Namespace, out=sys.stdout) -> int:
         return 1
     values: dict[str, float] = {}
     forks_by_state: dict[str, float] = {}
+    dropped: dict[str, float] = {}
     for family in text_string_to_metric_families(metrics):
         for sample in family.samples:
             if sample.name == "mediafork_forks":
                 forks_by_state[sample.labels.get("state", "")] = sample.value
+            elif sample.name == "mediafork_packets_dropped_total" and sample.value:
+                dropped[sample.labels.get("reason", "?")] = sample.value
             elif not sample.labels:
                 values[sample.name] = sample.value
     print(f"mediafork at {base}", file=out)
     for name, label in SUMMARY:
         if name in values:
-            print(f"  {label:20} {values[name]:,.0f}", file=out)
+            # Seconds are small numbers: whole units would print 0 for a busy minute.
+            fmt = ",.2f" if name.endswith("_seconds_total") else ",.0f"
+            print(f"  {label:20} {values[name]:{fmt}}", file=out)
+    print(f"  {'packets dropped':20} {sum(dropped.values()):,.0f}"
+          + "".join(f", {k} {v:,.0f}" for k, v in sorted(dropped.items())), file=out)
     print("  forks                " + ", ".join(f"{k} {v:,.0f}" for k, v in
                                                  sorted(forks_by_state.items())), file=out)
     items = calls.get("calls", calls if isinstance(calls, list) else [])

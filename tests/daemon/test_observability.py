@@ -156,6 +156,8 @@ def test_status_command_prints_live_calls_forks_and_counters(busy: Busy) -> None
     assert all(int(n) >= busy.sent // 2 for _, n in forks), out
     assert re.search(r"live calls\s+1\b", out)
     assert re.search(r"forks\s+.*active 2", out)
+    assert re.search(r"packets dropped\s+0\n", out)
+    assert re.search(r"worker CPU seconds\s+\d+\.\d\d\n", out)
     forwarded = re.search(r"packets forwarded\s+([\d,]+)", out)
     assert forwarded and int(forwarded.group(1).replace(",", "")) >= busy.sent
     assert TOKEN not in out + result.stderr
