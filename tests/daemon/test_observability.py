@@ -206,3 +206,10 @@ def test_dashboard_queries_only_metrics_the_daemon_exposes(busy: Busy) -> None:
         assert name in used, name
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_operations_guide_documents_every_exposed_metric(busy: Busy) -> None:
+    guide = (TREE / "docs" / "operations.md").read_text()
+    families = {name.removesuffix("_total") for name, _ in samples(busy.after)}
+    missing = [name for name in sorted(families) if name not in guide]
+    assert not missing, f"docs/operations.md does not describe {missing}"
