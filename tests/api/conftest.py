@@ -1,4 +1,4 @@
-"""Fixtures: one loop thread, one callback receiver and one server per test module."""
+"""Fixtures: one loop thread, callback receiver, set of recorders and server per test module."""
 
 from __future__ import annotations
 
@@ -10,12 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import LoopThread, Receiver, Server, load  # noqa: E402
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "fake_links: uses the in-test RecorderLinks; switch to SipRecorderLinks")
+from harness import LoopThread, Receiver, Recorders, Server, load  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +29,16 @@ def receiver(loop_thread: LoopThread) -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def server(loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(load(tmp_path_factory.mktemp("api")), loop_thread)
+def recorders(loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFactory
+              ) -> Iterator[Recorders]:
+    started = Recorders.start(loop_thread, tmp_path_factory.mktemp("srs"))
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def server(loop_thread: LoopThread, recorders: Recorders,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = Server(load(tmp_path_factory.mktemp("api"), recorders), loop_thread)
     yield srv
     srv.close()

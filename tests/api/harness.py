@@ -1,17 +1,18 @@
-"""A running mediafork control server for the API tests, plus a callback receiver.
+"""A running mediafork control server for the API tests, its recorders, and a callback receiver.
 
-Everything is real except the RecorderLinks: :class:`FakeLinks` stands in for
-``mediafork.sip.links.SipRecorderLinks`` until that lands (tests that depend on it are marked
-``fake_links`` so they can be switched to the real links). It does create real engine forks
-(drain mode), so budgets, counters and call end exercise the engine.
+Nothing is faked: the server has the real engine (its forks send RTP), SQLite, and the real
+``SipRecorderLinks`` talking SIP over UDP (and TLS for the secure connector) to real
+:class:`~mediafork.srs.ReferenceRecorder` instances started on free ports; the config's
+connectors point at their actual addresses. Engine events reach the links as in the daemon.
 
 The server runs on its own thread with a uvloop loop, so tests can drive it with the official
-(synchronous) ``twilio`` client.
+(synchronous) ``twilio`` client; the recorders run on the same loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import threading
 import time
@@ -29,9 +30,13 @@ from twilio.rest import Client
 from mediafork.api import build_app
 from mediafork.config import Config, load_config
 from mediafork.control.store import AsyncStore
-from mediafork.engine import Call, Engine, Track
-from mediafork.links import LinkError, LinkEvent, LinkEventSink, SiprecStart
+from mediafork.engine import Engine
+from mediafork.links import Connector
 from mediafork.service import ControlService
+from mediafork.sip.links import SipRecorderLinks
+from mediafork.sip.transaction import TimerConfig
+from mediafork.srs import ReferenceRecorder
+from mediafork.tlsutil import self_signed
 
 ACCOUNT = "AC" + "a1" * 16
 OTHER = "AC" + "b2" * 16
@@ -40,9 +45,122 @@ OTHER_TOKEN = "tok-" + "0th3r" * 6
 CONNECTOR_SECRET = "connector-secret-" + "x9" * 8
 
 
-def write_config(directory: Path, *, receiver: str = "") -> Path:
+CALLER = "sip:+15551230000@pbx.example"
+CALLEE = "sip:+15559870000@pbx.example"
+"""The From and To of calls made with :meth:`Server.register`."""
+
+SIP_TIMERS = TimerConfig(t1=0.05, t2=0.4, t4=0.5, d=0.5)
+"""Small RFC 3261 timers: everything is on loopback, and waits for failures stay short."""
+
+
+@dataclass
+class Recorders:
+    """The reference recorders the harness's connectors point at (on a LoopThread).
+
+    ``default``: our account's ``Default``; it checks the connector's credentials header
+    (403 without it). ``secure``: UDP and TLS; ``Gridspace_1`` (TLS, SRTP) and the other
+    account's ``Default``. ``rejecting``: answers every INVITE 488 (``Rejecting``).
+    """
+
+    lt: LoopThread
+    default: ReferenceRecorder
+    secure: ReferenceRecorder
+    rejecting: ReferenceRecorder
+    ca_file: Path
+
+    @classmethod
+    def start(cls, lt: LoopThread, directory: Path) -> Recorders:
+        cert, key = self_signed(directory / "tls", "recorder")
+
+        async def start() -> Recorders:
+            def make(name: str, **kwargs: Any) -> ReferenceRecorder:
+                return ReferenceRecorder(port=0, out_dir=directory / name, timers=SIP_TIMERS,
+                                         **kwargs)
+            made = cls(lt,
+                       make("default",
+                            credentials_header=("X-Auth-Token", CONNECTOR_SECRET)),
+                       make("secure", tls_cert=str(cert), tls_key=str(key)),
+                       make("rejecting", answer=488), cert)
+            for recorder in made.all():
+                await recorder.start()
+            return made
+        return lt.run(start())
+
+    def all(self) -> list[ReferenceRecorder]:
+        return [self.default, self.secure, self.rejecting]
+
+    def total(self) -> int:
+        """INVITEs that opened a session at any recorder (accepted or not)."""
+        return self.lt.run(self._total())
+
+    async def _total(self) -> int:
+        return sum(len(r.sessions) for r in self.all())
+
+    def recorded(self, recorder: ReferenceRecorder, call_sid: str,
+                 until: Callable[[list[dict[str, Any]]], bool] | None = None,
+                 timeout: float = 5.0) -> list[dict[str, Any]]:
+        """Summaries of ``recorder``'s sessions for the call (by the metadata's SIP session
+        id), once ``until(summaries)`` holds (default: one session, established)."""
+        def established(got: list[dict[str, Any]]) -> bool:
+            return len(got) == 1 and got[0]["state"] == "established"
+        check = until or established
+
+        def mine(r: ReferenceRecorder) -> list[dict[str, Any]]:
+            summaries = [s.summary() for s in r.sessions]
+            return [s for s in summaries if call_sid in s["metadata"]["sip_session_ids"]]
+
+        async def wait() -> list[dict[str, Any]]:
+            try:
+                await recorder.wait_for(lambda r: check(mine(r)), timeout)
+            except TimeoutError:
+                raise AssertionError(f"recorder: condition not met; got {mine(recorder)}"
+                                     ) from None
+            return mine(recorder)
+        return self.lt.run(wait())
+
+    def latest(self, recorder: ReferenceRecorder,
+               until: Callable[[dict[str, Any]], bool], timeout: float = 5.0
+               ) -> dict[str, Any]:
+        """The recorder's last session's summary, once ``until`` holds for it."""
+        async def wait() -> dict[str, Any]:
+            try:
+                await recorder.wait_for(
+                    lambda r: bool(r.sessions) and until(r.sessions[-1].summary()), timeout)
+            except TimeoutError:
+                last = recorder.sessions[-1].summary() if recorder.sessions else None
+                raise AssertionError(f"recorder: condition not met; last session {last}"
+                                     ) from None
+            return recorder.sessions[-1].summary()
+        return self.lt.run(wait())
+
+    def stop(self) -> None:
+        async def stop() -> None:
+            for recorder in self.all():
+                await recorder.stop(bye_timeout=0.5)
+        self.lt.run(stop())
+
+
+def roles(summary: dict[str, Any]) -> dict[str, tuple[list[str], list[str]]]:
+    """What a recorder learnt from the metadata: AOR -> (labels it sends, labels it receives),
+    for the participants still in the session. Label 1 is the inbound track, 2 outbound."""
+    return {aor: (p["send"], p["recv"]) for p in summary["participants"]
+            for aor in p["aors"] if not p["disassociated"]}
+
+
+def ended(summaries: list[dict[str, Any]]) -> bool:
+    """For :meth:`Recorders.recorded`: the call's one session has ended."""
+    return len(summaries) == 1 and summaries[0]["state"] == "ended"
+
+
+def write_config(directory: Path, recorders: Recorders) -> Path:
+    """The server's TOML, its connectors on the recorders' actual addresses."""
     path = directory / "mediafork.toml"
     first = 20000 + secrets.randbelow(400) * 100
+    default = "{}:{}".format(*recorders.default.address)
+    secure = "{}:{}".format(*recorders.secure.address)
+    assert recorders.secure.tls_address is not None
+    secure_tls = "{}:{}".format(*recorders.secure.tls_address)
+    rejecting = "{}:{}".format(*recorders.rejecting.address)
     path.write_text(f"""
 [api]
 listen = "127.0.0.1:0"
@@ -51,6 +169,10 @@ path = "data/mediafork.db"
 [media]
 address = "127.0.0.1"
 port_range = [{first}, {first + 99}]
+[sip]
+port = 0
+[sip.tls]
+ca_file = "{recorders.ca_file}"
 [[accounts]]
 sid = "{ACCOUNT}"
 auth_token = "{TOKEN}"
@@ -64,89 +186,26 @@ default = true
 [[connectors]]
 account_sid = "{ACCOUNT}"
 unique_name = "Default"
-srs = "sip:recorder@127.0.0.1:5070"
+srs = "sip:recorder@{default}"
 credentials_header = "X-Auth-Token"
 credentials = "{CONNECTOR_SECRET}"
 [[connectors]]
 account_sid = "{ACCOUNT}"
 unique_name = "Gridspace_1"
-srs = "sip:recorder@127.0.0.1:5072;secure=true&edge=local"
-[[connectors]]
-account_sid = "{ACCOUNT}"
-unique_name = "NoPorts"
-srs = "sip:fail-start@127.0.0.1:5074"
+srs = "sip:recorder@{secure_tls};secure=true&edge=local"
 [[connectors]]
 account_sid = "{ACCOUNT}"
 unique_name = "Rejecting"
-srs = "sip:reject@127.0.0.1:5076"
+srs = "sip:recorder@{rejecting}"
 [[connectors]]
 account_sid = "{OTHER}"
 unique_name = "Default"
-srs = "sip:recorder@127.0.0.1:5078"
+srs = "sip:recorder@{secure}"
 [callbacks]
 timeout = 1.0
 max_attempts = 2
 """)
     return path
-
-
-class FakeLinks:
-    """In-test RecorderLinks (the only fake): behaviour chosen by the SRS URI's user part.
-
-    ``recorder``: started shortly after start(); ``fail-start``: LinkError before anything
-    is sent; ``reject``: an error event (as for a 488 from the recorder).
-    """
-
-    def __init__(self, on_event: LinkEventSink) -> None:
-        self.on_event = on_event
-        self.sessions: dict[str, tuple[Call, list[Any]]] = {}
-        self.starts: list[SiprecStart] = []
-        self.participants: list[tuple[str, str, str]] = []
-
-    async def start(self, call: Call, request: SiprecStart) -> None:
-        self.starts.append(request)
-        if "fail-start" in request.connector.srs:
-            raise LinkError("no free media port on edge local", 900014)
-        tracks = {"inbound_track": [Track.INBOUND], "outbound_track": [Track.OUTBOUND],
-                  "both_tracks": [Track.INBOUND, Track.OUTBOUND]}[request.track]
-        forks = [call.add_fork(t, drain=True) for t in tracks]
-        self.sessions[request.siprec_sid] = (call, forks)
-        loop = asyncio.get_running_loop()
-        if "reject" in request.connector.srs:
-            loop.call_later(0.02, self._fail, request.siprec_sid)
-        else:
-            loop.call_later(0.02, self.on_event, LinkEvent(request.siprec_sid, "started"))
-
-    def _fail(self, sid: str) -> None:
-        self._close_forks(sid)
-        self.on_event(LinkEvent(sid, "error", error_code=900014,
-                                error_message="recorder answered 488 Not Acceptable Here",
-                                sip_status=488))
-
-    def _close_forks(self, sid: str) -> bool:
-        session = self.sessions.pop(sid, None)
-        if session is None:
-            return False
-        for fork in session[1]:
-            fork.close()
-        return True
-
-    async def stop(self, siprec_sid: str, reason: str = "stopped") -> None:
-        if self._close_forks(siprec_sid):
-            self.on_event(LinkEvent(siprec_sid, "stopped"))
-
-    async def pause(self, siprec_sid: str) -> None:
-        pass
-
-    async def resume(self, siprec_sid: str) -> None:
-        pass
-
-    async def update_participants(self, call_sid: str, caller: str, callee: str) -> None:
-        self.participants.append((call_sid, caller, callee))
-
-    async def close(self, timeout: float = 5.0) -> None:
-        for sid in list(self.sessions):
-            await self.stop(sid)
 
 
 @dataclass
@@ -245,30 +304,36 @@ class LocalHttpClient(TwilioHttpClient):
 
 
 class Server:
-    """ControlService + app + real engine + SQLite on a LoopThread."""
+    """ControlService + app + real engine + SQLite + SipRecorderLinks on a LoopThread."""
 
-    def __init__(self, config: Config, loop: LoopThread, *, links: bool = True) -> None:
+    def __init__(self, config: Config, loop: LoopThread) -> None:
         self.config = config
         self.lt = loop
         self.engine = Engine(media_address=config.media.address,
                              port_range=config.media.port_range)
-        self.links: FakeLinks | None = None
-        self.service: ControlService = self.lt.run(self._start(links))
+        self.service: ControlService = self.lt.run(self._start())
         self.base_url = f"http://127.0.0.1:{self.port}"
 
-    async def _start(self, links: bool) -> ControlService:
-        self.store = await AsyncStore.open(self.config.storage.path)
-        service = ControlService(self.config, engine=self.engine, store=self.store,
+    async def _start(self) -> ControlService:
+        config = self.config
+        self.store = await AsyncStore.open(config.storage.path)
+        service = ControlService(config, engine=self.engine, store=self.store,
                                  callback_options={"backoff_initial": 0.05})
-        if links:
-            self.links = FakeLinks(service.on_link_event)
-            service.set_links(self.links)
+        self.links = SipRecorderLinks(
+            service.on_link_event, config.edges, default_address=config.media.address,
+            sip_port=config.sip.port,
+            tls_ca_file=str(config.sip.tls_ca_file) if config.sip.tls_ca_file else None,
+            timers=SIP_TIMERS, setup_timeout=5.0, stop_timeout=1.0)
+        await self.links.open()
+        service.set_links(self.links)
         from mediafork.recording.manager import RecordingManager
         service.set_recordings(RecordingManager(
             engine=self.engine, store=self.store, outbox=service.outbox,
-            storage_dir=self.config.storage.data_dir / "recordings",
+            storage_dir=config.storage.data_dir / "recordings",
             public_base_url=None))
         await service.start()
+        # As the daemon does: media-worker events (send errors...) go to the links.
+        asyncio.get_running_loop().add_reader(self.engine.event_fd, self._on_engine_events)
         self.app = build_app(service)
         self.runner = web.AppRunner(self.app, access_log=None)
         await self.runner.setup()
@@ -276,6 +341,10 @@ class Server:
         await site.start()
         self.port = self.runner.addresses[0][1]
         return service
+
+    def _on_engine_events(self) -> None:
+        for event in self.engine.poll_events():
+            self.links.handle_engine_event(event)
 
     def client(self, account: str = ACCOUNT, token: str = TOKEN) -> Client:
         return Client(account, token, http_client=LocalHttpClient(self.base_url))
@@ -291,7 +360,7 @@ class Server:
     def register(self, call_sid: str | None = None, **extra: Any) -> dict[str, Any]:
         call_sid = call_sid or "CA" + secrets.token_hex(16)
         body = {"call_sid": call_sid, "account_sid": ACCOUNT,
-                "from": "sip:+15551230000@pbx.example", "to": "sip:+15559870000@pbx.example",
+                "from": CALLER, "to": CALLEE,
                 "codec": {"name": "PCMU", "payload_type": 0, "clock_rate": 8000},
                 "dtmf_payload_type": 101, **extra}
         response = self.host("POST", "/v1/Calls", json=body)
@@ -302,10 +371,16 @@ class Server:
         async def shutdown() -> None:
             await self.runner.cleanup()
             await self.service.close(timeout=2)
+            asyncio.get_running_loop().remove_reader(self.engine.event_fd)
             await self.store.close()
         self.lt.run(shutdown())
         self.engine.close()
 
 
-def load(directory: Path) -> Config:
-    return load_config(write_config(directory))
+def load(directory: Path, recorders: Recorders) -> Config:
+    """The TOML config plus ``NoEdge``, a connector naming an edge that does not exist (the
+    loader refuses one, so it is added here): its Siprecs fail before anything is sent."""
+    config = load_config(write_config(directory, recorders))
+    host, port = recorders.default.address
+    no_edge = Connector(ACCOUNT, "NoEdge", f"sip:recorder@{host}:{port};edge=nowhere")
+    return dataclasses.replace(config, connectors=(*config.connectors, no_edge))

@@ -1,4 +1,7 @@
-"""Run a server (FakeLinks) until killed; prints its base URL on stdout. Used by the crash test."""
+"""Run a server until killed; prints its base URL on stdout. Used by the crash test.
+
+Its connectors (in the TOML given) point at recorders running in the test process.
+"""
 
 from __future__ import annotations
 

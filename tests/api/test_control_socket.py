@@ -18,8 +18,6 @@ from harness import ACCOUNT, OTHER, OTHER_TOKEN, TOKEN, Server
 
 from mediafork.api.control_socket import ControlSocketServer
 
-pytestmark = pytest.mark.fake_links
-
 
 class Peer:
     def __init__(self, path: Path) -> None:

@@ -80,7 +80,6 @@ def strict(schema: dict[str, Any]) -> dict[str, Any]:
     return {**schema, "additionalProperties": False, "required": sorted(schema["properties"])}
 
 
-@pytest.mark.fake_links
 def test_responses_validate_against_reference(server: Server) -> None:
     siprec_schema = strict(reference_schema("api.v2010.account.call.siprec"))
     recording_schema = strict(reference_schema("api.v2010.account.call.call_recording"))
@@ -117,7 +116,6 @@ def test_responses_validate_against_reference(server: Server) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.fake_links
 def test_schemathesis_finds_no_server_error(server: Server, tmp_path: Path) -> None:
     cli = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
     if not Path(cli).exists():

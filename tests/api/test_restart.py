@@ -8,18 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from harness import ACCOUNT, TOKEN, LoopThread, Receiver, Server, write_config
+from harness import ACCOUNT, CALLER, TOKEN, LoopThread, Receiver, Recorders, Server, write_config
 from twilio.request_validator import RequestValidator
 
 from mediafork.config import load_config
 
-pytestmark = pytest.mark.fake_links
 
-
-def test_kill_9_then_restart(tmp_path: Path, loop_thread: LoopThread,
-                             receiver: Receiver) -> None:
-    config_path = write_config(tmp_path)
+def test_kill_9_then_restart(tmp_path: Path, loop_thread: LoopThread, receiver: Receiver,
+                             recorders: Recorders) -> None:
+    # The child's connectors point at recorders running here, in the test process.
+    config_path = write_config(tmp_path, recorders)
     proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "serve_for_crash.py"),
                              str(config_path)], stdout=subprocess.PIPE, text=True)
     try:
@@ -35,6 +33,10 @@ def test_kill_9_then_restart(tmp_path: Path, loop_thread: LoopThread,
                 name=name, track="inbound_track",
                 status_callback=receiver.base + f"/cb/crash/{name}").sid)
         receiver.wait(lambda _: all(len(receiver.for_sid(s)) == 1 for s in sids))
+        # Both sessions are up at the Default connector's recorder, one inbound stream each.
+        got = recorders.recorded(recorders.default, call["call_sid"], lambda g: len(g) == 2 and
+                                 all(s["state"] == "established" for s in g))
+        assert [s["labels"] for s in got] == [["1"], ["1"]]
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
@@ -59,7 +61,7 @@ def test_kill_9_then_restart(tmp_path: Path, loop_thread: LoopThread,
             mine = [mine[0], mine[-1]]
             assert mine[1].params["SiprecError"] == "engine restarted"
             assert mine[1].params["SiprecErrorCode"] == "900012"
-            assert mine[1].params["From"] == "sip:+15551230000@pbx.example"
+            assert mine[1].params["From"] == CALLER
             assert RequestValidator(TOKEN).validate(mine[1].url, mine[1].params,
                                                     mine[1].signature)
         # the call is gone (its ports died with the process)

@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 import pytest
-from harness import ACCOUNT, CONNECTOR_SECRET, OTHER, OTHER_TOKEN, TOKEN, Receiver, Server
+from harness import (
+    ACCOUNT,
+    CALLEE,
+    CALLER,
+    CONNECTOR_SECRET,
+    OTHER,
+    OTHER_TOKEN,
+    TOKEN,
+    Receiver,
+    Recorders,
+    Server,
+    ended,
+    roles,
+)
 from twilio.base.exceptions import TwilioRestException
 from twilio.request_validator import RequestValidator
 
-pytestmark = pytest.mark.fake_links
+from mediafork.srs import ReferenceRecorder
 
 
 def events(receiver: Receiver, sid: str) -> list[str]:
     return [r.params["SiprecEvent"] for r in receiver.for_sid(sid)]
 
 
-def test_create_with_parameters_then_stop_by_sid(server: Server, receiver: Receiver) -> None:
+
+
+def test_create_with_parameters_then_stop_by_sid(server: Server, receiver: Receiver,
+                                                  recorders: Recorders) -> None:
     call = server.register()
     client = server.client()
     siprec = client.calls(call["call_sid"]).siprec.create(
@@ -25,15 +41,21 @@ def test_create_with_parameters_then_stop_by_sid(server: Server, receiver: Recei
     assert siprec.sid.startswith("SR") and len(siprec.sid) == 34
     assert siprec.status == "in-progress" and siprec.name == "first"
     assert siprec.call_sid == call["call_sid"] and siprec.account_sid == ACCOUNT
-    start = server.links.starts[-1]
-    assert start.parameters == (("Agent", "alice"), ("Queue", "sales"))
-    assert start.connector.unique_name == "Gridspace_1" and start.track == "inbound_track"
-    assert start.caller == "sip:+15551230000@pbx.example"
     receiver.wait(lambda _: events(receiver, siprec.sid) == ["siprec-started"])
+    # What Gridspace_1's recorder got: TLS (secure=true), SRTP, the inbound track only,
+    # the custom parameters and the call's participants in the metadata.
+    [got] = recorders.recorded(recorders.secure, call["call_sid"])
+    assert got["transport"] == "TLS" and got["siprec"]
+    assert got["parameters"] == {"Agent": "alice", "Queue": "sales"}
+    assert got["labels"] == ["1"]
+    assert got["streams"][0]["srtp_suite"] == "AES_CM_128_HMAC_SHA1_80"
+    assert roles(got) == {CALLER: (["1"], []), CALLEE: ([], ["1"])}
 
     stopped = client.calls(call["call_sid"]).siprec(siprec.sid).update(status="stopped")
     assert stopped.status == "stopped"
     receiver.wait(lambda _: events(receiver, siprec.sid) == ["siprec-started", "siprec-stopped"])
+    [got] = recorders.recorded(recorders.secure, call["call_sid"], ended)
+    assert got["ended_by"] == "src"
     # idempotent
     again = client.calls(call["call_sid"]).siprec(siprec.sid).update(status="stopped")
     assert again.status == "stopped"
@@ -51,18 +73,24 @@ def test_create_with_parameters_then_stop_by_sid(server: Server, receiver: Recei
         assert r.params["SiprecName"] == "first" and r.params["CallSid"] == call["call_sid"]
 
 
-def test_stop_by_name_and_default_connector_get_callbacks(server: Server,
-                                                          receiver: Receiver) -> None:
+def test_stop_by_name_and_default_connector_get_callbacks(server: Server, receiver: Receiver,
+                                                          recorders: Recorders) -> None:
     call = server.register()
     client = server.client()
     siprec = client.calls(call["call_sid"]).siprec.create(
         name="by-name", status_callback=receiver.base + "/cb/get",
         status_callback_method="GET")
-    assert server.links.starts[-1].connector.unique_name == "Default"
-    assert server.links.starts[-1].track == "both_tracks"
     receiver.wait(lambda _: events(receiver, siprec.sid) == ["siprec-started"])
+    # The Default connector's recorder (which checks its credentials header) got both tracks
+    # over plain UDP and RTP.
+    [got] = recorders.recorded(recorders.default, call["call_sid"])
+    assert got["transport"] == "UDP" and got["parameters"] == {}
+    assert sorted(got["labels"]) == ["1", "2"]
+    assert [s["srtp_suite"] for s in got["streams"]] == [None, None]
+    assert roles(got) == {CALLER: (["1"], ["2"]), CALLEE: (["2"], ["1"])}
     stopped = client.calls(call["call_sid"]).siprec("by-name").update(status="stopped")
     assert stopped.sid == siprec.sid and stopped.status == "stopped"
+    recorders.recorded(recorders.default, call["call_sid"], ended)
     got = receiver.wait(lambda _: len(events(receiver, siprec.sid)) == 2)
     mine = [r for r in got if r.params.get("SiprecSid") == siprec.sid]
     assert [r.method for r in mine] == ["GET", "GET"]
@@ -71,7 +99,7 @@ def test_stop_by_name_and_default_connector_get_callbacks(server: Server,
         assert validator.validate(r.url, {}, r.signature)
 
 
-def test_stream_budget_fifth_stream_refused(server: Server) -> None:
+def test_stream_budget_fifth_stream_refused(server: Server, recorders: Recorders) -> None:
     call = server.register()
     siprecs = server.client().calls(call["call_sid"]).siprec
     siprecs.create(name="a", track="both_tracks")
@@ -87,13 +115,22 @@ def test_stream_budget_fifth_stream_refused(server: Server) -> None:
     assert len(view["forks"]) == 4
     assert sorted(s["name"] for s in view["siprecs"] if s["status"] == "in-progress") == \
         ["a", "c", "e"]
+    # The recorder saw four sessions, with one stream per track each: a (both), b (ended),
+    # c (outbound), e (inbound); the refused d never reached it.
+    def four(got: list[dict]) -> bool:
+        return len(got) == 4 and sorted(s["state"] for s in got) == ["ended"] + ["established"] * 3
+    got = recorders.recorded(recorders.default, call["call_sid"], four)
+    assert sorted((s["state"], sorted(s["labels"])) for s in got) == [
+        ("ended", ["1"]), ("established", ["1"]), ("established", ["1", "2"]),
+        ("established", ["2"])]
 
 
-def test_refusals_change_nothing(server: Server) -> None:
+def test_refusals_change_nothing(server: Server, recorders: Recorders) -> None:
     call = server.register()
     siprecs = server.client().calls(call["call_sid"]).siprec
     siprecs.create(name="dup")
-    before = len(server.links.starts)
+    recorders.recorded(recorders.default, call["call_sid"])
+    before = recorders.total()
     cases = [
         (dict(name="dup"), 400, 900008),
         (dict(name="x", track="left_track"), 400, 31941),
@@ -105,10 +142,15 @@ def test_refusals_change_nothing(server: Server) -> None:
         with pytest.raises(TwilioRestException) as info:
             siprecs.create(**kwargs)
         assert (info.value.status, info.value.code) == (status, code), kwargs
-    assert len(server.links.starts) == before
     listed = server.host("GET", f"/2010-04-01/Accounts/{ACCOUNT}/Calls/{call['call_sid']}"
                                 "/Siprec.json").json()
     assert [s["name"] for s in listed["siprec"]] == ["dup"]
+    # No INVITE left for any recorder: once a later Siprec's session is up, it is the only new
+    # one (an INVITE from a refused request would have been sent before it).
+    siprecs.create(name="after")
+    recorders.recorded(recorders.default, call["call_sid"], lambda got: len(got) == 2 and all(
+        s["state"] == "established" for s in got))
+    assert recorders.total() == before + 1
     with pytest.raises(TwilioRestException) as info:
         siprecs("dup").update(status="in-progress")
     assert info.value.status == 400 and info.value.code == 900010
@@ -152,23 +194,45 @@ def test_wrong_password_401_and_other_account_404(server: Server) -> None:
     assert "WWW-Authenticate" in r3.headers
 
 
-def test_link_errors(server: Server, receiver: Receiver) -> None:
+def test_link_errors(server: Server, receiver: Receiver, recorders: Recorders) -> None:
     call = server.register()
     siprecs = server.client().calls(call["call_sid"]).siprec
+    before = recorders.total()
+    # Fails before anything is sent: the connector names an edge that does not exist.
     with pytest.raises(TwilioRestException) as info:
-        siprecs.create(name="noports", connector_name="NoPorts")
+        siprecs.create(name="noedge", connector_name="NoEdge",
+                       status_callback=receiver.base + "/cb/noedge")
     assert info.value.status == 503 and info.value.code == 900014
+    assert "'nowhere'" in info.value.msg and "NoEdge" in info.value.msg, info.value.msg
+    got = server.host("GET", f"/2010-04-01/Accounts/{ACCOUNT}/Calls/{call['call_sid']}"
+                             "/Siprec/noedge.json").json()
+    assert got["status"] == "stopped"
+    # The recorder refuses: 488, reported in a siprec-error callback (900030, setup failed).
     rejected = siprecs.create(name="rejected", connector_name="Rejecting",
                               status_callback=receiver.base + "/cb/err")
     got = receiver.wait(lambda _: events(receiver, rejected.sid) == ["siprec-error"])
     err = [r for r in got if r.params.get("SiprecSid") == rejected.sid][0]
-    assert err.params["SiprecErrorCode"] == "900014"
-    assert "488" in err.params["SiprecError"]
+    assert err.params["SiprecErrorCode"] == "900030"
+    host, port = recorders.rejecting.address
+    message = err.params["SiprecError"]
+    assert "SIP 488" in message and "setup phase" in message, message
+    assert f"sip:recorder@{host}:{port}" in message, message
     assert RequestValidator(TOKEN).validate(err.url, err.params, err.signature)
+    # The recorder saw the INVITE and the one documented retry (legacy metadata content type,
+    # same Call-ID), both refused; nothing reached any recorder for the NoEdge one.
+    refused = recorders.lt.run(_last_sessions(recorders.rejecting, 2))
+    assert [(s["state"], s["status"]) for s in refused] == [("rejected", 488)] * 2
+    assert refused[0]["call_id"] == refused[1]["call_id"]
+    assert recorders.total() == before + 2
+    assert events(receiver, "noedge") == []
     # the twilio client has no Siprec fetch (the platform documents none): plain GET
     got = server.host("GET", f"/2010-04-01/Accounts/{ACCOUNT}/Calls/{call['call_sid']}"
                              f"/Siprec/{rejected.sid}.json").json()
     assert got["status"] == "stopped"
+
+
+async def _last_sessions(recorder: ReferenceRecorder, n: int) -> list[dict]:
+    return [s.summary() for s in recorder.sessions[-n:]]
 
 
 def test_slow_receiver_does_not_delay_others(server: Server, receiver: Receiver) -> None:
@@ -188,13 +252,16 @@ def test_slow_receiver_does_not_delay_others(server: Server, receiver: Receiver)
     assert events(receiver, slow.sid) == []
 
 
-def test_secrets_never_in_responses_or_logs(server: Server, caplog: pytest.LogCaptureFixture
-                                            ) -> None:
+def test_secrets_never_in_responses_or_logs(server: Server, recorders: Recorders,
+                                            caplog: pytest.LogCaptureFixture) -> None:
     import logging
     caplog.set_level(logging.DEBUG)
     call = server.register()
     siprecs = server.client().calls(call["call_sid"]).siprec
     siprecs.create(name="s1")
+    # The credential did go to the recorder (it answers 403 without it)...
+    [got] = recorders.recorded(recorders.default, call["call_sid"])
+    assert got["status"] == 200
     bodies = [
         server.host("GET", f"/v1/Calls/{call['call_sid']}").text,
         server.host("GET", f"/2010-04-01/Accounts/{ACCOUNT}/Calls/{call['call_sid']}"
@@ -203,7 +270,10 @@ def test_secrets_never_in_responses_or_logs(server: Server, caplog: pytest.LogCa
         server.host("POST", f"/2010-04-01/Accounts/{ACCOUNT}/Calls/{call['call_sid']}"
                             "/Siprec.json").text,
     ]
-    text = "\n".join(bodies) + caplog.text + repr(server.config) + repr(server.links.starts)
+    # ...and nowhere else: not in responses, logs (ours and the recorder's), reprs, or the
+    # recorder's summary.
+    text = "\n".join(bodies) + caplog.text + repr(server.config) + repr(server.links) + \
+        repr(server.service) + str(got)
     for secret in (TOKEN, OTHER_TOKEN, CONNECTOR_SECRET):
         assert secret not in text
 

@@ -7,11 +7,21 @@ import struct
 import time
 
 import pytest
-from harness import ACCOUNT, OTHER, OTHER_TOKEN, TOKEN, Receiver, Server
+from harness import (
+    ACCOUNT,
+    CALLEE,
+    CALLER,
+    OTHER,
+    OTHER_TOKEN,
+    TOKEN,
+    Receiver,
+    Recorders,
+    Server,
+    ended,
+    roles,
+)
 from twilio.base.exceptions import TwilioRestException
 from twilio.request_validator import RequestValidator
-
-pytestmark = pytest.mark.fake_links
 
 
 def siprec_list(server: Server, call_sid: str) -> list[dict]:
@@ -20,8 +30,8 @@ def siprec_list(server: Server, call_sid: str) -> list[dict]:
     return r.json()["siprec"]
 
 
-def test_twiml_start_with_parameters_and_stop_by_name(server: Server,
-                                                      receiver: Receiver) -> None:
+def test_twiml_start_with_parameters_and_stop_by_name(server: Server, receiver: Receiver,
+                                                      recorders: Recorders) -> None:
     call = server.register()
     client = server.client()
     twiml = (
@@ -31,10 +41,13 @@ def test_twiml_start_with_parameters_and_stop_by_name(server: Server,
         "<Pause length=\"60\"/></Response>"
     )
     client.calls(call["call_sid"]).update(twiml=twiml)
-    start = server.links.starts[-1]
-    assert start.name == "tw1" and start.parameters == (("Agent", "bob"),)
-    assert start.track == "outbound_track" and start.connector.unique_name == "Gridspace_1"
     [siprec] = siprec_list(server, call["call_sid"])
+    assert siprec["name"] == "tw1"
+    # Gridspace_1's recorder: the outbound track only, the <Parameter>, over TLS.
+    [got] = recorders.recorded(recorders.secure, call["call_sid"])
+    assert got["transport"] == "TLS" and got["labels"] == ["2"]
+    assert got["parameters"] == {"Agent": "bob"}
+    assert roles(got) == {CALLER: ([], ["2"]), CALLEE: (["2"], [])}
     receiver.wait(lambda _: [r.params["SiprecEvent"] for r in receiver.for_sid(siprec["sid"])]
                   == ["siprec-started"])
     client.calls(call["call_sid"]).update(
@@ -42,6 +55,7 @@ def test_twiml_start_with_parameters_and_stop_by_name(server: Server,
     assert siprec_list(server, call["call_sid"])[0]["status"] == "stopped"
     got = receiver.wait(lambda _: len(receiver.for_sid(siprec["sid"])) == 2)
     assert got  # started, stopped
+    assert recorders.recorded(recorders.secure, call["call_sid"], ended)[0]["ended_by"] == "src"
     for r in receiver.for_sid(siprec["sid"]):
         assert RequestValidator(TOKEN).validate(r.url, r.params, r.signature)
 
@@ -60,21 +74,27 @@ def test_twiml_start_with_parameters_and_stop_by_name(server: Server,
     ("<Response><Start><Siprec name=\"ok2\"/></Start>"
      "<Start><Siprec name=\"bad\" connectorName=\"Nope\"/></Start></Response>", 31940),
 ])
-def test_bad_twiml_refused_and_nothing_changed(server: Server, document: str, code: int) -> None:
+def test_bad_twiml_refused_and_nothing_changed(server: Server, recorders: Recorders,
+                                               document: str, code: int) -> None:
     call = server.register()
-    before = len(server.links.starts)
+    before = recorders.total()
     with pytest.raises(TwilioRestException) as info:
         server.client().calls(call["call_sid"]).update(twiml=document)
     assert info.value.code == code
     assert siprec_list(server, call["call_sid"]) == []
-    assert len(server.links.starts) == before
+    # No INVITE left for any recorder: once a later Siprec's session is up, it is the only new
+    # one (an INVITE from the refused document would have been sent before it).
+    server.client().calls(call["call_sid"]).siprec.create(name="after")
+    recorders.recorded(recorders.default, call["call_sid"])
+    assert recorders.total() == before + 1
 
 
 def rtp(seq: int, ts: int, payload: bytes = b"\xff" * 160) -> bytes:
     return struct.pack("!BBHII", 0x80, 0, seq, ts, 0x1234) + payload
 
 
-def test_host_api_register_rtp_counters_update_end(server: Server, receiver: Receiver) -> None:
+def test_host_api_register_rtp_counters_update_end(server: Server, receiver: Receiver,
+                                                   recorders: Recorders) -> None:
     call = server.register(sources={"inbound": "127.0.0.1"})
     sid = call["call_sid"]
     ingress = call["ingress"]
@@ -100,14 +120,24 @@ def test_host_api_register_rtp_counters_update_end(server: Server, receiver: Rec
             break
         assert time.monotonic() < deadline, view
         time.sleep(0.05)
-    assert view["from"] == "sip:+15551230000@pbx.example"
+    assert view["from"] == CALLER
     assert [s["name"] for s in view["siprecs"]] == ["h1"]
     assert len(view["forks"]) == 2
+    # The packets went through the forks to the recorder, on both streams.
+    [got] = recorders.recorded(recorders.default, sid, lambda g: len(g) == 1 and all(
+        s["packets"] >= 10 for s in g[0]["streams"]))
+    assert sorted(s["label"] for s in got["streams"]) == ["1", "2"]
+    assert all(s["codec"] == "PCMU" and s["lost"] == 0 for s in got["streams"]), got["streams"]
 
     updated = server.host("POST", f"/v1/Calls/{sid}", json={"to": "sip:+15550000000@x"})
     assert updated.status_code == 200 and updated.json()["to"] == "sip:+15550000000@x"
-    assert server.links.participants[-1] == (sid, "sip:+15551230000@pbx.example",
-                                             "sip:+15550000000@x")
+    # The recorder got partial metadata in one re-INVITE: the new callee in, the old one out.
+    [got] = recorders.recorded(recorders.default, sid,
+                               lambda g: len(g) == 1 and g[0]["reinvites"] >= 1)
+    assert (got["reinvites"], got["updates"]) == (1, 0)
+    assert got["metadata"]["datamodes"] == ["complete", "partial"]
+    assert roles(got) == {CALLER: (["1"], ["2"]), "sip:+15550000000@x": (["2"], ["1"])}
+    assert [p["aors"] for p in got["participants"] if p["disassociated"]] == [[CALLEE]]
 
     # another account can neither see nor end it
     assert server.host("GET", f"/v1/Calls/{sid}", auth=(OTHER, OTHER_TOKEN)).status_code == 404
@@ -120,6 +150,7 @@ def test_host_api_register_rtp_counters_update_end(server: Server, receiver: Rec
     last = [x for x in got if x.params.get("SiprecSid") == siprec.sid][-1]
     assert last.params["SiprecEvent"] == "siprec-stopped"
     assert last.params["To"] == "sip:+15550000000@x"
+    assert recorders.recorded(recorders.default, sid, ended)[0]["ended_by"] == "src"
     assert server.host("GET", f"/v1/Calls/{sid}").status_code == 404
     # the resource still answers after the call ended
     fetched = server.host("GET", f"/2010-04-01/Accounts/{ACCOUNT}/Calls/{sid}"
