@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from mediafork.engine import Engine
 from mediafork.srs import ReferenceRecorder
 from mediafork.tlsutil import self_signed
 
 from .harness import (
     Stack,
     allocations_back_to,
+    allocations_now,
     connector,
     cpu_seconds,
     daemon_stack,
@@ -63,7 +63,7 @@ def test_srs_answers_an_error(tmp_path: Path, status: int) -> None:
             config = make_config(tmp_path, [connector("Faulty", bad.uri()),
                                             connector("Healthy", good.uri())])
             async with daemon_stack(config) as st:
-                allocations = Engine.live_allocations()
+                allocations = allocations_now()
                 await _fails_setup(st, "Faulty", [f"SIP {status}", "setup phase", bad.uri()])
                 assert [s.state for s in bad.sessions] == ["rejected"]
                 await allocations_back_to(allocations)
@@ -104,7 +104,7 @@ def test_tls_handshake_failure_untrusted_certificate(tmp_path: Path) -> None:
                                             connector("Healthy", good.uri())],
                                  tls_ca_file=other_ca)
             async with daemon_stack(config) as st:
-                allocations = Engine.live_allocations()
+                allocations = allocations_now()
                 _, hit = await _fails_setup(st, "Faulty", ["SIP 503", "setup phase"])
                 assert "certificate" in hit.params["SiprecError"].lower() or \
                     "tls" in hit.params["SiprecError"].lower(), hit.params["SiprecError"]
@@ -162,7 +162,7 @@ def test_gone_before_the_srs_answers_cancel_no_leak_no_spin(
             async with daemon_stack(config) as st:
                 await st.serves_a_fresh_call()  # warm up: lazy sockets, HTTP pools, threads
                 await asyncio.sleep(0.3)
-                allocations, fds = Engine.live_allocations(), open_fds()
+                allocations, fds = allocations_now(), open_fds()
                 call = await st.api.register()
                 sid = await st.api.create_siprec(call["call_sid"], "Ringing",
                                                  st.receiver.url("ok", "ring"))
