@@ -189,6 +189,13 @@ class Daemon:
         except TimeoutError:
             log.warning("shutdown bound of %.0fs reached; pending work abandoned",
                         self.shutdown_timeout)
+        if self.service is not None:
+            # Otherwise silent: the operator should know callbacks are waiting in the
+            # database for the next start (and that their application was not answering).
+            kept = self.service.outbox.dispatcher.stats.abandoned
+            if kept:
+                log.warning("%d status callbacks not delivered within the shutdown bound; "
+                            "kept in the database and replayed at the next start", kept)
         if self._runner is not None:
             await self._runner.cleanup()
         if self.engine is not None:

@@ -144,6 +144,7 @@ def test_callbacks_not_delivered_within_the_bound_are_kept_and_replayed_at_resta
         assert time.monotonic() - began < SHUTDOWN_BOUND
         assert [s["ended_by"] for s in recorder.summaries()] == ["src"]  # BYE regardless
         assert "siprec-stopped" not in hanging.events(siprec)
+        assert "status callbacks not delivered within the shutdown bound" in daemon.stderr
 
         hanging.delay = 0.0  # the application is back
         again = spawn(["--config", str(config)]).start()
