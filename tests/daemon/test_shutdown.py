@@ -157,3 +157,23 @@ def test_callbacks_not_delivered_within_the_bound_are_kept_and_replayed_at_resta
         assert again.stop() == 0
     finally:
         hanging.close()
+
+
+def test_after_sigkill_the_next_start_reconciles_and_reports_the_interrupted_siprec(
+        tmp_path: Path, recorder: Recorder, sink: CallbackSink,
+        spawn: Callable[..., DaemonProcess]) -> None:
+    config = write_config(tmp_path, connectors=[{"unique_name": "Default", "srs": recorder.uri}])
+    daemon = spawn(["--config", str(config)]).start()
+    [siprec], _ = _start_sessions(daemon, sink, calls=1, per_call=1)
+    sid = call_sid(0x10)  # the call _start_sessions registered
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL  # no BYE, no callbacks: a crash
+
+    again = spawn(["--config", str(config)]).start()
+    wait_until(lambda: "siprec-error" in sink.events(siprec), 10, "the restart's siprec-error")
+    error = [c for c in sink.received if c.get("SiprecEvent") == "siprec-error"][-1]
+    assert (error["SiprecError"], error["SiprecErrorCode"]) == ("engine restarted", "900012")
+    assert "1 Siprecs and 1 calls were interrupted" in again.stderr
+    # The call is ended, not live; its CallSid cannot be registered again.
+    assert again.get("/v1/Calls").json()["calls"] == []
+    assert again.post_json("/v1/Calls", {"call_sid": sid}).status_code == 409
+    assert again.stop() == 0
