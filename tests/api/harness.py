@@ -44,7 +44,6 @@ TOKEN = "tok-" + "s3cr3t" * 5
 OTHER_TOKEN = "tok-" + "0th3r" * 6
 CONNECTOR_SECRET = "connector-secret-" + "x9" * 8
 
-
 CALLER = "sip:+15551230000@pbx.example"
 CALLEE = "sip:+15559870000@pbx.example"
 """The From and To of calls made with :meth:`Server.register`."""
@@ -118,20 +117,22 @@ class Recorders:
             return mine(recorder)
         return self.lt.run(wait())
 
-    def latest(self, recorder: ReferenceRecorder,
-               until: Callable[[dict[str, Any]], bool], timeout: float = 5.0
-               ) -> dict[str, Any]:
-        """The recorder's last session's summary, once ``until`` holds for it."""
-        async def wait() -> dict[str, Any]:
-            try:
-                await recorder.wait_for(
-                    lambda r: bool(r.sessions) and until(r.sessions[-1].summary()), timeout)
-            except TimeoutError:
-                last = recorder.sessions[-1].summary() if recorder.sessions else None
-                raise AssertionError(f"recorder: condition not met; last session {last}"
-                                     ) from None
-            return recorder.sessions[-1].summary()
-        return self.lt.run(wait())
+    def last(self, recorder: ReferenceRecorder, n: int) -> list[dict[str, Any]]:
+        """Summaries of the recorder's last ``n`` sessions (of any call, in any state)."""
+        async def get() -> list[dict[str, Any]]:
+            return [s.summary() for s in recorder.sessions[-n:]]
+        return self.lt.run(get())
+
+    def close_media(self, recorder: ReferenceRecorder, call_sid: str) -> int:
+        """Close the media sockets of the recorder's sessions for the call (signalling stays
+        up): RTP sent there now gets ICMP port unreachable. Returns how many sessions."""
+        async def close() -> int:
+            mine = [s for s in recorder.sessions
+                    if call_sid in s.summary()["metadata"]["sip_session_ids"]]
+            for session in mine:
+                await session.close_media()
+            return len(mine)
+        return self.lt.run(close())
 
     def stop(self) -> None:
         async def stop() -> None:

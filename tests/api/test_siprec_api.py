@@ -20,8 +20,6 @@ from harness import (
 from twilio.base.exceptions import TwilioRestException
 from twilio.request_validator import RequestValidator
 
-from mediafork.srs import ReferenceRecorder
-
 
 def events(receiver: Receiver, sid: str) -> list[str]:
     return [r.params["SiprecEvent"] for r in receiver.for_sid(sid)]
@@ -220,7 +218,7 @@ def test_link_errors(server: Server, receiver: Receiver, recorders: Recorders) -
     assert RequestValidator(TOKEN).validate(err.url, err.params, err.signature)
     # The recorder saw the INVITE and the one documented retry (legacy metadata content type,
     # same Call-ID), both refused; nothing reached any recorder for the NoEdge one.
-    refused = recorders.lt.run(_last_sessions(recorders.rejecting, 2))
+    refused = recorders.last(recorders.rejecting, 2)
     assert [(s["state"], s["status"]) for s in refused] == [("rejected", 488)] * 2
     assert refused[0]["call_id"] == refused[1]["call_id"]
     assert recorders.total() == before + 2
@@ -229,10 +227,6 @@ def test_link_errors(server: Server, receiver: Receiver, recorders: Recorders) -
     got = server.host("GET", f"/2010-04-01/Accounts/{ACCOUNT}/Calls/{call['call_sid']}"
                              f"/Siprec/{rejected.sid}.json").json()
     assert got["status"] == "stopped"
-
-
-async def _last_sessions(recorder: ReferenceRecorder, n: int) -> list[dict]:
-    return [s.summary() for s in recorder.sessions[-n:]]
 
 
 def test_slow_receiver_does_not_delay_others(server: Server, receiver: Receiver) -> None:

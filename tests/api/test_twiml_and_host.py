@@ -177,3 +177,36 @@ def test_host_api_validation(server: Server) -> None:
     assert r.status_code == 409 and r.json()["code"] == 900013
     assert server.host("POST", "/v1/Calls", json={}, auth=(ACCOUNT, "x")).status_code == 401
     assert server.host("GET", "/v1/Calls", auth=(ACCOUNT, TOKEN)).status_code == 200
+
+
+def test_dead_recorder_media_fails_the_siprec(server: Server, receiver: Receiver,
+                                              recorders: Recorders) -> None:
+    """Engine events reach the links: ICMP port unreachable on a fork -> siprec-error 900032,
+    and the recorder still gets a BYE."""
+    call = server.register(sources={"inbound": "127.0.0.1"})
+    sid = call["call_sid"]
+    ingress = (call["ingress"]["inbound"]["address"], call["ingress"]["inbound"]["port"])
+    siprec = server.client().calls(sid).siprec.create(
+        name="icmp", track="inbound_track", status_callback=receiver.base + "/cb/icmp")
+    receiver.wait(lambda _: len(receiver.for_sid(siprec.sid)) == 1)
+    recorders.recorded(recorders.default, sid)
+    assert recorders.close_media(recorders.default, sid) == 1
+
+    def kinds() -> list[str]:
+        return [r.params["SiprecEvent"] for r in receiver.for_sid(siprec.sid)]
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    deadline = time.monotonic() + 5
+    seq = 0
+    while kinds() != ["siprec-started", "siprec-error"]:
+        assert time.monotonic() < deadline, kinds()
+        sender.sendto(rtp(seq, seq * 160), ingress)
+        seq += 1
+        time.sleep(0.02)
+    sender.close()
+    error = receiver.for_sid(siprec.sid)[-1]
+    assert error.params["SiprecErrorCode"] == "900032"
+    assert "ECONNREFUSED" in error.params["SiprecError"], error.params["SiprecError"]
+    assert RequestValidator(TOKEN).validate(error.url, error.params, error.signature)
+    assert recorders.recorded(recorders.default, sid, ended)[0]["ended_by"] == "src"
+    assert siprec_list(server, sid)[0]["status"] == "stopped"
+    assert server.host("GET", f"/v1/Calls/{sid}").json()["forks"] == []
