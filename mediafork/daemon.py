@@ -29,6 +29,7 @@ from .metrics import EngineCollector, build_registry
 from .recording.manager import RecordingManager
 from .service import ControlService
 from .sip.links import SipRecorderLinks
+from .sip.transport import client_tls_context
 
 log = logging.getLogger("mediafork.daemon")
 
@@ -39,9 +40,11 @@ class Daemon:
     """One running mediafork: ``await start()``, then ``await shutdown()``."""
 
     def __init__(self, config: Config, *, embedded_recorder: bool = False,
+                 recorder_port: int = EMBEDDED_RECORDER_PORT,
                  shutdown_timeout: float = 10.0) -> None:
         self.config = config
         self.embedded_recorder = embedded_recorder
+        self.recorder_port = recorder_port
         self.shutdown_timeout = shutdown_timeout
         self.engine: Engine | None = None
         self.store: AsyncStore | None = None
@@ -65,12 +68,19 @@ class Daemon:
         config.storage.path.parent.mkdir(parents=True, exist_ok=True)
         self.store = await AsyncStore.open(config.storage.path)
         self.service = ControlService(config, engine=self.engine, store=self.store)
+        sip = config.sip
         self.links = SipRecorderLinks(
             self.service.on_link_event,
             config.edges,
             default_address=config.media.address,
-            sip_port=config.sip.port,
-            tls_ca_file=str(config.sip.tls_ca_file) if config.sip.tls_ca_file else None,
+            sip_port=sip.port,
+            # Recorders are verified against the configured CA file (else the system
+            # CAs); a client certificate is presented when one is configured (mutual TLS).
+            tls_context=client_tls_context(
+                str(sip.tls_ca_file) if sip.tls_ca_file else None,
+                cert_file=str(sip.tls_cert_file) if sip.tls_cert_file else None,
+                key_file=str(sip.tls_key_file) if sip.tls_key_file else None,
+            ),
         )
         await self.links.open()  # bind SIP on every edge now: bind errors surface at start
         self.service.set_links(self.links)
@@ -109,7 +119,7 @@ class Daemon:
         data = config.storage.data_dir
         cert, key = self_signed(data / "tls", "recorder")
         self.recorder = ReferenceRecorder(RecorderConfig(
-            host=config.media.address, port=EMBEDDED_RECORDER_PORT, tcp=True,
+            host=config.media.address, port=self.recorder_port, tcp=True,
             tls_cert=str(cert), tls_key=str(key), out_dir=data / "srs",
         ))
         await self.recorder.start()

@@ -149,7 +149,7 @@ async def run(seconds: float = 3.0, out=sys.stdout) -> int:
             sip=dataclasses.replace(config.sip, port=0),
         )
         account = config.accounts[0]
-        daemon = Daemon(config, embedded_recorder=True)
+        daemon = Daemon(config, embedded_recorder=True, recorder_port=0)  # free ports only
         await daemon.start()
         receiver = CallbackReceiver(account.auth_token)
         await receiver.start()

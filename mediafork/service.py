@@ -196,6 +196,15 @@ class ControlService:
         # A constant-time comparison needs something to compare with for unknown accounts.
         self._dummy_token = new_sid(ACCOUNT)
 
+    def siprec_counts(self) -> dict[str, int]:
+        """Siprecs this process is running, by phase, for the metrics gauge:
+        ``starting`` (INVITE out, no answer yet) and ``in-progress``."""
+        counts = {"starting": 0, "in-progress": 0}
+        for state in self._siprecs.values():
+            if not state.final_sent:
+                counts["in-progress" if state.started_sent else "starting"] += 1
+        return counts
+
     def set_links(self, links: RecorderLinks) -> None:
         self.links = links
 
