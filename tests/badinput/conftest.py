@@ -1,0 +1,10 @@
+"""Bad-input suites: the repository root goes on sys.path so the ``fuzz`` targets import."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
