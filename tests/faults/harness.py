@@ -82,10 +82,11 @@ def free_port(kind: int = socket.SOCK_DGRAM, ip: str = "127.0.0.1") -> int:
 
 
 def media_range() -> tuple[int, int]:
-    """A private slice of ports per daemon so a lingering socket of a previous case never
-    collides with the next one."""
-    first = 41000 + secrets.randbelow(180) * 100
-    return first, first + 99
+    """A private slice of 500 media ports per daemon, below the kernel's ephemeral range
+    (sipp and free_port() live there) and below the ReferenceRecorder's 40000-49999, so a
+    case never runs out of ports because a neighbour holds them."""
+    first = 24000 + secrets.randbelow(11) * 500
+    return first, first + 499
 
 
 async def eventually(check: Callable[[], bool], timeout: float = 3.0, what: str = "") -> None:

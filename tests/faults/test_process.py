@@ -58,6 +58,9 @@ def test_sigterm_with_100_live_sessions(tmp_path: Path) -> None:
             await receiver.wait(lambda: all(receiver.events(s) == ["siprec-started"]
                                             for s in sids), 20, "100 siprec-started")
             assert sum(1 for s in recorder.sessions if s.state == "established") == SESSIONS
+            metrics = await api.metrics()
+            assert metrics['mediafork_siprecs{status="in-progress"}'] == SESSIONS
+            assert metrics['mediafork_forks{state="active"}'] == SESSIONS
 
             sigterm_at = time.monotonic()
             child.signal(signal.SIGTERM)
