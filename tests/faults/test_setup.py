@@ -241,3 +241,43 @@ def test_stopped_while_invite_pending_without_provisional(tmp_path: Path) -> Non
                 await st.serves_a_fresh_call()
 
     run(case())
+
+
+@pytest.mark.parametrize("scenario", ["srs_cancel_race", "srs_late_answer"])
+def test_srs_answers_after_we_gave_up_ack_and_bye(tmp_path: Path, sipp: Any,
+                                                   scenario: str) -> None:
+    """The Siprec is stopped while the INVITE is pending and the SRS answers 200 anyway
+    (racing our CANCEL, or late with no provisional so no CANCEL was allowed): the 2xx is
+    ACKed and BYEd (sipp checks), the client sees only siprec-stopped, nothing leaks."""
+
+    async def case() -> None:
+        srs = sipp(scenario, keys={"rec_port1": str(free_port()), "rec_port2": str(free_port())})
+        async with ReferenceRecorder(port=0, out_dir=tmp_path / "good") as good:
+            config = make_config(tmp_path, [connector("Racy", srs.uri),
+                                            connector("Healthy", good.uri())])
+            async with daemon_stack(config) as st:
+                await st.serves_a_fresh_call()
+                allocations = allocations_now()
+                call = await st.api.register()
+                sid = await st.api.create_siprec(call["call_sid"], "Racy",
+                                                 st.receiver.url("ok", "racy"))
+                if scenario == "srs_cancel_race":
+                    deadline = asyncio.get_running_loop().time() + 5
+                    while not srs.saw("180 Ringing"):
+                        assert asyncio.get_running_loop().time() < deadline, srs.messages()
+                        await asyncio.sleep(0.02)
+                    await asyncio.sleep(0.1)
+                else:
+                    await asyncio.sleep(0.2)
+                await st.api.stop_siprec(call["call_sid"], sid)
+                await st.receiver.wait_events(sid, ["siprec-stopped"])
+                assert await srs.wait(6) == 0, srs.messages()  # ACK and BYE for the 2xx
+                await asyncio.sleep(0.3)
+                assert st.receiver.events(sid) == ["siprec-stopped"]
+                _, view = await st.api.call(call["call_sid"])
+                assert view["forks"] == [] and view["status"] == "live"
+                await st.api.end_call(call["call_sid"])
+                await allocations_back_to(allocations)
+                await st.serves_a_fresh_call()
+
+    run(case())
