@@ -25,12 +25,14 @@ import base64
 import contextlib
 import json
 import os
+import resource
 import secrets
 import signal
 import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,7 +61,7 @@ class LoadConfig:
     siprecs_per_call: int = 2
     soak_seconds: float = 20.0
     """Steady state with every Siprec running (after the ramp, before the stops)."""
-    create_rate: float = 100.0
+    create_rate: float = 20.0
     """Siprec creates per second, open loop."""
     stop_rate: float = 200.0
     sip_transport: str = "tls"
@@ -81,6 +83,7 @@ class Callback:
     sid: str
     at: float
     signed: bool
+    error: str = ""
 
 
 @dataclass
@@ -114,8 +117,11 @@ class CallbackReceiver:
         params = {k: str(v) for k, v in (await request.post()).items()}
         signed = request.headers.get("X-Twilio-Signature") == compute_signature(
             self.token, self.url, params)
+        error = params.get("SiprecErrorCode", "")
+        if error:
+            error += " " + params.get("SiprecError", "")[:80]
         self.received.append(Callback(params.get("SiprecEvent", "?"),
-                                      params.get("SiprecSid", "?"), at, signed))
+                                      params.get("SiprecSid", "?"), at, signed, error))
         return web.Response(text="ok")
 
     def count(self, event: str) -> int:
@@ -209,6 +215,14 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _host_busy_seconds() -> float:
+    """CPU seconds all CPUs spent not idle (user, nice, system, irq, softirq, steal)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def parse_metrics(text: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for line in text.splitlines():
@@ -278,6 +292,8 @@ class LoadRun:
         self.stop_errors: list[str] = []
         self.sids: list[str] = []
         self._sid_call: dict[str, str] = {}
+        self.others_cpu_pct = 0.0
+        self.loadavg: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     async def run(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -359,6 +375,8 @@ class LoadRun:
             soak_end = max(t_started, t_media + 1.0 + ramp_budget) + cfg.soak_seconds
             metrics_a = await self._metrics(http, base)
             cpu_a, t_a = _cpu_seconds(daemon.pid), time.monotonic()
+            ours_a = self._our_cpu(gen, rec, daemon)
+            host_a = _host_busy_seconds()
             while (now := time.monotonic()) < soak_end:
                 await asyncio.sleep(min(10.0, soak_end - now))
                 now = time.monotonic()
@@ -369,6 +387,11 @@ class LoadRun:
                     f" dropped {_drops(m):.0f} rss {rss / 1024:.1f} MiB")
             metrics_b = await self._metrics(http, base)
             cpu_b, t_b = _cpu_seconds(daemon.pid), time.monotonic()
+            # What the rest of the machine used meanwhile: measurements on a shared box are
+            # only comparable with this next to them.
+            others = (_host_busy_seconds() - host_a) - (self._our_cpu(gen, rec, daemon) - ours_a)
+            self.others_cpu_pct = round(100.0 * others / max(1e-9, t_b - t_a), 1)
+            self.loadavg = os.getloadavg()
             # -- stop every Siprec while media still flows ----------------------------------
             sids = list(self.sids)
             await self._paced(len(sids), cfg.stop_rate,
@@ -378,7 +401,7 @@ class LoadRun:
                 time.monotonic() + stop_budget)
             say(f"  {receiver.count('siprec-stopped')}/{len(sids)} siprec-stopped")
             # -- the generator ends by itself; then the counters settle ----------------------
-            result = await gen.read("result", duration + 120)
+            result = await gen.read("result", duration + 120)  # its sinks stay bound
             final = await self._settled_metrics(http, base)
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -387,9 +410,9 @@ class LoadRun:
             await self._end_calls(http, base, ingress)
         await receiver.stop()
         daemon_rc = await daemon.stop(timeout=30)
-        rec.send({})
-        assert rec.proc.stdin is not None
-        rec.proc.stdin.close()
+        for child in (gen, rec):  # end of input: the generator unbinds, the recorder stops
+            assert child.proc.stdin is not None
+            child.proc.stdin.close()
         recorder_summary = await rec.read("summary", 60)
         await rec.stop()
         return self._report(
@@ -493,6 +516,15 @@ class LoadRun:
             await asyncio.sleep(0.1)
         return True
 
+    @staticmethod
+    def _our_cpu(*children: Child) -> float:
+        total = 0.0
+        for child in children:
+            with contextlib.suppress(OSError):
+                total += _cpu_seconds(child.pid)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return total + usage.ru_utime + usage.ru_stime
+
     async def _sample(self, pid: int) -> None:
         while True:
             with contextlib.suppress(OSError):
@@ -542,6 +574,7 @@ class LoadRun:
         unsigned = sum(1 for c in receiver.received if not c.signed)
         other = sum(1 for c in receiver.received
                     if c.event not in ("siprec-started", "siprec-stopped"))
+        error_kinds = Counter(c.error for c in receiver.received if c.error)
 
         # RSS after warm-up, inside the soak window.
         warm = cfg.warmup_seconds
@@ -594,11 +627,14 @@ class LoadRun:
                 if window_sent else None,
                 "generator_cpu_pct": round(100 * gen["cpu_seconds"] / gen["wall_seconds"], 1),
                 "soak_seconds": round(wall, 1),
+                "others_cpu_pct": self.others_cpu_pct,
+                "loadavg_at_soak_end": [round(x, 2) for x in self.loadavg],
             },
             "callbacks": {
                 "started": receiver.count("siprec-started"),
                 "stopped": receiver.count("siprec-stopped"),
                 "other": other, "complete": complete, "unsigned": unsigned,
+                "errors": dict(error_kinds.most_common(5)),
                 "all_started_in_budget": all_started, "all_stopped_in_budget": all_stopped,
             },
             "latency_ms": {
@@ -664,7 +700,7 @@ async def run_load(cfg: LoadConfig, say: Say = print) -> dict[str, Any]:
 def table(results: list[dict[str, Any]]) -> str:
     head = (f"{'calls':>5} {'forks':>5} {'in pps':>7} {'out pps':>7} {'generated':>10} "
             f"{'lost in':>7} {'sink':>10} {'cb ok':>9} {'201 p99':>8} {'start p99':>9} "
-            f"{'rss MiB':>8} {'rss Δ%':>7} {'daemon%':>7} {'worker%':>7}  result")
+            f"{'rss MiB':>8} {'rss Δ%':>7} {'daemon%':>7} {'worker%':>7} {'others%':>7}  result")
     lines = [head, "-" * len(head)]
     for r in results:
         p, lat, rss, rates = r["packets"], r["latency_ms"], r["rss"], r["rates"]
@@ -675,7 +711,8 @@ def table(results: list[dict[str, Any]]) -> str:
             f"{p['sink_received']:>10} {r['callbacks']['complete']:>4}/{r['siprecs']:<4} "
             f"{_fmt(lat['create_201_p99']):>8} {_fmt(lat['create_to_started_p99']):>9} "
             f"{_fmt(rss.get('max_kb', 0) / 1024):>8} {_fmt(rss.get('spread_pct')):>7} "
-            f"{rates['daemon_cpu_pct']:>7} {rates['worker_cpu_pct']:>7}  "
+            f"{rates['daemon_cpu_pct']:>7} {rates['worker_cpu_pct']:>7} "
+            f"{rates['others_cpu_pct']:>7}  "
             + ("ok" if not bad else "FAIL: " + ", ".join(bad)))
     return "\n".join(lines)
 
@@ -715,6 +752,13 @@ async def main_async(args: argparse.Namespace) -> int:
             r = await run_load(cfg, say)
             results.append(r)
             say(table([r]))
+            if not r["loss_free"] and args.step_retries:
+                # A shared machine can spoil one step: measure it once more before
+                # concluding (both runs are kept in the results).
+                say(f"  repeating ({r['rates']['others_cpu_pct']}% CPU used by others)")
+                r = await run_load(cfg, say)
+                results.append(r)
+                say(table([r]))
             if not r["loss_free"]:
                 break
             best = calls
@@ -744,7 +788,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-start", type=int, default=100)
     parser.add_argument("--step-size", type=int, default=100)
     parser.add_argument("--step-seconds", type=float, default=60.0)
-    parser.add_argument("--create-rate", type=float, default=100.0,
+    parser.add_argument("--step-retries", type=int, default=1, choices=(0, 1))
+    parser.add_argument("--create-rate", type=float, default=20.0,
                         help="Siprec creates per second (open loop)")
     parser.add_argument("--sip-transport", choices=("tls", "tcp", "udp"), default="tls")
     parser.add_argument("--out", default=str(ROOT / "benches/results/load.json"))

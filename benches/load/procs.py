@@ -120,6 +120,10 @@ def run_generator(args: argparse.Namespace) -> int:
     result["wall_seconds"] = time.monotonic() - t0
     result["streams"] = len(dests)
     emit({"result": result})
+    # Keep the sink ports bound (no longer read) until the driver is done: forks still
+    # sending after the generator's time is up must not draw ICMP port-unreachable errors
+    # that would show as send errors inside mediafork.
+    sys.stdin.read()
     for s in sinks + rtcp:
         s.close()
     return 0
