@@ -166,6 +166,43 @@ def test_srs_refreshes_the_session_and_is_answered(tmp_path: Path, sipp: Any) ->
     run(case())
 
 
+def test_srs_refresher_that_never_refreshes_expires(tmp_path: Path, sipp: Any) -> None:
+    """The SRS takes the refresher role (Session-Expires 2) and goes quiet: the session is
+    expired with a BYE before the interval ends, and reported (900031, refresh phase)."""
+
+    async def case() -> None:
+        sinks = [MediaSink(), MediaSink()]
+        srs = sipp("srs_expires", keys={"rec_port1": str(sinks[0].port),
+                                        "rec_port2": str(sinks[1].port)})
+        try:
+            async with ReferenceRecorder(port=0, out_dir=tmp_path / "good") as good:
+                config = make_config(tmp_path, [connector("Quiet", srs.uri),
+                                                connector("Healthy", good.uri())])
+                async with daemon_stack(config) as st:
+                    call, sid, talker = await _start(st, "Quiet", "expire")
+                    started = asyncio.get_running_loop().time()
+                    try:
+                        await st.receiver.wait_events(sid, ["siprec-started", "siprec-error"],
+                                                      timeout=5)
+                    finally:
+                        await talker.stop()
+                    took = asyncio.get_running_loop().time() - started
+                    assert 1.0 < took < 2.0, f"expired after {took:.2f} s (interval 2 s)"
+                    hit = error_hit(st.receiver.for_sid(sid))
+                    assert hit.params["SiprecErrorCode"] == "900031", hit.params
+                    assert "refresh" in hit.params["SiprecError"], hit.params
+                    assert await srs.wait(5) == 0, srs.messages()  # the BYE came
+                    _, view = await st.api.call(call["call_sid"])
+                    assert view["forks"] == []
+                    await st.api.end_call(call["call_sid"])
+                    await st.serves_a_fresh_call()
+        finally:
+            for sink in sinks:
+                sink.close()
+
+    run(case())
+
+
 def test_rejected_pause_reinvite(tmp_path: Path, sipp: Any) -> None:
     """Our pause re-INVITE gets 488: the session stays up (no callback), media stays held
     while we asked for the pause, and the resume brings it back on every fork.
