@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..control import errors
 from ..control.errors import ApiError
@@ -59,6 +60,12 @@ def _error_response(error: ApiError) -> web.Response:
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        declared = request.content_length
+        if declared is not None and declared > request.client_max_size:
+            # Refuse from the header alone: aiohttp would read (or wait for) up to the limit
+            # of a body that can never be accepted before answering 413.
+            raise web.HTTPRequestEntityTooLarge(max_size=request.client_max_size,
+                                                actual_size=declared)
         return await handler(request)
     except ApiError as exc:
         return _error_response(exc)
@@ -72,8 +79,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         reason = reasons.get(exc.status, "the request was rejected")
         return _error_response(ApiError(errors.HTTP_REQUEST_REJECTED, reason,
                                         status=exc.status))
-    except (UnicodeError, ValueError):
-        # Undecodable form bodies and the like: the client's fault, never a 500.
+    except (UnicodeError, ValueError, LookupError, HttpProcessingError):
+        # Undecodable form bodies and the like: the client's fault, never a 500. LookupError:
+        # a form declaring an unknown charset; HttpProcessingError: a multipart body whose
+        # part headers aiohttp cannot parse.
         return _error_response(ApiError(errors.HTTP_REQUEST_REJECTED,
                                         "the request body could not be decoded"))
     except Exception:
@@ -122,7 +131,9 @@ async def _form(request: web.Request) -> Any:
 async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json(loads=json.loads) if await request.read() else {}
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: deeply nested arrays/objects ("[[[[…") fit easily under the size
+        # limit and exhaust json's recursion depth; that is the client's fault, not a 500.
         raise ApiError(errors.HTTP_REQUEST_REJECTED, "the body must be a JSON object") from None
     if not isinstance(body, dict):
         raise ApiError(errors.HTTP_REQUEST_REJECTED, "the body must be a JSON object")
