@@ -563,8 +563,9 @@ class ControlService:
 
     async def list_siprecs(self, account_sid: str, call_sid: str,
                            query: Mapping[str, str]) -> dict[str, Any]:
-        if call_sid not in self._calls and await self._stored_call(account_sid, call_sid) is None:
-            raise errors.not_found("resource")
+        # The account's own live or stored call only: another account's live call must be
+        # the same 404 as a call that does not exist (it used to list as an empty page).
+        await self._recording_call_known(account_sid, call_sid)
         records = await self.store.list_siprecs(account_sid, call_sid)
         return list_page("siprec", records, render_siprec,
                          siprec_list_uri(account_sid, call_sid), page_request(dict(query)))
