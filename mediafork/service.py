@@ -241,9 +241,14 @@ class ControlService:
         if self._closed:
             return
         self._closed = True
-        for call_sid in list(self._calls):
-            with contextlib.suppress(Exception):
-                await self.end_call(self._calls[call_sid].handle.account_sid, call_sid)
+        # All calls at once: one whose recorder has not answered yet (an INVITE with no
+        # provisional may not be CANCELled, so its stop waits the links' stop timeout) must
+        # not hold up the BYEs of every other call until the daemon's shutdown bound
+        # abandons them.
+        ends = [asyncio.ensure_future(self._end_quietly(live.handle.account_sid, call_sid))
+                for call_sid, live in list(self._calls.items()) if live.handle is not None]
+        if ends:
+            await asyncio.wait(ends, timeout=timeout)
         chains = [s.chain for s in self._siprecs.values() if s.chain is not None]
         if chains:
             await asyncio.wait(chains, timeout=timeout)
@@ -257,6 +262,10 @@ class ControlService:
         for queue in list(self._subscribers):
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)
+
+    async def _end_quietly(self, account_sid: str, call_sid: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.end_call(account_sid, call_sid)
 
     # -- auth ---------------------------------------------------------------------------
 
