@@ -40,7 +40,11 @@ def test_sigterm_with_100_live_sessions(tmp_path: Path) -> None:
         receiver = await Receiver().start()
         recorder = await ReferenceRecorder(port=0, out_dir=tmp_path / "srs",
                                            rtcp_interval=5.0).start()
-        config = make_config(tmp_path, [connector("Healthy", recorder.uri())],
+        # Plus a few Siprecs whose INVITE is still pending at SIGTERM (the SRS never answers,
+        # and the child runs the default timers: Timer B would be 32 s).
+        mute = await ReferenceRecorder(port=0, out_dir=tmp_path / "mute", no_answer=True).start()
+        config = make_config(tmp_path, [connector("Healthy", recorder.uri()),
+                                        connector("Mute", mute.uri())],
                              port_range=(22000, 22999))
         child = ChildDaemon(config, tmp_path)
         api: Api | None = None
@@ -55,11 +59,14 @@ def test_sigterm_with_100_live_sessions(tmp_path: Path) -> None:
                                                    track="inbound_track")
 
             sids = await asyncio.gather(*(start(c) for c in calls))
+            pending = [await api.create_siprec(c, "Mute", receiver.url("ok", "p"),
+                                               track="outbound_track") for c in calls[:5]]
             await receiver.wait(lambda: all(receiver.events(s) == ["siprec-started"]
                                             for s in sids), 20, "100 siprec-started")
             assert sum(1 for s in recorder.sessions if s.state == "established") == SESSIONS
             metrics = await api.metrics()
             assert metrics['mediafork_siprecs{status="in-progress"}'] == SESSIONS
+            assert metrics['mediafork_siprecs{status="starting"}'] == len(pending)
             assert metrics['mediafork_forks{state="active"}'] == SESSIONS
 
             sigterm_at = time.monotonic()
@@ -76,6 +83,8 @@ def test_sigterm_with_100_live_sessions(tmp_path: Path) -> None:
             assert len(recorder.sessions) == SESSIONS
             for sid in sids:
                 assert receiver.events(sid) == ["siprec-started", "siprec-stopped"], sid
+            for sid in pending:  # never started, so stopped is all they get
+                assert receiver.events(sid) == ["siprec-stopped"], sid
             assert all(h.signed for h in receiver.hits)
             assert "Traceback" not in child.log.read_text()
         finally:
@@ -83,6 +92,7 @@ def test_sigterm_with_100_live_sessions(tmp_path: Path) -> None:
                 await api.close()
             child.kill()
             await recorder.stop()
+            await mute.stop()
             await receiver.stop()
 
         # The data directory is clean for the next start: nothing to reconcile (no
@@ -93,7 +103,7 @@ def test_sigterm_with_100_live_sessions(tmp_path: Path) -> None:
                 status, _ = await st.api.call(calls[0])
                 assert status == 404
                 status, body = await st.api.request("GET", f"{API}/Calls/{calls[0]}/Siprec.json")
-                assert status == 200 and [s["status"] for s in body["siprec"]] == ["stopped"]
+                assert status == 200 and [s["status"] for s in body["siprec"]] == ["stopped"] * 2
                 await st.serves_a_fresh_call()
                 assert not [h for h in st.receiver.hits if h.event == "siprec-error"]
 
