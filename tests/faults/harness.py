@@ -229,7 +229,8 @@ class Receiver:
     async def start(self) -> Receiver:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
+        # Stopping does not wait out a slow handler's sleep.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -361,11 +362,18 @@ class Stack:
     daemon: Daemon
     api: Api
     receiver: Receiver
+    stopped: bool = False
 
     @property
     def engine(self) -> Engine:
         assert self.daemon.engine is not None
         return self.daemon.engine
+
+    async def shutdown(self) -> None:
+        """The daemon's graceful stop (what SIGTERM runs), once."""
+        if not self.stopped:
+            self.stopped = True
+            await self.daemon.shutdown()
 
     def live_forks(self) -> int:
         return sum(len(call.forks) for call in self.engine.calls)
@@ -390,19 +398,24 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def daemon_stack(config: Config, **links: Any) -> AsyncIterator[Stack]:
-    """A started Daemon (SIP links built with ``links`` options), its API and a receiver."""
-    receiver = await Receiver().start()
+async def daemon_stack(config: Config, receiver: Receiver | None = None,
+                       **links: Any) -> AsyncIterator[Stack]:
+    """A started Daemon (SIP links built with ``links`` options), its API and a receiver
+    (a new one, stopped at the end, unless one that outlives the daemon is given)."""
+    own = receiver is None
+    receiver = receiver or await Receiver().start()
     daemon = Daemon(config, shutdown_timeout=5.0)
     with link_options(**{**FAST_LINKS, **links}):
         await daemon.start()
     api = Api(daemon.base_url)
+    stack = Stack(daemon, api, receiver)
     try:
-        yield Stack(daemon, api, receiver)
+        yield stack
     finally:
         await api.close()
-        await daemon.shutdown()
-        await receiver.stop()
+        await stack.shutdown()
+        if own:
+            await receiver.stop()
 
 
 def error_hit(hits: list[Hit]) -> Hit:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mediafork.srs import ReferenceRecorder
 
-from .harness import connector, daemon_stack, free_port, make_config, run
+from .harness import Receiver, connector, daemon_stack, free_port, make_config, run
 
 TIMEOUT = 0.5
 ATTEMPTS = 3
@@ -96,5 +96,45 @@ def test_refusing_slow_and_failing_callback_urls(tmp_path: Path) -> None:
                 assert final["delivered"] == 2, final
                 assert all(s.state == "ended" for s in good.sessions)
                 await st.serves_a_fresh_call()
+
+    run(case(), timeout=60)
+
+
+def test_shutdown_with_a_stuck_receiver_is_bounded_and_replays_after_restart(
+        tmp_path: Path) -> None:
+    """The receiver hangs on every request at shutdown time: the daemon still stops within
+    its bound, and the callbacks it could not deliver are sent by the next start."""
+
+    async def case() -> None:
+        stuck = await Receiver(slow_seconds=8.0).start()  # outlives both daemons
+        try:
+            async with ReferenceRecorder(port=0, out_dir=tmp_path / "good") as good:
+                config = make_config(tmp_path, [connector("Healthy", good.uri())],
+                                     callback_timeout=TIMEOUT, callback_attempts=ATTEMPTS)
+                async with daemon_stack(config, stuck) as st:
+                    call = await st.api.register()
+                    sid = await st.api.create_siprec(call["call_sid"], "Healthy",
+                                                     stuck.url("slow", "stuck"))
+                    await stuck.wait(lambda: len(stuck.for_sid(sid)) >= 1)
+                    t0 = time.monotonic()
+                    await st.shutdown()  # what SIGTERM runs
+                    took = time.monotonic() - t0
+                    assert took < st.daemon.shutdown_timeout + 0.5, f"shutdown took {took:.1f} s"
+                    assert good.sessions[0].state == "ended"  # the BYE went out regardless
+                # Restart on the same store; the receiver answers at once now.
+                stuck.slow_seconds = 0.0
+                async with daemon_stack(config) as st2:
+                    await stuck.wait(lambda: "siprec-stopped" in stuck.events(sid), 8,
+                                     "the replayed siprec-stopped")
+                    events = stuck.events(sid)
+                    deduped = [e for i, e in enumerate(events) if e not in events[:i]]
+                    assert deduped == ["siprec-started", "siprec-stopped"], events
+                    assert all(h.signed for h in stuck.for_sid(sid))
+                    view = await st2.api.siprec(call["call_sid"], sid)
+                    assert view["status"] == "stopped"
+                    assert "siprec-error" not in events  # a clean stop is not a crash
+                    await st2.serves_a_fresh_call()
+        finally:
+            await stuck.stop()
 
     run(case(), timeout=60)
