@@ -433,4 +433,15 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
     Target("control_frames", control_frame_target, control_frame_seeds),
 ]}
 
+
+
+def _planted_target(data: bytes) -> None:
+    """A deliberate bug, so a test can check that the runner reports findings."""
+    if data.startswith(b"BUG"):
+        raise RuntimeError("planted bug")
+
+
+if os.environ.get("MEDIAFORK_FUZZ_PLANTED") == "1":
+    TARGETS["planted"] = Target("planted", _planted_target, lambda: [b"BUG!", b"ok"])
+
 __all__ = ["MAX_MESSAGE_SIZE", "TARGETS", "Target", "config_dict", "forms_pairs"]
