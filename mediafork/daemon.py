@@ -157,6 +157,7 @@ class Daemon:
             callbacks=lambda: outbox.dispatcher.stats.as_dict(),
             sip_responses=getattr(self.links, "response_counts", None),
             siprecs=getattr(self.service, "siprec_counts", None),
+            sip_malformed=getattr(self.links, "malformed_messages", None),
         )
         registry = build_registry(collector)
 

@@ -41,12 +41,14 @@ class EngineCollector(Collector):
         sip_responses: StatsSource | None = None,
         callbacks: StatsSource | None = None,
         siprecs: Callable[[], Mapping[str, int]] | None = None,
+        sip_malformed: Callable[[], int] | None = None,
     ) -> None:
         self.engine = engine
         self.fork_states = fork_states or (lambda: _fork_states(engine))
         self.sip_responses = sip_responses
         self.callbacks = callbacks
         self.siprecs = siprecs
+        self.sip_malformed = sip_malformed
 
     def collect(self) -> Iterator[Metric]:
         totals = self.engine.totals()
@@ -104,6 +106,10 @@ class EngineCollector(Collector):
             for klass, n in sorted(self.sip_responses().items()):
                 c.add_metric([klass], n)
             yield c
+        if self.sip_malformed:
+            yield _counter("mediafork_sip_malformed",
+                           "SIP datagrams dropped and SIP streams closed as malformed.",
+                           self.sip_malformed())
         if self.callbacks:
             c = CounterMetricFamily("mediafork_callback_deliveries",
                                     "Status callback deliveries, by outcome.", labels=["outcome"])

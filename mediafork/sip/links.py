@@ -216,6 +216,10 @@ class SipRecorderLinks:
         """SIP responses received from recorders so far, by class (1xx..6xx): for metrics."""
         return dict(self._response_counts)
 
+    def malformed_messages(self) -> int:
+        """SIP dropped as malformed on every edge (datagrams, closed streams): for metrics."""
+        return self._transport.malformed if self._transport is not None else 0
+
     async def open(self) -> None:
         """Bind the SIP sockets of every edge. An edge whose address cannot be bound is
         kept as unusable: starting a session on it raises ``LinkError`` naming it."""

@@ -185,6 +185,7 @@ class _StreamConnection(asyncio.Protocol):
             messages = self.framer.feed(data)
         except SipParseError as exc:
             # The stream is out of sync: nothing after this point can be trusted.
+            self.owner.malformed += 1
             log.warning(
                 "closing %s connection from %s:%s: %s", self.transport_name, *self.peer, exc
             )
@@ -241,6 +242,9 @@ class SipTransport:
         self._connecting: dict[tuple[str, str, str, int], asyncio.Future[_StreamConnection]] = {}
         self._dns: dict[tuple[str, int, str, int], tuple[float, tuple[str, int]]] = {}
         self._closing = False
+        self.malformed = 0
+        """Datagrams dropped and stream connections closed because the SIP in them did not
+        parse: the only trace of such garbage besides a log line (exported as a metric)."""
 
     # --- listening ------------------------------------------------------------------------
 
@@ -411,6 +415,7 @@ class SipTransport:
         try:
             message = parse_message(data)
         except SipParseError as exc:
+            self.malformed += 1
             log.debug("dropping malformed datagram from %s:%s: %s", peer[0], peer[1], exc)
             return
         self._deliver(message, peer, "udp", endpoint.address, data)

@@ -297,10 +297,12 @@ def test_random_bytes_to_every_port_never_crash_or_wedge(tmp_path: Path) -> None
         assert any(isinstance(r, dict) and r.get("error", {}).get("code") == 900015
                    for r in control_replies), "malformed frames are answered before closing"
 
-        # The media counters show the rejects.
+        # The counters show the rejects: media (engine) and SIP (transport).
         after = await stack.metrics()
         dropped = metric(after, "mediafork_packets_dropped_total", reason="malformed")
         assert dropped > metric(before, "mediafork_packets_dropped_total", reason="malformed")
+        sip_rejects = metric(after, "mediafork_sip_malformed_total")
+        assert sip_rejects - metric(before, "mediafork_sip_malformed_total") >= 300
 
         # Still serving: health, the live call, and a fresh call end to end.
         status, health, _ = await stack.request("GET", "/healthz", None)
