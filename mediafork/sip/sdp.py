@@ -387,6 +387,13 @@ def read_answer(answer: SessionDescription, offered: list[OfferStream]) -> list[
             continue
         if address is None:
             raise SipParseError("answer m-line has no connection address")
+        if not _answers_codec(media, stream.codec):
+            # We can only forward the call's codec as it is: an SRS expecting another one
+            # would decode it into noise and record "successfully".
+            raise SipParseError(
+                f"answer for stream {stream.label} accepts none of the offered formats "
+                f"({stream.codec.name}/{stream.codec.clock_rate})"
+            )
         suite = tag = remote_key = None
         if stream.secure:
             offered_tags = {c.tag: c.suite for c in stream.offered_cryptos()}
@@ -409,6 +416,22 @@ def read_answer(answer: SessionDescription, offered: list[OfferStream]) -> list[
             )
         )
     return out
+
+
+def _answers_codec(media: MediaDescription, codec: Codec) -> bool:
+    """The answer keeps our codec: by payload type (same number, and its rtpmap, if any,
+    names the codec) or, for a renumbered dynamic type, by rtpmap name and clock rate."""
+    rtpmap = media.rtpmap
+    name = (codec.name.lower(), codec.clock_rate)
+    for fmt in media.formats:
+        if not fmt.isdigit():
+            continue
+        mapped = rtpmap.get(int(fmt))
+        if mapped is not None and (mapped[0].lower(), mapped[1]) == name:
+            return True
+        if int(fmt) == codec.payload_type and mapped is None:
+            return True
+    return False
 
 
 def build_answer(

@@ -851,6 +851,10 @@ class RecordingSession:
             if answer is None:
                 raise SipParseError("2xx carries no SDP answer")
             self._answered = read_answer(answer, self._offer)
+            if all(a.port is None for a in self._answered):
+                # A 200 that refuses every stream (port 0) records nothing: reporting it as
+                # started would lose the whole call silently.
+                raise SipParseError("the SRS refused every stream (port 0)")
         except SipParseError as exc:
             self._send_bye(now)
             self._stop_reason = "unusable answer"
