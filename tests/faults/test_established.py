@@ -14,6 +14,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from mediafork.srs import ReferenceRecorder
 
 from .harness import (
@@ -325,6 +327,48 @@ def test_tcp_connection_reset_mid_dialog(tmp_path: Path) -> None:
                 await tcp.wait_for(lambda r: r.sessions[0].state == "ended", timeout=5)
                 summary = tcp.sessions[0].summary()
                 assert summary["ended_by"] == "src" and summary["totals"]["packets"] > 0
+                await st.serves_a_fresh_call()
+
+    run(case())
+
+
+@pytest.mark.parametrize("odd", ["every-stream-refused", "codec-not-offered"])
+def test_srs_200_that_records_nothing_is_an_error(tmp_path: Path, sipp: Any, odd: str) -> None:
+    """A 200 whose SDP refuses every stream (port 0), or accepts only a codec we did not offer
+    (PCMA for our PCMU): nothing usable would be recorded, so it is a setup error (900030,
+    488 "unusable SDP answer") with a BYE, never a siprec-started over silence or noise."""
+
+    async def case() -> None:
+        if odd == "every-stream-refused":
+            media = {"media1": "m=audio 0 RTP/AVP 0", "media2": "m=audio 0 RTP/AVP 0"}
+            expect = "refused every stream"
+        else:
+            media = {"media1": f"m=audio {free_port()} RTP/AVP 8",
+                     "media2": f"m=audio {free_port()} RTP/AVP 8"}
+            expect = "none of the offered formats (PCMU/8000)"
+        srs = sipp("srs_answer_odd", keys=media)
+        async with ReferenceRecorder(port=0, out_dir=tmp_path / "good") as good:
+            config = make_config(tmp_path, [connector("Odd", srs.uri),
+                                            connector("Healthy", good.uri())])
+            async with daemon_stack(config) as st:
+                call = await st.api.register()
+                talker = Talker(call["ingress"]).start()
+                try:
+                    sid = await st.api.create_siprec(call["call_sid"], "Odd",
+                                                     st.receiver.url("ok", odd))
+                    await st.receiver.wait_events(sid, ["siprec-error"])
+                finally:
+                    await talker.stop()
+                hit = error_hit(st.receiver.for_sid(sid))
+                assert hit.params["SiprecErrorCode"] == "900030", hit.params
+                assert "SIP 488" in hit.params["SiprecError"]
+                assert expect in hit.params["SiprecError"], hit.params["SiprecError"]
+                assert await srs.wait(5) == 0, srs.messages()  # ACKed and BYEd
+                await asyncio.sleep(0.2)
+                assert st.receiver.events(sid) == ["siprec-error"]
+                _, view = await st.api.call(call["call_sid"])
+                assert view["forks"] == [] and st.live_forks() == 0
+                await st.api.end_call(call["call_sid"])
                 await st.serves_a_fresh_call()
 
     run(case())
