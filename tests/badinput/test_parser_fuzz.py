@@ -20,12 +20,14 @@ from hypothesis import strategies as st
 from fuzz.strategies import config_documents, form_pairs, mutated, twiml_documents
 from fuzz.targets import TARGETS, config_dict, forms_pairs, twiml_target
 
-EXAMPLES = 250
+EXAMPLES = 200
+GRAMMAR_EXAMPLES = 100  # generating structured documents costs more than running them
 PER_EXAMPLE_SECONDS = 2.0
 
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.filter_too_much])
+GRAMMAR = settings(FUZZ, max_examples=GRAMMAR_EXAMPLES)
 
 
 def _bounded(run: Callable[[Any], Any], value: Any) -> None:
@@ -57,19 +59,19 @@ def test_mutated_inputs(name: str) -> None:
     check()
 
 
-@FUZZ
+@GRAMMAR
 @given(form_pairs())
 def test_form_grammar(pairs: list[tuple[str, str]]) -> None:
     _bounded(forms_pairs, pairs)
 
 
-@FUZZ
+@GRAMMAR
 @given(twiml_documents())
 def test_twiml_grammar(document: str) -> None:
     _bounded(twiml_target, document.encode())
 
 
-@FUZZ
+@GRAMMAR
 @given(config_documents())
 def test_config_dicts(root: dict[str, Any]) -> None:
     _bounded(config_dict, root)
