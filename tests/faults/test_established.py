@@ -372,3 +372,43 @@ def test_srs_200_that_records_nothing_is_an_error(tmp_path: Path, sipp: Any, odd
                 await st.serves_a_fresh_call()
 
     run(case())
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "csrc reports ICMP on a fork's RTCP socket as the same send_error event as on its RTP "
+    "socket, so the links fail the session (900032) when only the SRS's RTCP port is closed; "
+    "needs a distinct event or flag from csrc/worker.c (read_egress on the RTCP socket, "
+    "send_sr)"))
+def test_srs_without_an_rtcp_port_keeps_recording(tmp_path: Path, sipp: Any) -> None:
+    """Plenty of SRSes ignore RTCP and leave port+1 closed: the ICMP port unreachable our
+    sender reports draw must not end a recording whose RTP is received fine."""
+
+    async def case() -> None:
+        sinks = [MediaSink(), MediaSink()]
+        for sink in sinks:
+            sink.rtcp.close()  # RTP is received, RTCP port+1 answers ICMP
+        srs = sipp("srs_answer_plain", keys={"rec_port1": str(sinks[0].port),
+                                             "rec_port2": str(sinks[1].port)})
+        try:
+            async with ReferenceRecorder(port=0, out_dir=tmp_path / "good") as good:
+                config = make_config(tmp_path, [connector("NoRtcp", srs.uri),
+                                                connector("Healthy", good.uri())])
+                async with daemon_stack(config) as st:
+                    call, sid, talker = await _start(st, "NoRtcp", "rtcp")
+                    try:
+                        # The first sender reports go out within ~3 s.
+                        await eventually(lambda: False if not st.engine.calls else all(
+                            f.closed or f.counters()["send_errors"] > 0
+                            for c in st.engine.calls for f in c.forks), 5, "RTCP refused")
+                        await asyncio.sleep(0.3)
+                        assert st.receiver.events(sid) == ["siprec-started"]
+                        assert sinks[0].drain() > 50 and sinks[1].drain() > 50
+                    finally:
+                        await talker.stop()
+                    await st.api.end_call(call["call_sid"])
+                    assert await srs.wait(5) == 0, srs.messages()
+        finally:
+            for sink in sinks:
+                sink.close()
+
+    run(case())
