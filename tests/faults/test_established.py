@@ -412,3 +412,30 @@ def test_srs_without_an_rtcp_port_keeps_recording(tmp_path: Path, sipp: Any) -> 
                 sink.close()
 
     run(case())
+
+
+def test_byes_crossing(tmp_path: Path, sipp: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Our BYE and the SRS's BYE cross: the SRS's is answered, the end is reported once."""
+
+    async def case() -> None:
+        srs = sipp("srs_bye_cross", keys={"rec_port1": str(free_port()),
+                                          "rec_port2": str(free_port())})
+        async with ReferenceRecorder(port=0, out_dir=tmp_path / "good") as good:
+            config = make_config(tmp_path, [connector("Crossing", srs.uri),
+                                            connector("Healthy", good.uri())])
+            async with daemon_stack(config) as st:
+                call = await st.api.register()
+                sid = await st.api.create_siprec(call["call_sid"], "Crossing",
+                                                 st.receiver.url("ok", "cross"))
+                await st.receiver.wait_events(sid, ["siprec-started"])
+                await st.api.stop_siprec(call["call_sid"], sid)
+                assert await srs.wait(5) == 0, srs.messages()
+                await st.receiver.wait_events(sid, ["siprec-started", "siprec-stopped"])
+                await asyncio.sleep(0.3)
+                assert st.receiver.events(sid) == ["siprec-started", "siprec-stopped"]
+                await st.api.end_call(call["call_sid"])
+                await st.serves_a_fresh_call()
+
+    with caplog.at_level("ERROR", logger="mediafork"):
+        run(case())
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.text
