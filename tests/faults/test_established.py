@@ -23,6 +23,7 @@ from .harness import (
     Stack,
     Talker,
     connector,
+    cpu_seconds,
     daemon_stack,
     error_hit,
     eventually,
@@ -318,6 +319,10 @@ def test_tcp_connection_reset_mid_dialog(tmp_path: Path) -> None:
                     await eventually(lambda: tcp.requests_seen.get("OPTIONS", 0) >= options + 2,
                                      4, "keepalives over a new connection")
                     assert len(tcp._conns) == 1  # noqa: SLF001 - reconnected once
+                    # No busy loop on the dead connection (media still flows at 100 pps).
+                    before = cpu_seconds()
+                    await asyncio.sleep(1.0)
+                    assert cpu_seconds() - before < 0.3, "CPU spin after the reset"
                     assert st.receiver.events(sid) == ["siprec-started"]
                     assert tcp.sessions[0].state == "established"
                 finally:

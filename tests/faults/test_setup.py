@@ -90,6 +90,9 @@ def test_srs_never_answers_timer_b(tmp_path: Path) -> None:
                 # Timer B is 64*T1 = 1.28 s with T1 = 20 ms: not sooner, not much later.
                 assert 1.2 < hit.at - started < 4.0, hit.at - started
                 assert bad.sessions[0].state in ("unanswered", "cancelled")
+                before = cpu_seconds()  # the failed transaction leaves no timer spinning
+                await asyncio.sleep(1.0)
+                assert cpu_seconds() - before < 0.2
                 await st.serves_a_fresh_call()
 
     run(case())
