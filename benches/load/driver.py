@@ -70,6 +70,11 @@ class LoadConfig:
     warmup_seconds: float | None = None
     """RSS samples before this (after the last siprec-started) are warm-up; default 10% of the
     soak, at least 5 s and at most 60 s."""
+    setup_before_media: bool = False
+    """Start every Siprec before the media: isolates the data plane's capacity from the
+    session setup rate under load (which churn_rate then measures)."""
+    churn_rate: float = 0.0
+    """Siprecs replaced per second during the soak (stop one, start one on the same call)."""
     ramp_slack: float = 20.0
     """Seconds allowed beyond creates/create_rate for every siprec-started to arrive."""
     stop_slack: float = 15.0
@@ -292,6 +297,11 @@ class LoadRun:
         self.stop_errors: list[str] = []
         self.sids: list[str] = []
         self._sid_call: dict[str, str] = {}
+        self._sid_index: dict[str, int] = {}
+        self.active: list[str] = []
+        """Siprecs not yet stopped, oldest first (churn replaces from the front)."""
+        self.churn_sids: set[str] = set()
+        self.churn_201: list[float] = []
         self.others_cpu_pct = 0.0
         self.loadavg: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
@@ -348,31 +358,51 @@ class LoadRun:
             rss_registered = _rss_kb(daemon.pid)
             ramp_budget = n_siprecs / cfg.create_rate + cfg.ramp_slack
             stop_budget = n_siprecs / cfg.stop_rate + cfg.stop_slack
-            duration = 1.0 + ramp_budget + cfg.soak_seconds + stop_budget
             sampler = asyncio.create_task(self._sample(daemon.pid))
-            # -- media --------------------------------------------------------------------
             dests = [ingress[i][t] for i in range(cfg.calls) for t in ("inbound", "outbound")]
+
+            async def ramp(deadline: float) -> bool:
+                """Every Siprec, open loop; True when all were started by the deadline."""
+                await self._paced(n_siprecs, cfg.create_rate,
+                                  lambda k: self._create(http, base, receiver.url, k))
+                return await self._wait(
+                    lambda: receiver.count("siprec-started") + len(self.create_errors)
+                    >= n_siprecs, deadline)
+
+            if cfg.setup_before_media:
+                # Sessions first, then media: the data plane's capacity measured apart from
+                # how fast the control plane starts sessions under media load.
+                t_ramp = time.monotonic()
+                say(f"  starting {n_siprecs} Siprecs at {cfg.create_rate:.0f}/s before media")
+                all_started = await ramp(t_ramp + ramp_budget)
+                t_started = time.monotonic()
+                ramp_seconds = t_started - t_ramp
+                duration = 1.0 + cfg.soak_seconds + stop_budget
+            else:
+                duration = 1.0 + ramp_budget + cfg.soak_seconds + stop_budget
+            # -- media --------------------------------------------------------------------
             gen.send({"dests": dests, "duration": duration, "drain": 1.5})
             await gen.read("started", 30)
             t_media = time.monotonic()
             metrics0 = await self._metrics(http, base)
             cpu0 = _cpu_seconds(daemon.pid)
-            say(f"  media: {len(dests)} streams at 50 pps for {duration:.0f}s; "
-                f"starting {n_siprecs} Siprecs at {cfg.create_rate:.0f}/s")
+            say(f"  media: {len(dests)} streams at 50 pps for {duration:.0f}s")
             await asyncio.sleep(1.0)
-            # -- Siprecs, open loop ---------------------------------------------------------
-            await self._paced(n_siprecs, cfg.create_rate,
-                              lambda k: self._create(http, base, receiver.url, k))
-            all_started = await self._wait(
-                lambda: receiver.count("siprec-started") + len(self.create_errors)
-                >= n_siprecs, t_media + ramp_budget)
-            t_started = time.monotonic()
+            if not cfg.setup_before_media:
+                say(f"  starting {n_siprecs} Siprecs at {cfg.create_rate:.0f}/s under media")
+                all_started = await ramp(t_media + ramp_budget)
+                t_started = time.monotonic()
+                ramp_seconds = t_started - t_media - 1.0
             say(f"  {receiver.count('siprec-started')}/{n_siprecs} siprec-started after "
-                f"{t_started - t_media - 1.0:.1f}s"
-                + ("" if all_started else " (ramp budget exceeded)"))
+                f"{ramp_seconds:.1f}s" + ("" if all_started else " (ramp budget exceeded)"))
             # -- soak -----------------------------------------------------------------------
             # The generator's duration was fixed up front; ramp time not used is soak time.
-            soak_end = max(t_started, t_media + 1.0 + ramp_budget) + cfg.soak_seconds
+            if cfg.setup_before_media:
+                soak_end = t_media + 1.0 + cfg.soak_seconds
+            else:
+                soak_end = max(t_started, t_media + 1.0 + ramp_budget) + cfg.soak_seconds
+            t_steady = max(t_started, t_media + 1.0)
+            churn = asyncio.create_task(self._churn(http, base, receiver.url, soak_end - 3.0))
             metrics_a = await self._metrics(http, base)
             cpu_a, t_a = _cpu_seconds(daemon.pid), time.monotonic()
             ours_a = self._our_cpu(gen, rec, daemon)
@@ -385,6 +415,7 @@ class LoadRun:
                 say(f"  t+{now - t_media:5.0f}s rx {m.get('mediafork_packets_received_total', 0):.0f}"
                     f" sent {m.get('mediafork_packets_sent_total', 0):.0f}"
                     f" dropped {_drops(m):.0f} rss {rss / 1024:.1f} MiB")
+            await churn
             metrics_b = await self._metrics(http, base)
             cpu_b, t_b = _cpu_seconds(daemon.pid), time.monotonic()
             # What the rest of the machine used meanwhile: measurements on a shared box are
@@ -418,7 +449,7 @@ class LoadRun:
         return self._report(
             receiver=receiver, gen=result, final=final, metrics0=metrics0,
             window=(metrics_a, metrics_b, cpu_b - cpu_a, t_b - t_a, t_a, t_b),
-            t_media=t_media, t_started=t_started, all_started=all_started,
+            t_steady=t_steady, ramp_seconds=ramp_seconds, all_started=all_started,
             all_stopped=all_stopped, recorder=recorder_summary, daemon_rc=daemon_rc,
             rss_registered=rss_registered, rss_end=rss_end, cpu0=cpu0)
 
@@ -452,10 +483,32 @@ class LoadRun:
             tasks.append(asyncio.create_task(make(k)))
         await asyncio.gather(*tasks)
 
-    async def _create(self, http: aiohttp.ClientSession, base: str, cb_url: str, k: int) -> None:
+    async def _churn(self, http: aiohttp.ClientSession, base: str, cb_url: str,
+                     until: float) -> None:
+        """During the soak, replace Siprecs at ``churn_rate`` (stop one, start another on
+        the same call): create latency under full media load, and RSS flat despite churn."""
+        if self.cfg.churn_rate <= 0:
+            return
+        tasks = []
+        k = 0
+        while time.monotonic() < until and self.active:
+            tasks.append(asyncio.create_task(self._replace(http, base, cb_url, k)))
+            k += 1
+            await asyncio.sleep(1.0 / self.cfg.churn_rate)
+        await asyncio.gather(*tasks)
+
+    async def _replace(self, http: aiohttp.ClientSession, base: str, cb_url: str,
+                       k: int) -> None:
+        sid = self.active.pop(0)
+        await self._stop_siprec(http, base, sid)
+        await self._create(http, base, cb_url, self._sid_index[sid], name=f"churn{k}",
+                           churn=True)
+
+    async def _create(self, http: aiohttp.ClientSession, base: str, cb_url: str, k: int,
+                      name: str | None = None, churn: bool = False) -> None:
         call, j = divmod(k, self.cfg.siprecs_per_call)
-        form = {"Name": f"load{j}", "ConnectorName": "Default", "Track": "both_tracks",
-                "StatusCallback": cb_url}
+        form = {"Name": name or f"load{j}", "ConnectorName": "Default",
+                "Track": "both_tracks", "StatusCallback": cb_url}
         url = f"{base}{API}/Accounts/{self.sid}/Calls/{_call_sid(call)}/Siprec.json"
         t = time.monotonic()
         try:
@@ -467,10 +520,15 @@ class LoadRun:
         except (aiohttp.ClientError, TimeoutError) as exc:
             self.create_errors.append(repr(exc))
             return
-        self.created_201.append(time.monotonic() - t)
-        self.create_at[body["sid"]] = t
-        self.sids.append(body["sid"])
-        self._sid_call[body["sid"]] = _call_sid(call)
+        (self.churn_201 if churn else self.created_201).append(time.monotonic() - t)
+        sid = body["sid"]
+        self.create_at[sid] = t
+        self.sids.append(sid)
+        self.active.append(sid)
+        self._sid_call[sid] = _call_sid(call)
+        self._sid_index[sid] = k
+        if churn:
+            self.churn_sids.add(sid)
 
     async def _stop_siprec(self, http: aiohttp.ClientSession, base: str, sid: str) -> None:
         url = f"{base}{API}/Accounts/{self.sid}/Calls/{self._sid_call[sid]}/Siprec/{sid}.json"
@@ -536,7 +594,7 @@ class LoadRun:
     # -- report -----------------------------------------------------------------------------
     def _report(self, *, receiver: CallbackReceiver, gen: dict[str, Any],
                 final: dict[str, float], metrics0: dict[str, float],
-                window: tuple[Any, ...], t_media: float, t_started: float,
+                window: tuple[Any, ...], t_steady: float, ramp_seconds: float,
                 all_started: bool, all_stopped: bool, recorder: dict[str, Any],
                 daemon_rc: int, rss_registered: int, rss_end: int,
                 cpu0: float) -> dict[str, Any]:
@@ -570,7 +628,10 @@ class LoadRun:
         complete = sum(1 for sid in self.sids
                        if by_sid.get(sid) == ["siprec-started", "siprec-stopped"])
         started_at = {c.sid: c.at for c in receiver.received if c.event == "siprec-started"}
-        to_started = [started_at[s] - t for s, t in self.create_at.items() if s in started_at]
+        to_started = [started_at[s] - t for s, t in self.create_at.items()
+                      if s in started_at and s not in self.churn_sids]
+        churn_started = [started_at[s] - self.create_at[s] for s in self.churn_sids
+                         if s in started_at]
         unsigned = sum(1 for c in receiver.received if not c.signed)
         other = sum(1 for c in receiver.received
                     if c.event not in ("siprec-started", "siprec-stopped"))
@@ -582,7 +643,7 @@ class LoadRun:
             warm = min(60.0, max(5.0, cfg.soak_seconds * 0.1))
         a_t, b_t = window[4], window[5]
         rss = [r for t, r in zip(self.samples.t, self.samples.rss_kb, strict=False)
-               if t_started + warm <= t <= b_t]
+               if t_steady + warm <= t <= b_t]
         rss_stats: dict[str, Any] = {"samples": len(rss), "warmup_s": warm,
                                      "after_register_kb": rss_registered, "end_kb": rss_end}
         if len(rss) >= 2:
@@ -644,8 +705,14 @@ class LoadRun:
                 "create_to_started_p50": _ms(percentile(to_started, 50)),
                 "create_to_started_p99": _ms(percentile(to_started, 99)),
                 "create_to_started_max": _ms(max(to_started, default=None)),
+                "churn_replacements": len(self.churn_sids),
+                "churn_create_201_p50": _ms(percentile(self.churn_201, 50)),
+                "churn_create_201_p99": _ms(percentile(self.churn_201, 99)),
+                "churn_create_to_started_p50": _ms(percentile(churn_started, 50)),
+                "churn_create_to_started_p99": _ms(percentile(churn_started, 99)),
+                "churn_create_to_started_max": _ms(max(churn_started, default=None)),
             },
-            "ramp_seconds": round(t_started - t_media - 1.0, 1),
+            "ramp_seconds": round(ramp_seconds, 1),
             "rss": rss_stats,
             "errors": {"create": self.create_errors[:5], "create_count": len(self.create_errors),
                        "stop": self.stop_errors[:5], "stop_count": len(self.stop_errors)},
@@ -739,7 +806,8 @@ async def main_async(args: argparse.Namespace) -> int:
 
     base = LoadConfig(calls=args.calls, siprecs_per_call=args.siprecs_per_call,
                       soak_seconds=args.minutes * 60.0, create_rate=args.create_rate,
-                      sip_transport=args.sip_transport)
+                      sip_transport=args.sip_transport,
+                      setup_before_media=args.setup_before_media, churn_rate=args.churn_rate)
     out = Path(args.out)
     if args.step:
         results = []
@@ -792,6 +860,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--create-rate", type=float, default=20.0,
                         help="Siprec creates per second (open loop)")
     parser.add_argument("--sip-transport", choices=("tls", "tcp", "udp"), default="tls")
+    parser.add_argument("--setup-before-media", action="store_true",
+                        help="start every Siprec before the media (data-plane capacity apart "
+                        "from the session setup rate under load)")
+    parser.add_argument("--churn-rate", type=float, default=0.0,
+                        help="Siprecs replaced per second during the soak")
     parser.add_argument("--out", default=str(ROOT / "benches/results/load.json"))
     args = parser.parse_args(argv)
     raise_nofile()
