@@ -209,10 +209,12 @@ async def _blast_http(stack: Stack, rng: random.Random, call_sid: str) -> list[i
         status, _, _ = await stack.request("POST", siprec, data=body, headers=headers)
         statuses.append(status)
     for body in _json_bodies(rng):
-        status, _, _ = await stack.request("POST", "/v1/Calls", data=body,
-                                           headers={"Content-Type": "application/json"})
+        status, view, _ = await stack.request("POST", "/v1/Calls", data=body,
+                                              headers={"Content-Type": "application/json"})
         statuses.append(status)
         assert status in (201, 400, 409, 413), (status, body[:200])
+        if status == 201:  # a random body can be valid: end it, the port range is small
+            await stack.request("DELETE", f"/v1/Calls/{view['call_sid']}")
     twiml = f"{API}/Accounts/{ACCOUNT_A}/Calls/{call_sid}.json"
     for document in (TWIML_SEED, "<Response>" + " " * 4000 + "</Response>",
                      "<!DOCTYPE x [<!ENTITY a 'b'>]><Response>&a;</Response>", "<Response"):
@@ -301,6 +303,12 @@ def test_random_bytes_to_every_port_never_crash_or_wedge(tmp_path: Path) -> None
         after = await stack.metrics()
         dropped = metric(after, "mediafork_packets_dropped_total", reason="malformed")
         assert dropped > metric(before, "mediafork_packets_dropped_total", reason="malformed")
+        _, blasted, _ = await stack.request("GET", f"/v1/Calls/{call_sid}")
+        assert sum(c["malformed"] for c in blasted["counters"].values()) >= 100  # ingress
+        # The forks' sockets are connect()ed to the recorder: the kernel drops datagrams from
+        # anyone else, so the blast from a stranger never reaches the RTCP parser (garbage
+        # from the recorder's own address: test_fork_rtcp_garbage_from_the_recorder below).
+        assert sum(f["counters"]["rtcp_bad"] for f in blasted["forks"]) == 0
         sip_rejects = metric(after, "mediafork_sip_malformed_total")
         assert sip_rejects - metric(before, "mediafork_sip_malformed_total") >= 300
 
@@ -324,6 +332,38 @@ def test_random_bytes_to_every_port_never_crash_or_wedge(tmp_path: Path) -> None
         assert not problems, "\n".join(problems[:5])
 
     run(with_stack(tmp_path, scenario), timeout=100)
+
+
+def test_fork_rtcp_garbage_from_the_recorder() -> None:
+    """Garbage RTCP from the recorder's own address (the one source a fork's connected
+    socket accepts) is counted as rtcp_bad, and the fork keeps forwarding."""
+    from mediafork.engine import Engine, Track
+
+    rng = random.Random(SEED)
+    recorder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    recorder.bind(("127.0.0.1", 0))
+    recorder.settimeout(2)
+    with Engine(media_address="127.0.0.1", port_range=(39000, 39999)) as engine:
+        call = engine.add_call("CA" + "5" * 32)
+        fork = call.add_fork(Track.INBOUND, destination=recorder.getsockname())
+        assert fork.local_address is not None
+        datagrams = _mutations(rng, _rtp_seeds()[2:], 200, 1500)
+        for data in datagrams:
+            recorder.sendto(data, fork.local_address)
+        media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rtp = _rtp_seeds()[0]
+        for _ in range(50):
+            if fork.counters()["rtcp_bad"] >= 50:
+                break
+            media.sendto(rtp, call.ingress[Track.INBOUND])
+            recorder.recv(2048)  # forwarding still works while the garbage is handled
+        counters = fork.counters()
+        media.close()
+    recorder.close()
+    # Datagrams that do not look like RTCP at all are ignored uncounted (a recorder sends no
+    # media); of the rest, some mutations are still valid reports (rtcp_received).
+    assert counters["rtcp_bad"] >= 50, counters
+    assert counters["sent"] >= 1
 
 
 def test_fuzz_seeds_module_is_consistent() -> None:
