@@ -9,6 +9,7 @@ the daemon then serves a fresh call.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from .harness import (
     cpu_seconds,
     daemon_stack,
     error_hit,
+    eventually,
     free_port,
     make_config,
     open_fds,
@@ -118,32 +120,38 @@ def test_tls_handshake_failure(tmp_path: Path, problem: str) -> None:
                                             connector("Healthy", good.uri())],
                                  tls_ca_file=other_ca)
             async with daemon_stack(config) as st:
-                allocations = allocations_now()
-                _, hit = await _fails_setup(st, "Faulty", ["SIP 503", "setup phase"])
-                assert "CERTIFICATE_VERIFY_FAILED" in hit.params["SiprecError"], \
-                    hit.params["SiprecError"]
+                await st.serves_a_fresh_call()  # warm up: pools, executor threads
+                allocations, fds = allocations_now(), open_fds()
+                for _ in range(3):  # each attempt must release its socket
+                    _, hit = await _fails_setup(st, "Faulty", ["SIP 503", "setup phase"])
+                    assert "CERTIFICATE_VERIFY_FAILED" in hit.params["SiprecError"], \
+                        hit.params["SiprecError"]
                 assert bad.sessions == []  # nothing ever reached the SRS's SIP layer
                 await allocations_back_to(allocations)
+                await eventually(lambda: open_fds() <= fds, 3, f"fds back to {fds}")
                 await st.serves_a_fresh_call()
 
     run(case())
 
 
 def test_primary_down_standby_up(tmp_path: Path) -> None:
-    """Primary not running (ICMP port unreachable) and a primary that never answers (Timer
-    B): both fail over to the standby, which records; only siprec-started is reported."""
+    """Primary not running (ICMP port unreachable over UDP, connection refused over TCP) and
+    a primary that never answers (Timer B): each fails over to the standby, which records;
+    only siprec-started is reported."""
 
     async def case() -> None:
         dead = f"sip:srs@127.0.0.1:{free_port()}"
+        dead_tcp = f"sip:srs@127.0.0.1:{free_port(kind=socket.SOCK_STREAM)};transport=tcp"
         async with ReferenceRecorder(port=0, out_dir=tmp_path / "mute", no_answer=True) as mute, \
                 ReferenceRecorder(port=0, out_dir=tmp_path / "standby") as standby:
             config = make_config(tmp_path, [
                 connector("DeadPrimary", dead, standby.uri()),
+                connector("DeadTcpPrimary", dead_tcp, standby.uri()),
                 connector("MutePrimary", mute.uri(), standby.uri()),
                 connector("Healthy", standby.uri()),
             ])
             async with daemon_stack(config) as st:
-                for name in ("DeadPrimary", "MutePrimary"):
+                for name in ("DeadPrimary", "DeadTcpPrimary", "MutePrimary"):
                     call = await st.api.register()
                     sid = await st.api.create_siprec(call["call_sid"], name,
                                                      st.receiver.url("ok", name))
@@ -154,7 +162,7 @@ def test_primary_down_standby_up(tmp_path: Path) -> None:
                     await st.api.end_call(call["call_sid"])
                     await st.receiver.wait_events(sid, ["siprec-started", "siprec-stopped"])
                     assert all(h.signed for h in st.receiver.for_sid(sid))
-                assert [s.state for s in standby.sessions] == ["ended", "ended"]
+                assert [s.state for s in standby.sessions] == ["ended"] * 3
                 assert all(s.summary()["ended_by"] == "src" for s in standby.sessions)
                 assert mute.sessions[0].state in ("unanswered", "cancelled")
                 await st.serves_a_fresh_call()
