@@ -20,6 +20,7 @@ from mediafork.srs import ReferenceRecorder
 from mediafork.tlsutil import self_signed
 
 from .harness import (
+    API,
     Stack,
     allocations_back_to,
     allocations_now,
@@ -290,5 +291,37 @@ def test_srs_answers_after_we_gave_up_ack_and_bye(tmp_path: Path, sipp: Any,
                 await st.api.end_call(call["call_sid"])
                 await allocations_back_to(allocations)
                 await st.serves_a_fresh_call()
+
+    run(case())
+
+
+def test_failed_siprecs_give_back_their_streams(tmp_path: Path) -> None:
+    """A call may fork four streams. Siprecs that failed (SRS refused) hold none: two more
+    both_tracks Siprecs fit afterwards, and a third is refused by the budget, not by a leak."""
+
+    async def case() -> None:
+        async with ReferenceRecorder(port=0, out_dir=tmp_path / "bad", answer=486) as bad, \
+                ReferenceRecorder(port=0, out_dir=tmp_path / "good") as good:
+            config = make_config(tmp_path, [connector("Faulty", bad.uri()),
+                                            connector("Healthy", good.uri())])
+            async with daemon_stack(config) as st:
+                call = await st.api.register()
+                cs = call["call_sid"]
+                for i in range(3):
+                    sid = await st.api.create_siprec(cs, "Faulty", st.receiver.url("ok", f"f{i}"))
+                    await st.receiver.wait_events(sid, ["siprec-error"])
+                ok = [await st.api.create_siprec(cs, "Healthy", st.receiver.url("ok", f"o{i}"))
+                      for i in range(2)]
+                for sid in ok:
+                    await st.receiver.wait_events(sid, ["siprec-started"])
+                status, body = await st.api.request(
+                    "POST", f"{API}/Calls/{cs}/Siprec.json",
+                    data={"ConnectorName": "Healthy", "Track": "inbound_track"})
+                assert status == 400, body  # the four streams are in use
+                _, view = await st.api.call(cs)
+                assert len(view["forks"]) == 4
+                await st.api.end_call(cs)
+                for sid in ok:
+                    await st.receiver.wait_events(sid, ["siprec-started", "siprec-stopped"])
 
     run(case())
