@@ -445,3 +445,31 @@ def test_byes_crossing(tmp_path: Path, sipp: Any, caplog: pytest.LogCaptureFixtu
     with caplog.at_level("ERROR", logger="mediafork"):
         run(case())
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.text
+
+
+def test_we_refresh_and_the_srs_answers(tmp_path: Path) -> None:
+    """RFC 4028 with us as refresher (Session-Expires 2 s, echoed by the recorder with
+    refresher=uac): we refresh every second, the session outlives several intervals, and
+    the refreshes do not disturb the media."""
+
+    async def case() -> None:
+        async with ReferenceRecorder(port=0, out_dir=tmp_path / "rec") as rec:
+            config = make_config(tmp_path, [connector("Healthy", rec.uri())])
+            async with daemon_stack(config, session_expires=2) as st:
+                call, sid, talker = await _start(st, "Healthy", "refresh-us")
+                try:
+                    await asyncio.sleep(3.5)
+                    (session,) = rec.sessions
+                    summary = session.summary()
+                    refreshes = summary["reinvites"] + summary["updates"]
+                    assert refreshes >= 2, summary
+                    assert session.state == "established"
+                    assert st.receiver.events(sid) == ["siprec-started"]
+                    assert summary["totals"]["lost"] == 0
+                finally:
+                    await talker.stop()
+                await st.api.end_call(call["call_sid"])
+                await st.receiver.wait_events(sid, ["siprec-started", "siprec-stopped"])
+                assert rec.sessions[0].summary()["ended_by"] == "src"
+
+    run(case())
