@@ -736,6 +736,7 @@ void mf_fork_counters_read(const mf_fork *f, mf_fork_counters *o)
     COPY_FIELD(o, c, dropped_full);
     COPY_FIELD(o, c, skipped);
     COPY_FIELD(o, c, send_errors);
+    COPY_FIELD(o, c, rtcp_send_errors);
     COPY_FIELD(o, c, srtp_errors);
     COPY_FIELD(o, c, oversize);
     COPY_FIELD(o, c, rtcp_sent);

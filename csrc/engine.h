@@ -64,7 +64,8 @@ typedef struct {
     uint64_t drained;        /* packets taken by the embedder (drain mode) */
     uint64_t dropped_full;   /* ring full: consumer too slow */
     uint64_t skipped;        /* paused, or no destination: not loss to the recorder */
-    uint64_t send_errors;
+    uint64_t send_errors;     /* RTP: the recorder's media address */
+    uint64_t rtcp_send_errors; /* our sender reports (a recorder may have no RTCP port) */
     uint64_t srtp_errors;
     uint64_t oversize;       /* larger than a ring slot */
     uint64_t rtcp_sent;
@@ -144,6 +145,7 @@ struct mf_fork {
     uint64_t next_sr_ns;
     uint32_t sr_packets, sr_octets;
     uint64_t last_error_event_ns;
+    uint64_t last_rtcp_error_event_ns;
     mf_ring ring;
     int dirty;
     mf_fork *next_dirty;
@@ -179,6 +181,7 @@ typedef enum {
     MF_EV_NO_MEDIA = 2,     /* value: milliseconds without ingress media on `track` */
     MF_EV_MEDIA_RESUMED = 3,
     MF_EV_RTCP_REPORT = 4,  /* first receiver report from the recorder for `fork_id` */
+    MF_EV_RTCP_SEND_ERROR = 5, /* like SEND_ERROR, for the fork's RTCP socket */
 } mf_event_type;
 
 typedef struct {

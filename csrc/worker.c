@@ -49,12 +49,20 @@ static int same_source(const mf_track *t, const struct sockaddr_storage *from)
     return 0;
 }
 
-static void report_send_error(mf_engine *e, mf_fork *f, int err, uint64_t now_ns)
+/* RTP and RTCP errors are told apart: a recorder without an RTCP port (ICMP
+ * for our sender reports) still records, while ICMP for RTP means its media
+ * address is dead. Each kind is rate-limited to one event per second. */
+static void report_send_error(mf_engine *e, mf_fork *f, int err, uint64_t now_ns, int rtcp)
 {
-    MF_CTR_ADD(f->ctr.send_errors, 1);
-    if (now_ns - f->last_error_event_ns >= MF_ERROR_EVENT_GAP_NS || f->last_error_event_ns == 0) {
-        f->last_error_event_ns = now_ns;
-        mf_emit_event(e, MF_EV_SEND_ERROR, f->call->id, f->id, f->track, err, now_ns);
+    uint64_t *last = rtcp ? &f->last_rtcp_error_event_ns : &f->last_error_event_ns;
+    if (rtcp)
+        MF_CTR_ADD(f->ctr.rtcp_send_errors, 1);
+    else
+        MF_CTR_ADD(f->ctr.send_errors, 1);
+    if (now_ns - *last >= MF_ERROR_EVENT_GAP_NS || *last == 0) {
+        *last = now_ns;
+        mf_emit_event(e, rtcp ? MF_EV_RTCP_SEND_ERROR : MF_EV_SEND_ERROR, f->call->id, f->id,
+                      f->track, err, now_ns);
     }
 }
 
@@ -93,7 +101,7 @@ static void read_ingress(mf_engine *e, mf_call *c, int track)
 
 /* ICMP errors for an unconnected socket arrive on its error queue
  * (IP_RECVERR is set when the socket is made). */
-static void read_errqueue(mf_engine *e, mf_fork *f, int fd, uint64_t now)
+static void read_errqueue(mf_engine *e, mf_fork *f, int fd, int rtcp, uint64_t now)
 {
     uint8_t control[512];
     uint8_t data[64];
@@ -113,7 +121,7 @@ static void read_errqueue(mf_engine *e, mf_fork *f, int fd, uint64_t now)
                 err = (int)ee.ee_errno;
             }
         }
-        report_send_error(e, f, err, now);
+        report_send_error(e, f, err, now, rtcp);
     }
 }
 
@@ -122,7 +130,7 @@ static void read_egress(mf_engine *e, mf_fork *f, int is_rtcp_socket, uint32_t e
     uint64_t now = mf_now_ns();
     int fd = is_rtcp_socket ? f->rtcp_fd : f->fd;
     if (events & EPOLLERR)
-        read_errqueue(e, f, fd, now);
+        read_errqueue(e, f, fd, is_rtcp_socket, now);
     if (!(events & EPOLLIN))
         return;
     for (int round = 0; round < MF_MAX_ROUNDS; round++) {
@@ -130,7 +138,7 @@ static void read_egress(mf_engine *e, mf_fork *f, int is_rtcp_socket, uint32_t e
         ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
         if (n < 0) {
             if (errno == ECONNREFUSED || errno == EHOSTUNREACH || errno == ENETUNREACH)
-                report_send_error(e, f, errno, now);
+                report_send_error(e, f, errno, now, is_rtcp_socket);
             return;
         }
         if (!mf_is_rtcp(buf, (size_t)n))
@@ -196,7 +204,7 @@ void mf_worker_flush(mf_engine *e, uint64_t now_ns)
                     keep = f;
                     break;
                 }
-                report_send_error(e, f, errno, now_ns);
+                report_send_error(e, f, errno, now_ns, 0);
                 mf_ring_release(&f->ring, 1); /* drop the packet that failed */
                 avail--;
                 continue;
@@ -233,7 +241,7 @@ static void send_sr(mf_engine *e, mf_fork *f, uint64_t now)
     if (sendto(fd, buf, n, MSG_DONTWAIT, fd == f->fd ? NULL : (const struct sockaddr *)to,
                fd == f->fd ? 0 : to_len) < 0) {
         if (errno != EAGAIN && errno != EWOULDBLOCK)
-            report_send_error(e, f, errno, now);
+            report_send_error(e, f, errno, now, fd != f->fd);
         return;
     }
     MF_CTR_ADD(f->ctr.rtcp_sent, 1);

@@ -71,6 +71,8 @@ class EngineEvent:
 
     kind: str
     """``send_error`` (value: errno, e.g. ECONNREFUSED for ICMP port unreachable),
+    ``rtcp_send_error`` (the same for the fork's RTCP socket: the recorder may simply
+    not listen for RTCP, so this is no reason to give up on the stream),
     ``no_media`` (value: ms without ingress media), ``media_resumed``, ``rtcp_report``
     (first receiver report from the recorder)."""
     call_sid: str | None
@@ -90,6 +92,7 @@ _EVENT_KINDS = {
     _fastpath.EVENT_NO_MEDIA: "no_media",
     _fastpath.EVENT_MEDIA_RESUMED: "media_resumed",
     _fastpath.EVENT_RTCP_REPORT: "rtcp_report",
+    _fastpath.EVENT_RTCP_SEND_ERROR: "rtcp_send_error",
 }
 
 

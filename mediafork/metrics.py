@@ -83,6 +83,9 @@ class EngineCollector(Collector):
                        totals.get("fork_rtcp_sent", 0))
         yield _counter("mediafork_rtcp_received", "RTCP reports received from recorders.",
                        totals.get("fork_rtcp_received", 0))
+        yield _counter("mediafork_rtcp_send_errors",
+                       "Sender reports refused (e.g. ICMP: the recorder has no RTCP port).",
+                       totals.get("fork_rtcp_send_errors", 0))
 
         yield _counter("mediafork_worker_loops", "Media worker loop iterations.", counters["loops"])
         yield _counter("mediafork_worker_busy_seconds",

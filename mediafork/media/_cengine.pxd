@@ -86,6 +86,7 @@ cdef extern from "engine.h":
         uint64_t dropped_full
         uint64_t skipped
         uint64_t send_errors
+        uint64_t rtcp_send_errors
         uint64_t srtp_errors
         uint64_t oversize
         uint64_t rtcp_sent

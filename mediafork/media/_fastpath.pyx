@@ -43,6 +43,7 @@ EVENT_SEND_ERROR = 1
 EVENT_NO_MEDIA = 2
 EVENT_MEDIA_RESUMED = 3
 EVENT_RTCP_REPORT = 4
+EVENT_RTCP_SEND_ERROR = 5
 
 RTP_STATUS = {0: "ok", 1: "too_short", 2: "bad_version", 3: "csrc_overrun",
               4: "extension_overrun", 5: "bad_padding", 6: "rtcp"}

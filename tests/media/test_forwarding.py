@@ -443,3 +443,26 @@ def test_totals_are_monotonic_across_call_and_fork_ends(engine) -> None:
     assert totals["fork_forwarded"] == 6
     assert totals["ingress_received"] == 3
     assert "fork_rr_jitter" not in totals
+
+
+def test_icmp_for_rtcp_is_told_apart_from_icmp_for_rtp(engine, sink, sender) -> None:
+    """A recorder with no RTCP port: our sender reports draw ICMP, media goes on."""
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    no_rtcp = closed.getsockname()
+    closed.close()
+    call = engine.add_call("CA-no-rtcp")
+    fork = call.add_fork(Track.INBOUND, destination=sink.getsockname(),
+                         rtcp_destination=no_rtcp, rtcp_interval=0.1)
+    kinds: set[str] = set()
+    deadline = time.monotonic() + 3
+    seq = 0
+    while time.monotonic() < deadline and "rtcp_send_error" not in kinds:
+        sender.sendto(rtp(seq, seq * 160), call.ingress[Track.INBOUND])
+        seq += 1
+        time.sleep(0.02)
+        kinds |= {e.kind for e in engine.poll_events() if e.fork_id == fork.id}
+    assert "rtcp_send_error" in kinds and "send_error" not in kinds
+    assert len(recv_all(sink, seq, timeout=0.5)) == seq  # media unaffected
+    counters = fork.counters()
+    assert counters["rtcp_send_errors"] >= 1 and counters["send_errors"] == 0
