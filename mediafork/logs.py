@@ -48,6 +48,31 @@ class SecretScrubber(logging.Filter):
         return True
 
 
+class BadHttpRequests(logging.Filter):
+    """aiohttp logs every request it cannot parse at ERROR with a traceback, so a
+    port scan would flood the log. Such records become one WARNING line each
+    (no traceback) and are counted for /metrics."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            self.count += 1
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = f"malformed HTTP request refused: {type(exc).__name__}", None
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+BAD_HTTP = BadHttpRequests()
+logging.getLogger("aiohttp.server").addFilter(BAD_HTTP)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message (+ exception)."""
 

@@ -87,6 +87,10 @@ class EngineCollector(Collector):
                        "Sender reports refused (e.g. ICMP: the recorder has no RTCP port).",
                        totals.get("fork_rtcp_send_errors", 0))
 
+        from .logs import BAD_HTTP
+
+        yield _counter("mediafork_http_malformed_requests",
+                       "HTTP requests refused because they could not be parsed.", BAD_HTTP.count)
         yield _counter("mediafork_worker_loops", "Media worker loop iterations.", counters["loops"])
         yield _counter("mediafork_worker_busy_seconds",
                        "Time the media worker spent working (not waiting).",
