@@ -81,12 +81,13 @@ def free_port(kind: int = socket.SOCK_DGRAM, ip: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def media_range() -> tuple[int, int]:
-    """A private slice of 500 media ports per daemon, below the kernel's ephemeral range
-    (sipp and free_port() live there) and below the ReferenceRecorder's 40000-49999, so a
-    case never runs out of ports because a neighbour holds them."""
-    first = 24000 + secrets.randbelow(11) * 500
-    return first, first + 499
+def media_range(size: int = 500) -> tuple[int, int]:
+    """A random slice of ``size`` media ports in 61000-65499: above the kernel's ephemeral
+    range (32768-60999: sipp and free_port() live there) and away from the ReferenceRecorder
+    (40000-49999), the load driver (10000 and up) and the ranges the other suites pick, so
+    a case does not run out of ports because a neighbour holds them."""
+    first = 61000 + secrets.randbelow((4500 - size) // 100 + 1) * 100
+    return first, first + size - 1
 
 
 async def eventually(check: Callable[[], bool], timeout: float = 3.0, what: str = "") -> None:

@@ -26,6 +26,7 @@ from .harness import (
     connector,
     daemon_stack,
     make_config,
+    media_range,
     run,
 )
 
@@ -45,7 +46,7 @@ def test_sigterm_with_100_live_sessions(tmp_path: Path) -> None:
         mute = await ReferenceRecorder(port=0, out_dir=tmp_path / "mute", no_answer=True).start()
         config = make_config(tmp_path, [connector("Healthy", recorder.uri()),
                                         connector("Mute", mute.uri())],
-                             port_range=(22000, 22999))
+                             port_range=media_range(3000))  # ~610 ports needed
         child = ChildDaemon(config, tmp_path)
         api: Api | None = None
         try:
@@ -121,7 +122,7 @@ def test_sigkill_then_restart_reconciles(tmp_path: Path) -> None:
         receiver = await Receiver().start()
         recorder = await ReferenceRecorder(port=0, out_dir=tmp_path / "srs").start()
         config = make_config(tmp_path, [connector("Healthy", recorder.uri())],
-                             port_range=(23000, 23199))
+                             port_range=media_range(300))
         child = ChildDaemon(config, tmp_path)
         api: Api | None = None
         talkers: list[Talker] = []
