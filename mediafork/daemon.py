@@ -55,6 +55,7 @@ class Daemon:
         self._control_socket: ControlSocketServer | None = None
         self._ready = False
         self._stopping = asyncio.Event()
+        self._shut_down = False
         self.base_url = config.api.base_url
 
     # -- start ------------------------------------------------------------------------------
@@ -187,7 +188,10 @@ class Daemon:
         await self._stopping.wait()
 
     async def shutdown(self) -> None:
-        """Graceful stop, bounded by ``shutdown_timeout``."""
+        """Graceful stop, bounded by ``shutdown_timeout``. Idempotent."""
+        if self._shut_down:
+            return
+        self._shut_down = True
         self._stopping.set()
         self._ready = False
         log.info("shutting down: ending calls and recording sessions")
