@@ -423,6 +423,9 @@ static void detach_fork(mf_engine *e, mf_fork *f)
     mf_call *c = f->call;
     if (!f->linked)
         return;
+    /* Packets already protected and queued still go out: removal must not
+     * look like loss (best effort: a full kernel buffer drops the rest). */
+    mf_fork_flush(e, f, mf_now_ns());
     for (int i = 0; i < c->nforks; i++) {
         if (c->forks[i] == f) {
             c->forks[i] = c->forks[--c->nforks];

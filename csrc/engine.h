@@ -305,6 +305,7 @@ void mf_emit_event(mf_engine *e, uint32_t type, uint64_t call_id, uint64_t fork_
 size_t mf_fork_build_sr(mf_fork *f, uint8_t *buf, size_t cap, uint64_t now_ns);
 void mf_fork_queue_sr(mf_engine *e, mf_fork *f, uint64_t now_ns);
 void mf_worker_flush(mf_engine *e, uint64_t now_ns);
+void mf_fork_flush(mf_engine *e, mf_fork *f, uint64_t now_ns);
 void mf_worker_register(mf_engine *e, int fd, mf_pollsrc *src, uint32_t events);
 void mf_worker_unregister(mf_engine *e, int fd);
 

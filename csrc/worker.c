@@ -96,6 +96,9 @@ static void read_ingress(mf_engine *e, mf_call *c, int track)
         }
         if (n < MF_RX_BATCH)
             return;
+        /* A full batch means a backlog (e.g. after a stall): send what it queued
+         * before reading more, so the next batch cannot overrun a fork's ring. */
+        mf_worker_flush(e, now);
     }
 }
 
@@ -174,6 +177,48 @@ static void read_egress(mf_engine *e, mf_fork *f, int is_rtcp_socket, uint32_t e
     }
 }
 
+/* Sends what one fork has queued. Returns 1 when the kernel pushed back
+ * (EAGAIN) and packets remain for a later loop. */
+static int flush_fork(mf_engine *e, mf_fork *f, uint64_t now_ns)
+{
+    uint64_t avail = mf_ring_available(&f->ring);
+    while (avail) {
+        uint32_t n = avail < MF_TX_BATCH ? (uint32_t)avail : MF_TX_BATCH;
+        for (uint32_t i = 0; i < n; i++) {
+            mf_slot *s = mf_ring_peek(&f->ring, i);
+            struct msghdr *h = &e->tx_msgs[i].msg_hdr;
+            memset(h, 0, sizeof(*h));
+            e->tx_iov[i].iov_base = s->data;
+            e->tx_iov[i].iov_len = s->len;
+            h->msg_iov = &e->tx_iov[i];
+            h->msg_iovlen = 1;
+            /* connected socket: no per-message destination */
+        }
+        int sent = f->has_dest ? sendmmsg(f->fd, e->tx_msgs, n, MSG_DONTWAIT) : (int)n;
+        if (sent < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)
+                return 1; /* kernel buffer full: keep them queued, retry next loop */
+            report_send_error(e, f, errno, now_ns, 0);
+            mf_ring_release(&f->ring, 1); /* drop the packet that failed */
+            avail--;
+            continue;
+        }
+        if (f->has_dest)
+            MF_CTR_ADD(f->ctr.sent, (uint64_t)sent);
+        else
+            MF_CTR_ADD(f->ctr.skipped, (uint64_t)sent); /* destination withdrawn */
+        mf_ring_release(&f->ring, (uint64_t)sent);
+        avail -= (uint64_t)sent;
+    }
+    return 0;
+}
+
+void mf_fork_flush(mf_engine *e, mf_fork *f, uint64_t now_ns)
+{
+    if (f->fd >= 0)
+        flush_fork(e, f, now_ns);
+}
+
 void mf_worker_flush(mf_engine *e, uint64_t now_ns)
 {
     mf_fork *f = e->dirty, *keep = NULL;
@@ -182,39 +227,10 @@ void mf_worker_flush(mf_engine *e, uint64_t now_ns)
         mf_fork *next = f->next_dirty;
         f->dirty = 0;
         f->next_dirty = NULL;
-        uint64_t avail = mf_ring_available(&f->ring);
-        while (avail) {
-            uint32_t n = avail < MF_TX_BATCH ? (uint32_t)avail : MF_TX_BATCH;
-            for (uint32_t i = 0; i < n; i++) {
-                mf_slot *s = mf_ring_peek(&f->ring, i);
-                struct msghdr *h = &e->tx_msgs[i].msg_hdr;
-                memset(h, 0, sizeof(*h));
-                e->tx_iov[i].iov_base = s->data;
-                e->tx_iov[i].iov_len = s->len;
-                h->msg_iov = &e->tx_iov[i];
-                h->msg_iovlen = 1;
-                /* connected socket: no per-message destination */
-            }
-            int sent = f->has_dest ? sendmmsg(f->fd, e->tx_msgs, n, MSG_DONTWAIT) : (int)n;
-            if (sent < 0) {
-                if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) {
-                    /* kernel buffer full: keep them queued, retry next loop */
-                    f->dirty = 1;
-                    f->next_dirty = keep;
-                    keep = f;
-                    break;
-                }
-                report_send_error(e, f, errno, now_ns, 0);
-                mf_ring_release(&f->ring, 1); /* drop the packet that failed */
-                avail--;
-                continue;
-            }
-            if (f->has_dest)
-                MF_CTR_ADD(f->ctr.sent, (uint64_t)sent);
-            else
-                MF_CTR_ADD(f->ctr.skipped, (uint64_t)sent); /* destination withdrawn */
-            mf_ring_release(&f->ring, (uint64_t)sent);
-            avail -= (uint64_t)sent;
+        if (flush_fork(e, f, now_ns)) {
+            f->dirty = 1;
+            f->next_dirty = keep;
+            keep = f;
         }
         f = next;
     }

@@ -466,3 +466,21 @@ def test_icmp_for_rtcp_is_told_apart_from_icmp_for_rtp(engine, sink, sender) -> 
     assert len(recv_all(sink, seq, timeout=0.5)) == seq  # media unaffected
     counters = fork.counters()
     assert counters["rtcp_send_errors"] >= 1 and counters["send_errors"] == 0
+
+
+def test_a_backlog_after_a_stall_is_not_dropped(sink, sender) -> None:
+    """After a stall, one socket can hold more packets than a fork's ring: they are
+    read batch by batch and sent between batches, so none is dropped."""
+    with Engine(threaded=False, port_range=(36000, 36999)) as e:
+        call = e.add_call("CA-stall")
+        fork = call.add_fork(Track.INBOUND, destination=sink.getsockname(), ring_slots=64)
+        sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        for s in range(200):  # the worker was away: a backlog three times the ring
+            sender.sendto(rtp(s, s * 160), call.ingress[Track.INBOUND])
+        time.sleep(0.05)
+        for _ in range(4):
+            e.run_once(0.01)
+        counters = fork.counters()
+        assert counters["dropped_full"] == 0, counters
+        assert counters["sent"] == 200
+    assert len(recv_all(sink, 200, timeout=1.0)) == 200
