@@ -513,34 +513,43 @@ class Fork:
         return self._closed
 
     def set_destination(
-        self, destination: tuple[str, int], rtcp_destination: tuple[str, int] | None = None
+        self,
+        destination: tuple[str, int],
+        rtcp_destination: tuple[str, int] | None = None,
+        *,
+        wait: bool = True,
     ) -> None:
-        """Where to send (numeric IP). RTCP goes to ``rtcp_destination``, by default port + 1."""
+        """Where to send (numeric IP). RTCP goes to ``rtcp_destination``, by default port + 1.
+
+        ``wait=False`` queues the change and returns at once: an event loop should not
+        block on a busy worker. Commands are applied in order, by the worker's next loop;
+        packets that arrive (or are pushed) before then still see the previous state."""
         self._check_open()
         host, port = destination
         if not 0 < port < 65536:
             raise EngineError(f"invalid destination port {port}")
         rtcp_host, rtcp_port = rtcp_destination or (host, port + 1 if port < 65535 else port)
         try:
-            self.call.engine._core.set_fork_destination(self._core, host, port, rtcp_host, rtcp_port)
+            self.call.engine._core.set_fork_destination(self._core, host, port, rtcp_host,
+                                                        rtcp_port, wait)
         except ValueError as exc:
             raise EngineError(str(exc)) from None
         self.destination = (host, port)
 
-    def clear_destination(self) -> None:
+    def clear_destination(self, *, wait: bool = True) -> None:
         """Stop sending (answer with port 0) without breaking sequence continuity."""
         self._check_open()
-        self.call.engine._core.clear_fork_destination(self._core)
+        self.call.engine._core.clear_fork_destination(self._core, wait)
         self.destination = None
 
-    def pause(self) -> None:
+    def pause(self, *, wait: bool = True) -> None:
         self._check_open()
-        self.call.engine._core.set_fork_state(self._core, _FORK_PAUSED)
+        self.call.engine._core.set_fork_state(self._core, _FORK_PAUSED, wait)
         self.paused = True
 
-    def resume(self) -> None:
+    def resume(self, *, wait: bool = True) -> None:
         self._check_open()
-        self.call.engine._core.set_fork_state(self._core, _FORK_ACTIVE)
+        self.call.engine._core.set_fork_state(self._core, _FORK_ACTIVE, wait)
         self.paused = False
 
     def rotate_key(self, key: SrtpKey | None, remote_key: SrtpKey | None = None) -> None:

@@ -320,13 +320,16 @@ cdef class CEngine:
         self._check()
         return mf_engine_worker_cpu_ns(self.ptr)
 
-    cdef _run(self, mf_cmd *cmd):
+    cdef _run(self, mf_cmd *cmd, bint wait=True):
+        """Queue a command; with ``wait`` return only once the worker applied it.
+        Commands are applied in order either way."""
         cdef uint64_t ticket
-        cdef int rc
+        cdef int rc = 0
         self._check()
         with nogil:
             ticket = mf_engine_submit(self.ptr, cmd)
-            rc = mf_engine_wait(self.ptr, ticket, WAIT_MS)
+            if wait:
+                rc = mf_engine_wait(self.ptr, ticket, WAIT_MS)
         if rc != 0:
             raise WorkerTimeout("media worker did not apply a command within 5 s")
 
@@ -373,29 +376,30 @@ cdef class CEngine:
         self._run(&cmd)
         fork.linked = _fork_linked(fork.ptr)
 
-    def set_fork_state(self, CFork fork, int state):
+    def set_fork_state(self, CFork fork, int state, bint wait=True):
         cdef mf_cmd cmd
         memset(&cmd, 0, sizeof(cmd))
         cmd.type = MF_CMD_SET_FORK_STATE
         cmd.fork = fork.ptr
         cmd.arg = state
-        self._run(&cmd)
+        self._run(&cmd, wait)
 
-    def set_fork_destination(self, CFork fork, str host, int port, str rtcp_host, int rtcp_port):
+    def set_fork_destination(self, CFork fork, str host, int port, str rtcp_host, int rtcp_port,
+                             bint wait=True):
         cdef mf_cmd cmd
         memset(&cmd, 0, sizeof(cmd))
         cmd.type = MF_CMD_SET_FORK_DEST
         cmd.fork = fork.ptr
         cmd.len_a = fill_sockaddr(host, port, &cmd.addr_a)
         cmd.len_b = fill_sockaddr(rtcp_host, rtcp_port, &cmd.addr_b)
-        self._run(&cmd)
+        self._run(&cmd, wait)
 
-    def clear_fork_destination(self, CFork fork):
+    def clear_fork_destination(self, CFork fork, bint wait=True):
         cdef mf_cmd cmd
         memset(&cmd, 0, sizeof(cmd))
         cmd.type = MF_CMD_CLEAR_FORK_DEST
         cmd.fork = fork.ptr
-        self._run(&cmd)
+        self._run(&cmd, wait)
 
     def set_fork_srtp(self, CFork fork, tx_session, rx_session):
         """Swap keys; the previous sessions are released after the worker's ack."""

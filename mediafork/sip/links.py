@@ -735,7 +735,7 @@ class SipRecorderLinks:
                 link.remotely_paused = False
             if not link.locally_paused and not link.remotely_paused and not link.reported:
                 for stream in link.streams.values():
-                    self._fork_call(link, stream.fork.resume)
+                    self._fork_call(link, lambda fork=stream.fork: fork.resume(wait=False))
         elif isinstance(event, ev.UpdateRejected):
             log.warning(
                 "Siprec %s: SRS refused our %s re-INVITE: %s %s",
@@ -793,13 +793,15 @@ class SipRecorderLinks:
                 continue
             try:
                 self._apply_keys(link, stream, dest)
+                # Queued, not awaited: the event loop must not block on a busy
+                # media worker (the change is applied in order with the others).
                 if dest.port is None or dest.address is None:
-                    stream.fork.clear_destination()
+                    stream.fork.clear_destination(wait=False)
                     continue
                 if not _is_ip(dest.address) or (dest.rtcp and not _is_ip(dest.rtcp[0])):
                     asyncio.ensure_future(self._apply_resolved(link, stream, dest))
                     continue
-                stream.fork.set_destination((dest.address, dest.port), dest.rtcp)
+                stream.fork.set_destination((dest.address, dest.port), dest.rtcp, wait=False)
             except EngineError as exc:
                 self._engine_failed(link, exc)
                 return
@@ -817,7 +819,7 @@ class SipRecorderLinks:
             if rtcp is not None:
                 rtcp = await self.transport.resolve(rtcp[0], rtcp[1], "udp", link.edge.address)
             if not link.reported:
-                stream.fork.set_destination((address, dest.port), rtcp)
+                stream.fork.set_destination((address, dest.port), rtcp, wait=False)
         except (TransportError, EngineError) as exc:
             self._engine_failed(link, exc)
 
@@ -851,7 +853,7 @@ class SipRecorderLinks:
     def _pause_forks(self, link: _Link) -> None:
         for stream in link.streams.values():
             if not stream.fork.closed:
-                self._fork_call(link, stream.fork.pause)
+                self._fork_call(link, lambda fork=stream.fork: fork.pause(wait=False))
 
     def _fork_call(self, link: _Link, method: object) -> None:
         try:

@@ -484,3 +484,18 @@ def test_a_backlog_after_a_stall_is_not_dropped(sink, sender) -> None:
         assert counters["dropped_full"] == 0, counters
         assert counters["sent"] == 200
     assert len(recv_all(sink, 200, timeout=1.0)) == 200
+
+
+def test_queued_changes_apply_in_order_without_waiting(engine, sink) -> None:
+    """wait=False returns at once; the worker applies commands in order, and a
+    waited command returns only after every command queued before it."""
+    call = engine.add_call("CA-nowait", ingress=False)
+    fork = call.add_fork(Track.INBOUND)
+    fork.set_destination(("127.0.0.1", 9), wait=False)  # discard port, replaced at once
+    fork.pause(wait=False)
+    fork.set_destination(sink.getsockname(), wait=False)
+    fork.resume()  # waited: the three queued changes are applied by now
+    call.push(Track.INBOUND, rtp(1, 160))
+    (packet,) = recv_all(sink, 1)
+    assert header(packet)[4] == fork.ssrc
+    assert fork.destination == sink.getsockname() and not fork.paused
