@@ -5,6 +5,7 @@ import resource
 
 
 def pytest_configure(config):
+    config.addinivalue_line("markers", "e2e: end-to-end load through real sockets")
     # The end-to-end benchmark opens a few thousand sockets.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:

@@ -5,6 +5,7 @@ streams), a paced C load generator and a sink, all on 127.0.0.1."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import socket
 import threading
 import time
@@ -65,8 +66,9 @@ def run_engine_load(calls: int, duration: float, warmup: float = 1.0) -> LoadRes
     sinks = _sinks(4)
     rtcp_sink = udp_socket("127.0.0.1", 0)
     engine = Engine(port_range=(20000, 59999))
+    dests, forks, call_objs = [], [], []
+    call = None
     try:
-        dests, forks, call_objs = [], [], []
         for i in range(calls):
             call = engine.add_call(f"CA{i:032x}", record_slots=0)
             call_objs.append(call)
@@ -107,6 +109,12 @@ def run_engine_load(calls: int, duration: float, warmup: float = 1.0) -> LoadRes
         for s in sinks:
             s.close()
         rtcp_sink.close()
+        # Calls and forks close their sockets when collected; steps of thousands of
+        # calls would otherwise pile descriptors up until the cyclic GC runs.
+        call_objs.clear()
+        forks.clear()
+        call = None  # noqa: F841 - drop the last reference before collecting
+        gc.collect()
 
 
 def run_raw_load(calls: int, duration: float, *, shared_socket: bool = False) -> tuple[float, int, int]:
