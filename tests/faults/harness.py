@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import errno
 import functools
 import gc
 import os
@@ -36,6 +35,7 @@ from typing import Any, TypeVar
 import aiohttp
 import uvloop
 from aiohttp import web
+from sip_e2e.harness import Sipp as _E2eSipp
 
 import mediafork.daemon as daemon_module
 from mediafork.config import (
@@ -427,71 +427,16 @@ def error_hit(hits: list[Hit]) -> Hit:
 # --- sipp as the SRS --------------------------------------------------------------------------
 
 
-class Sipp:
-    """One sipp UAS process for one call, with a scenario from ``scenarios/``."""
+class Sipp(_E2eSipp):
+    """The sip_e2e sipp runner with this suite's scenarios (no auto-answers: the fault
+    scenarios handle every request themselves)."""
 
-    def __init__(self, scenario: str, workdir: Path, *, transport: str = "u1",
-                 keys: dict[str, str] | None = None, timeout: float = 15.0) -> None:
-        assert SIPP is not None
-        kind = socket.SOCK_STREAM if transport == "t1" else socket.SOCK_DGRAM
-        self.port = free_port(kind)
-        self.log = workdir / f"sipp-{scenario}-{self.port}.log"
-        self.errors = workdir / f"sipp-{scenario}-{self.port}-errors.log"
-        cmd = [SIPP, "-sf", str(SCENARIOS / f"{scenario}.xml"), "-i", "127.0.0.1",
-               "-p", str(self.port), "-t", transport, "-m", "1", "-nostdin",
-               "-timeout", f"{timeout}s", "-timeout_error",
-               "-trace_msg", "-message_file", str(self.log),
-               "-trace_err", "-error_file", str(self.errors)]
-        for name, value in (keys or {}).items():
-            cmd += ["-key", name, value]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
-        self._wait_bound(kind)
-
-    @property
-    def uri(self) -> str:
-        return f"sip:srs@127.0.0.1:{self.port}"
-
-    def _wait_bound(self, kind: int) -> None:
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sipp exited early: {self.proc.stderr.read()!r}")  # type: ignore[union-attr]
-            with socket.socket(socket.AF_INET, kind) as s:
-                try:
-                    s.bind(("127.0.0.1", self.port))
-                except OSError as exc:
-                    if exc.errno == errno.EADDRINUSE:
-                        time.sleep(0.05)
-                        return
-                    raise
-            time.sleep(0.02)
-        raise RuntimeError("sipp did not bind its port")
+    def __init__(self, scenario: str, workdir: Path, **kwargs: Any) -> None:
+        super().__init__(scenario, workdir, scenarios=SCENARIOS, auto_answer=False, **kwargs)
 
     def saw(self, text: str) -> bool:
+        """Has ``text`` appeared in the messages sipp traced so far?"""
         return self.log.exists() and text in self.log.read_text(errors="replace")
-
-    async def wait(self, timeout: float = 10.0) -> int:
-        deadline = time.monotonic() + timeout
-        while self.proc.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        if self.proc.poll() is None:
-            self.kill()
-            raise AssertionError(f"sipp did not finish; log:\n{self.messages()[-3000:]}")
-        return int(self.proc.returncode)
-
-    def messages(self) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        if self.errors.exists():
-            text += "\n--- errors ---\n" + self.errors.read_text(errors="replace")
-        return text
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
 
 
 class MediaSink:

@@ -140,6 +140,8 @@ class Sipp:
         keys: dict[str, str] | None = None,
         fill: dict[str, str] | None = None,
         timeout: float = 15.0,
+        scenarios: Path = SCENARIOS,
+        auto_answer: bool = True,
     ) -> None:
         """``keys`` become sipp ``-key`` values ([name] in the scenario); ``fill`` replaces
         ``@NAME@`` in the scenario text first, for what sipp parses at load time (a
@@ -151,7 +153,7 @@ class Sipp:
         )
         self.log = workdir / f"sipp-{scenario}-{self.port}.log"
         self.errors = workdir / f"sipp-{scenario}-{self.port}-errors.log"
-        path = SCENARIOS / f"{scenario}.xml"
+        path = scenarios / f"{scenario}.xml"
         if fill:
             text = path.read_text()
             for name, value in fill.items():
@@ -165,7 +167,7 @@ class Sipp:
             "-p", str(self.port),
             "-t", transport,
             "-m", "1",
-            "-aa",
+            *(["-aa"] if auto_answer else []),  # 200 to INFO/NOTIFY/OPTIONS/UPDATE
             "-nostdin",
             "-timeout", f"{timeout}s",
             "-timeout_error",
@@ -221,6 +223,8 @@ class Sipp:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
 
 
 class EventLog:
