@@ -629,6 +629,22 @@ int mf_engine_wait(mf_engine *e, uint64_t ticket, int timeout_ms)
     return ok ? 0 : -1;
 }
 
+uint64_t mf_engine_last_ticket(mf_engine *e)
+{
+    pthread_mutex_lock(&e->submit_lock);
+    uint64_t t = e->cmd_submitted;
+    pthread_mutex_unlock(&e->submit_lock);
+    return t;
+}
+
+int mf_engine_applied(mf_engine *e, uint64_t ticket)
+{
+    pthread_mutex_lock(&e->done_lock);
+    int ok = e->cmd_done >= ticket;
+    pthread_mutex_unlock(&e->done_lock);
+    return ok;
+}
+
 uint32_t mf_engine_push(mf_engine *e, mf_call *c, int track, const uint8_t *base,
                         const uint32_t *offsets, const uint32_t *lengths, uint32_t n,
                         uint64_t now_ns)

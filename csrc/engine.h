@@ -258,6 +258,9 @@ uint64_t mf_engine_worker_cpu_ns(mf_engine *e);
 /* commands: submit returns a ticket to wait for; wait returns 0 when applied */
 uint64_t mf_engine_submit(mf_engine *e, const mf_cmd *cmd);
 int mf_engine_wait(mf_engine *e, uint64_t ticket, int timeout_ms);
+/* non-blocking forms, for callers that must not sleep (an event loop polls these) */
+uint64_t mf_engine_last_ticket(mf_engine *e);
+int mf_engine_applied(mf_engine *e, uint64_t ticket);
 
 /* one worker loop iteration: the thread's body, or the owner's call when the
  * engine is not started (embedded single-threaded use) */

@@ -17,6 +17,7 @@ any time from any thread.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import itertools
 import os
@@ -178,6 +179,28 @@ class Engine:
         """Drive one worker iteration from this thread (``threaded=False`` only):
         reads ingress sockets, sends queued packets, runs RTCP timers."""
         self._core.iterate(int(max_wait * 1000))
+
+    async def settled(self, timeout: float = 5.0) -> None:
+        """Return once the worker has applied every command queued so far.
+
+        The awaitable twin of ``wait=True``: queue changes with ``wait=False`` (the event
+        loop never blocks on a busy worker), then await this where later behaviour must
+        see them, e.g. no packet may leave a fork after a pause returns. Polls a counter;
+        the worker normally applies commands within microseconds."""
+        self._check_open()
+        core = self._core
+        ticket = core.last_ticket()
+        if not core.started:  # commands are applied at submission without a worker
+            return
+        deadline = asyncio.get_running_loop().time() + timeout
+        delay = 0.0002
+        while not core.applied(ticket):
+            if asyncio.get_running_loop().time() > deadline:
+                raise _fastpath.WorkerTimeout(
+                    f"media worker did not apply queued commands within {timeout:g} s"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.005)
 
     # -- calls ---------------------------------------------------------------
     def add_call(

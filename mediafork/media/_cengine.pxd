@@ -157,6 +157,8 @@ cdef extern from "engine.h":
     uint64_t mf_engine_worker_cpu_ns(mf_engine *e)
     uint64_t mf_engine_submit(mf_engine *e, const mf_cmd *cmd) nogil
     int mf_engine_wait(mf_engine *e, uint64_t ticket, int timeout_ms) nogil
+    uint64_t mf_engine_last_ticket(mf_engine *e) nogil
+    int mf_engine_applied(mf_engine *e, uint64_t ticket) nogil
     void mf_engine_iterate(mf_engine *e, int max_wait_ms) nogil
 
     mf_call *mf_call_new(uint64_t id, uint8_t dtmf_pt, uint32_t clock_rate, uint32_t record_slots,

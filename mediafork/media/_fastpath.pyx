@@ -333,6 +333,16 @@ cdef class CEngine:
         if rc != 0:
             raise WorkerTimeout("media worker did not apply a command within 5 s")
 
+    def last_ticket(self):
+        """The ticket of the newest queued command (0 before any)."""
+        self._check()
+        return mf_engine_last_ticket(self.ptr)
+
+    def applied(self, uint64_t ticket):
+        """Whether the worker has applied every command up to ``ticket``; never blocks."""
+        self._check()
+        return bool(mf_engine_applied(self.ptr, ticket))
+
     def add_call(self, CCall call, int no_media_ms):
         cdef mf_cmd cmd
         memset(&cmd, 0, sizeof(cmd))

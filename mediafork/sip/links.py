@@ -387,6 +387,9 @@ class SipRecorderLinks:
         self._pause_forks(link)
         link.session.pause(self._now())
         self._drive(link)
+        # The pause was queued without blocking the loop; return only once the worker
+        # applied it, so that no packet leaves after pause() (a caller's guarantee).
+        await self._settled(link)
 
     async def resume(self, siprec_sid: str) -> None:
         """Re-INVITE with sendonly; media flows again once the SRS accepts (Resumed)."""
@@ -854,6 +857,15 @@ class SipRecorderLinks:
         for stream in link.streams.values():
             if not stream.fork.closed:
                 self._fork_call(link, lambda fork=stream.fork: fork.pause(wait=False))
+
+    async def _settled(self, link: _Link) -> None:
+        for stream in link.streams.values():
+            if not stream.fork.closed:
+                try:
+                    await stream.fork.call.engine.settled()
+                except (EngineError, RuntimeError) as exc:  # engine closed, or worker stuck
+                    log.warning("Siprec %s: fork pause not confirmed: %s", link.sid, exc)
+                return  # one engine serves every fork of a link
 
     def _fork_call(self, link: _Link, method: object) -> None:
         try:

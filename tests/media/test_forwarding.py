@@ -3,6 +3,7 @@ every fork's SRTP checked by an independent pylibsrtp session."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import socket
 import threading
@@ -499,3 +500,25 @@ def test_queued_changes_apply_in_order_without_waiting(engine, sink) -> None:
     (packet,) = recv_all(sink, 1)
     assert header(packet)[4] == fork.ssrc
     assert fork.destination == sink.getsockname() and not fork.paused
+
+
+def test_settled_awaits_queued_changes_without_blocking_the_loop(engine, sink) -> None:
+    """``await engine.settled()`` returns only once every queued command is applied:
+    after a queued pause settles, no pushed packet leaves the fork."""
+    call = engine.add_call("CA-settled", ingress=False)
+    fork = call.add_fork(Track.INBOUND, destination=sink.getsockname())
+    sink.settimeout(0.2)
+
+    async def main() -> None:
+        for _ in range(100):  # a queue long enough that the worker is still busy with it
+            fork.pause(wait=False)
+            fork.resume(wait=False)
+        fork.pause(wait=False)
+        await engine.settled()
+        assert engine._core.applied(engine._core.last_ticket())
+        for seq in range(20):
+            call.push(Track.INBOUND, rtp(seq, seq * 160))
+
+    asyncio.run(main())
+    assert recv_all(sink, 1, timeout=0.2) == []
+    assert fork.counters()["sent"] == 0
