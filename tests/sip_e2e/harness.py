@@ -352,9 +352,13 @@ async def eventually(check: Callable[[], bool], timeout: float = 3.0) -> None:
 
 
 async def pump_media(call: Any, track: Any, count: int, start_seq: int = 1) -> list[bytes]:
-    """Push ``count`` PCMU packets into the engine on ``track``; return them."""
+    """Push ``count`` PCMU packets into the engine on ``track``; return them.
+
+    Waits first for fork changes the links queued (destinations after a 200 OK) to be
+    in force, so the first packet cannot race the destination it is meant for."""
     import struct
 
+    await call.engine.settled()
     packets = []
     for i in range(count):
         seq = start_seq + i
