@@ -562,7 +562,7 @@ static void process_pushed(mf_engine *e, uint64_t limit)
 /* Worker side (or inline): apply queued commands. Pushed packets queued
  * before a command are processed first, so a push can never reach a call
  * that a later command removed. */
-void mf_engine_apply_commands(mf_engine *e)
+uint64_t mf_engine_apply_commands(mf_engine *e)
 {
     uint64_t n = mf_ring_available(&e->cmds);
     process_pushed(e, UINT64_MAX);
@@ -577,6 +577,7 @@ void mf_engine_apply_commands(mf_engine *e)
         pthread_cond_broadcast(&e->done_cond);
         pthread_mutex_unlock(&e->done_lock);
     }
+    return n;
 }
 
 uint64_t mf_engine_submit(mf_engine *e, const mf_cmd *cmd)

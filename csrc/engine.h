@@ -302,7 +302,10 @@ void mf_track_counters_read(const mf_call *c, int track, mf_track_counters *out)
 void mf_engine_counters_read(const mf_engine *e, mf_engine_counters *out);
 
 /* internal: shared between engine.c and worker.c */
-void mf_engine_apply_commands(mf_engine *e);
+/* Applies every queued command; returns how many. Once it returns, the owner may
+ * free what a remove handed back: the caller must not touch any call or fork
+ * pointer it obtained before (e.g. from an epoll batch). */
+uint64_t mf_engine_apply_commands(mf_engine *e);
 void mf_emit_event(mf_engine *e, uint32_t type, uint64_t call_id, uint64_t fork_id, uint32_t track,
                    int64_t value, uint64_t now_ns);
 size_t mf_fork_build_sr(mf_fork *f, uint8_t *buf, size_t cap, uint64_t now_ns);

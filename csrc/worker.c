@@ -303,6 +303,12 @@ static void run_timers(mf_engine *e, uint64_t now)
 
 /* One loop iteration; the worker thread calls it forever, an unstarted
  * (embedded) engine's owner may call it from its own thread. */
+/* How many ready sockets the worker serves between two looks at the command
+ * ring. Under a backlog one socket can take a millisecond (a full receive batch,
+ * each packet protected once per fork), and a batch holds up to 256 of them:
+ * without this, a control operation could wait for several whole batches. */
+#define MF_CMD_CHECK_EVERY 8
+
 void mf_engine_iterate(mf_engine *e, int max_wait_ms)
 {
     struct epoll_event evs[256];
@@ -311,13 +317,22 @@ void mf_engine_iterate(mf_engine *e, int max_wait_ms)
     uint64_t t0 = mf_now_ns();
     e->last_ready = n > 0 ? (uint32_t)n : 0;
     for (int i = 0; i < n; i++) {
+        if (i % MF_CMD_CHECK_EVERY == MF_CMD_CHECK_EVERY - 1 && mf_ring_available(&e->cmds)) {
+            /* Commands waited for: apply them, and drop the rest of this batch.
+             * A remove may free calls and forks the batch still points to once
+             * its owner sees the ack; every socket is level-triggered, so the
+             * next epoll_wait reports whatever was left unread. */
+            mf_engine_apply_commands(e);
+            break;
+        }
         mf_pollsrc *src = evs[i].data.ptr;
         switch (src->kind) {
         case MF_SRC_CMD: {
             uint64_t v;
             ssize_t r = read(e->cmd_efd, &v, sizeof(v));
             (void)r;
-            mf_engine_apply_commands(e);
+            if (mf_engine_apply_commands(e))
+                i = n; /* same reason: nothing of this batch may be touched now */
             break;
         }
         case MF_SRC_INGRESS: {
