@@ -30,6 +30,9 @@ class LoadResult:
     sink_received: int
     cpu_us_per_pkt: float
     loss_pct: float
+    command_ms: list[float] | None = None
+    """With ``probe_commands``: round trips (add a fork, pause it, remove it) timed
+    while the load runs: how long a control operation waits for a busy worker."""
 
     @property
     def zero_loss(self) -> bool:
@@ -61,7 +64,22 @@ def _wait_until_drained(calls, forks, limit: float = 5.0) -> None:
         time.sleep(0.2)
 
 
-def run_engine_load(calls: int, duration: float, warmup: float = 1.0) -> LoadResult:
+def _probe_commands(call, sink: socket.socket, until: float) -> list[float]:
+    """Time waited control operations on an idle spare call until ``until``."""
+    times = []
+    while time.monotonic() < until:
+        t0 = time.perf_counter()
+        fork = call.add_fork(Track.INBOUND, key=SrtpKey.generate(),
+                             destination=sink.getsockname())
+        fork.pause()
+        fork.close()
+        times.append((time.perf_counter() - t0) * 1e3 / 3)
+        time.sleep(0.02)
+    return times
+
+
+def run_engine_load(calls: int, duration: float, warmup: float = 1.0, *,
+                    probe_commands: bool = False) -> LoadResult:
     """Forward `calls` calls through mediafork for `duration` seconds."""
     sinks = _sinks(4)
     rtcp_sink = udp_socket("127.0.0.1", 0)
@@ -84,7 +102,13 @@ def run_engine_load(calls: int, duration: float, warmup: float = 1.0) -> LoadRes
         t.start()
         time.sleep(warmup)
         cpu0, fwd0 = engine.worker_cpu_seconds(), sum(f.counters()["forwarded"] for f in forks)
-        time.sleep(max(0.1, duration - warmup - 0.2))
+        window_end = time.monotonic() + max(0.1, duration - warmup - 0.2)
+        command_ms = None
+        if probe_commands:
+            spare = engine.add_call("CA-probe", ingress=False, record_slots=0)
+            command_ms = _probe_commands(spare, rtcp_sink, window_end)
+            spare.close()
+        time.sleep(max(0.0, window_end - time.monotonic()))
         cpu1, fwd1 = engine.worker_cpu_seconds(), sum(f.counters()["forwarded"] for f in forks)
         t.join()
         _wait_until_drained(call_objs, forks)
@@ -103,6 +127,7 @@ def run_engine_load(calls: int, duration: float, warmup: float = 1.0) -> LoadRes
             sink_received=result["sink_received"],
             cpu_us_per_pkt=(cpu1 - cpu0) * 1e6 / window,
             loss_pct=100.0 * max(0, generated - result["sink_received"]) / max(1, generated),
+            command_ms=command_ms,
         )
     finally:
         engine.close()

@@ -53,6 +53,9 @@ def main(raw_path: str, out_path: str) -> int:
         ("e2e_vs_raw_1sock", "{:.3f}"),
         ("e2e_loss_pct", "{:.4f}"),
         ("e2e_calls_zero_loss", "{}"),
+        ("e2e_command_ms_p50", "{:.2f}"),
+        ("e2e_command_ms_p99", "{:.2f}"),
+        ("e2e_command_ms_max", "{:.2f}"),
     ]
     print(f"\n{'metric':32} {'value':>16}  floor")
     print("-" * 62)

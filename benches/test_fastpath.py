@@ -125,7 +125,12 @@ def test_e2e_forwarding(benchmark):
         if i < repeats - 1:
             engine_cpu.append(run_engine_load(reference, duration).cpu_us_per_pkt)
     ref = results[reference]
+    # Control operations under the same load: how long the API waits on the worker.
+    probe = sorted(run_engine_load(reference, duration, probe_commands=True).command_ms or [0.0])
     benchmark.extra_info.update({
+        "e2e_command_ms_p50": probe[len(probe) // 2],
+        "e2e_command_ms_p99": probe[min(len(probe) - 1, int(len(probe) * 0.99))],
+        "e2e_command_ms_max": probe[-1],
         "e2e_reference_calls": reference,
         "e2e_cpu_us_per_pkt": statistics.median(engine_cpu),
         "e2e_cpu_us_per_pkt_runs": engine_cpu,
