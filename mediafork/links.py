@@ -9,9 +9,9 @@ operator's config, the start request, and the events coming back.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from .engine import Call
 
@@ -88,6 +88,10 @@ class LinkEvent:
     sip_status: int | None = None
     by_remote: bool = False
     """For ``stopped``: the recorder hung up."""
+    dialog: Mapping[str, Any] | None = None
+    """For ``started``: what a later process needs to BYE the session if this one dies
+    (``RecordingSession.dialog_record()``; JSON-ready, no secrets). The service keeps it
+    until the Siprec stops and hands it back to ``hang_up`` after a crash."""
 
 
 LinkEventSink = Callable[[LinkEvent], None]
@@ -110,6 +114,10 @@ class RecorderLinks(Protocol):
 
     async def update_participants(self, call_sid: str, caller: str, callee: str) -> None:
         """Send partial metadata to every session of the call."""
+
+    async def hang_up(self, request: SiprecStart, dialog: Mapping[str, Any]) -> None:
+        """BYE a session a crashed process left open (``dialog`` from a ``started`` event).
+        Reports no events; returns when it ended or the stop timeout passed."""
 
     async def close(self, timeout: float = 5.0) -> None:
         """Graceful shutdown: BYE every session, wait up to ``timeout``."""

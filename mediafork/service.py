@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -234,7 +235,41 @@ class ControlService:
                         len(report.siprecs), len(report.calls))
         if self.recordings is not None:
             await self.recordings.recover_after_crash(report)
+        if report.dialogs and self.links is not None:
+            # The recorders still hold those sessions open; they get a BYE in the
+            # background, so that serving does not wait for slow or gone recorders.
+            task = asyncio.ensure_future(self._hang_up_orphans(report))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         self.started = True
+
+    async def _hang_up_orphans(self, report: CrashReport) -> None:
+        assert self.links is not None
+        siprecs = {s.sid: s for s in report.siprecs}
+        calls = {c.call_sid: c for c in report.calls}
+        hang_ups = []
+        for sid, text in report.dialogs:
+            siprec = siprecs.get(sid)
+            if siprec is None:
+                continue
+            try:
+                dialog = json.loads(text)
+                connector = self.config.connectors_for(siprec.account_sid)[siprec.connector_name]
+            except (ValueError, KeyError) as exc:
+                log.warning("restart: Siprec %s cannot be hung up (%s)", sid, type(exc).__name__)
+                continue
+            call = calls.get(siprec.call_sid)
+            start = SiprecStart(
+                siprec_sid=sid, account_sid=siprec.account_sid, call_sid=siprec.call_sid,
+                name=siprec.name, connector=connector, track=siprec.track,  # type: ignore[arg-type]
+                parameters=siprec.parameters, caller=call.from_uri if call else "",
+                callee=call.to_uri if call else "")
+            hang_ups.append(self.links.hang_up(start, dialog))
+        results = await asyncio.gather(*hang_ups, return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception):
+                log.warning("restart: hanging up a recorder session failed: %s", result)
+        log.warning("restart: sent BYE for %d recorder sessions left open", len(hang_ups))
 
     async def close(self, timeout: float = 5.0) -> None:
         """End every call (their Siprecs stop with callbacks), then flush callbacks."""
@@ -667,6 +702,9 @@ class ControlService:
             if state.started_sent:
                 return
             state.started_sent = True
+            if event.dialog is not None:
+                # Kept until the Siprec stops: after a crash, the next process BYEs it.
+                await self.store.save_siprec_dialog(state.sid, json.dumps(event.dialog))
             record = await self.store.get_siprec(state.account_sid, state.call_sid, state.sid)
             if record is not None:
                 await self._emit(record, self._call_info(state), "siprec-started")

@@ -134,6 +134,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX recordings_call ON recordings (call_sid, date_created)",
         "CREATE INDEX recordings_status ON recordings (status)",
     ),
+    # 3: the SIP dialog of each established recording session, so that a process started
+    # after a crash can BYE the sessions the recorders still hold open
+    (
+        """CREATE TABLE siprec_dialogs (
+            sid TEXT PRIMARY KEY REFERENCES siprecs (sid),
+            dialog TEXT NOT NULL            -- JSON from RecordingSession.dialog_record()
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -237,6 +245,9 @@ class CrashReport:
     """Unfinished (left untouched): finalise each from what reached disk."""
     calls: tuple[CallRecord, ...]
     """Were live, now ended: their media ports died with the old process."""
+    dialogs: tuple[tuple[str, str], ...] = ()
+    """(Siprec SID, dialog JSON) of the recording sessions that were established: the
+    recorders still hold them open until they get a BYE."""
 
 
 # -- conversions ----------------------------------------------------------------------------
@@ -492,8 +503,19 @@ class Store:
                    WHERE sid = ?""",
                 (status, error_code, error_message, _ts(now or utcnow()), sid),
             )
+            if status == "stopped":  # the session is over: nothing left to hang up
+                db.execute("DELETE FROM siprec_dialogs WHERE sid = ?", (sid,))
             row = db.execute("SELECT * FROM siprecs WHERE sid = ?", (sid,)).fetchone()
         return None if row is None else _siprec(row)
+
+    def save_siprec_dialog(self, sid: str, dialog: str) -> None:
+        """Remember an established session's dialog (JSON, no secrets) until it stops."""
+        with self._transaction() as db:
+            db.execute(
+                """INSERT OR REPLACE INTO siprec_dialogs (sid, dialog)
+                   SELECT sid, ? FROM siprecs WHERE sid = ? AND status = 'in-progress'""",
+                (dialog, sid),
+            )
 
     # -- Recordings -----------------------------------------------------------------------
 
@@ -617,6 +639,15 @@ class Store:
             siprec_rows = db.execute(
                 "SELECT sid FROM siprecs WHERE status = 'in-progress' ORDER BY rowid"
             ).fetchall()
+            dialogs = tuple(
+                (r["sid"], r["dialog"]) for r in db.execute(
+                    """SELECT d.sid, d.dialog FROM siprec_dialogs d JOIN siprecs s USING (sid)
+                       WHERE s.status = 'in-progress' ORDER BY s.rowid"""
+                ).fetchall()
+            )
+            # Handed to the caller once: a second crash before the BYEs went out leaves
+            # the recorders to their own timeouts rather than BYE-ing again and again.
+            db.execute("DELETE FROM siprec_dialogs")
             db.execute(
                 """UPDATE siprecs SET status = 'stopped', error_code = ?, error_message = ?,
                    date_updated = ? WHERE status = 'in-progress'""",
@@ -643,7 +674,7 @@ class Store:
                     RECORDING_UNFINISHED,
                 ).fetchall()
             )
-        return CrashReport(siprecs=siprecs, recordings=recordings, calls=calls)
+        return CrashReport(siprecs=siprecs, recordings=recordings, calls=calls, dialogs=dialogs)
 
 
 # The error given to Siprecs the previous process left in progress.

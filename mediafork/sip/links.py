@@ -27,8 +27,9 @@ import ipaddress
 import logging
 import secrets
 import ssl
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ..engine import Call, EngineError, EngineEvent, Fork, SrtpKey, SrtpProfile, Track
 from ..links import Connector, Edge, LinkError, LinkEvent, LinkEventSink, SiprecStart
@@ -301,7 +302,8 @@ class SipRecorderLinks:
         streams = self._create_forks(call, request, edge, secure)
         codec = Codec(request.codec.name, request.codec.payload_type, request.codec.clock_rate)
         try:
-            config = self._config(request, srs, standbys, transport, edge, port, streams, codec)
+            config = self._config(request, srs, standbys, transport, edge, port,
+                                  self._forked_streams(streams, codec))
         except ValueError as exc:
             self._close_streams(streams)
             raise LinkError(
@@ -324,6 +326,48 @@ class SipRecorderLinks:
         link.session.start(self._now())
         self._drive(link)
 
+    async def hang_up(self, request: SiprecStart, dialog: Mapping[str, Any]) -> None:
+        """BYE a recording session that a crashed process left open, from the dialog
+        record its ``started`` event carried, with the connector's current credentials.
+        Reports no link events (the Siprec was settled at restart). Returns once the
+        session ended (answered, refused or unreachable) or the stop timeout passed."""
+        if self._transport is None:
+            await self.open()
+        if self._closed or request.siprec_sid in self._links:
+            return
+        try:
+            srs, _, edge_name, _ = self._parse_connector(request.connector)
+            recorded_edge = dialog.get("edge")
+            if isinstance(recorded_edge, str) and recorded_edge in self._edges:
+                edge_name = recorded_edge
+            transport = dialog.get("transport")
+            edge = await self._choose_edge(edge_name, request.connector, srs,
+                                           transport if isinstance(transport, str) else None)
+            # The stream is a placeholder (a BYE carries no SDP); a config needs one.
+            placeholder = (ForkedStream("hangup", "inbound", 9, Codec("PCMU", 0, 8000)),)
+            config = replace(
+                self._config(request, srs, (), None, edge, self._ports[edge.name], placeholder),
+                srs_uri=str(dialog.get("srs_uri") or srs),
+                transport=transport if transport in ("udp", "tcp", "tls") else None,
+            )
+            session = RecordingSession.for_hangup(config, dialog)
+        except (LinkError, ValueError, KeyError) as exc:
+            log.warning("Siprec %s: cannot hang up the session left by the previous "
+                        "process: %s", request.siprec_sid, exc)
+            return
+        # Already reported and stopping: no fork, no event, dropped once the BYE is done.
+        link = _Link(request, edge, session, {}, reported=True, stop_requested=True)
+        self._links[link.sid] = link
+        link.sender = asyncio.ensure_future(self._send_loop(link))
+        self._senders.add(link.sender)
+        link.sender.add_done_callback(self._senders.discard)
+        log.info("Siprec %s: BYE to %s for the session left by the previous process",
+                 link.sid, _safe_uri(session.srs_uri))
+        session.stop(self._now(), "engine restarted")
+        self._drive(link)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(link.done.wait(), self._stop_timeout + 0.5)
+
     def _config(
         self,
         request: SiprecStart,
@@ -332,25 +376,14 @@ class SipRecorderLinks:
         transport: str | None,
         edge: Edge,
         port: int,
-        streams: list[_Stream],
-        codec: Codec,
+        streams: tuple[ForkedStream, ...],
     ) -> SessionConfig:
         connector = request.connector
         return SessionConfig(
             srs_uri=srs,
             local_address=edge.address,
             local_port=port,
-            streams=tuple(
-                ForkedStream(
-                    s.label,
-                    "inbound" if s.fork.track is Track.INBOUND else "outbound",
-                    s.fork.local_address[1] if s.fork.local_address else 0,
-                    codec,
-                    s.key_80.master if s.key_80 else None,
-                    s.key_32.master if s.key_32 else None,
-                )
-                for s in streams
-            ),
+            streams=streams,
             call_id=request.call_sid,
             caller=_participant(request.caller),
             callee=_participant(request.callee),
@@ -368,6 +401,20 @@ class SipRecorderLinks:
             stop_timeout=self._stop_timeout,
             setup_timeout=self._setup_timeout,
             user_agent=self._user_agent,
+        )
+
+    @staticmethod
+    def _forked_streams(streams: list[_Stream], codec: Codec) -> tuple[ForkedStream, ...]:
+        return tuple(
+            ForkedStream(
+                s.label,
+                "inbound" if s.fork.track is Track.INBOUND else "outbound",
+                s.fork.local_address[1] if s.fork.local_address else 0,
+                codec,
+                s.key_80.master if s.key_80 else None,
+                s.key_32.master if s.key_32 else None,
+            )
+            for s in streams
         )
 
     async def stop(self, siprec_sid: str, reason: str = "stopped") -> None:
@@ -725,7 +772,10 @@ class SipRecorderLinks:
                     link.sid,
                     _safe_uri(event.srs_uri),
                 )
-                self._emit(LinkEvent(link.sid, "started"))
+                record = link.session.dialog_record()
+                if record is not None:
+                    record["edge"] = link.edge.name
+                self._emit(LinkEvent(link.sid, "started", dialog=record))
         elif isinstance(event, ev.MediaUpdated):
             if not link.reported:
                 self._apply(link, event.streams)
@@ -891,6 +941,7 @@ class SipRecorderLinks:
         self._report_end(link, LinkEvent(link.sid, "stopped"))
 
     def _report_end(self, link: _Link, event: LinkEvent) -> None:
+        link.done.set()  # the session is over (a hang-up link reports nothing, see hang_up)
         if link.reported:
             return
         link.reported = True

@@ -10,12 +10,14 @@ opens a socket or imports asyncio, so the whole behaviour is testable in memory.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import secrets
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from . import events as ev
 from .dialog import Dialog, build_response
@@ -66,6 +68,10 @@ __all__ = [
 ]
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE"
+DIALOG_RECORD_VERSION = 1
+HANGUP_CSEQ_GAP = 1000
+"""How far a restored dialog's CSeq jumps: past any re-INVITE, UPDATE or OPTIONS the dead
+process may have sent after the record was written (CSeq only has to grow, §12.2.1.1)."""
 RETRY_491_DELAY = 2.5
 """Seconds before retrying a re-INVITE refused with 491 (RFC 3261 §14.1: 2.1-4 s for the UAC
 that owns the Call-ID)."""
@@ -300,6 +306,56 @@ class RecordingSession:
     def metadata_content_type(self) -> str:
         """The metadata content type in use (may have switched after a 415/488)."""
         return self._metadata_type
+
+    def dialog_record(self) -> dict[str, Any] | None:
+        """What another process needs to end this session with a BYE if this one dies
+        (JSON-ready; identifiers and addresses, no secrets). None unless established."""
+        if self.state is not SessionState.ESTABLISHED or self._dialog is None:
+            return None
+        return {
+            "version": DIALOG_RECORD_VERSION,
+            "srs_uri": self.srs_uri,
+            "transport": self.transport,
+            "dialog": dataclasses.asdict(self._dialog),
+        }
+
+    @classmethod
+    def for_hangup(cls, config: SessionConfig, record: Mapping[str, Any]) -> RecordingSession:
+        """A session rebuilt from :meth:`dialog_record` only to be ended: ``stop()`` sends
+        the BYE (with ``config``'s credentials and transport) and reports ``Ended``.
+        ``config.srs_uri`` should be ``record["srs_uri"]``. Raises ``ValueError`` for a
+        record this version cannot read."""
+        if not isinstance(record, Mapping) or record.get("version") != DIALOG_RECORD_VERSION:
+            raise ValueError("not a dialog record of a known version")
+        fields = record.get("dialog")
+        names = {f.name for f in dataclasses.fields(Dialog)}
+        if not isinstance(fields, Mapping) or set(fields) != names:
+            raise ValueError("dialog record has missing or unknown fields")
+        for name in ("call_id", "local_tag", "remote_tag", "local_uri", "remote_uri",
+                     "remote_target"):
+            if not isinstance(fields[name], str) or not fields[name]:
+                raise ValueError(f"dialog record: {name} must be a non-empty string")
+        seq = fields["local_seq"]
+        routes = fields["route_set"]
+        if not isinstance(seq, int) or not 0 <= seq < 2**31 - HANGUP_CSEQ_GAP:
+            raise ValueError("dialog record: local_seq out of range")
+        if not isinstance(routes, list) or not all(isinstance(r, str) for r in routes):
+            raise ValueError("dialog record: route_set must be a list of strings")
+        try:
+            SipUri.parse(fields["remote_target"])
+            for route in routes:
+                NameAddr.parse(route)
+        except SipParseError as exc:
+            raise ValueError(f"dialog record: {exc}") from None
+        session = cls(config)
+        dialog = Dialog(**{name: fields[name] for name in names})
+        dialog.route_set = list(routes)
+        dialog.local_seq = seq + HANGUP_CSEQ_GAP
+        session._dialog = dialog
+        session._call_id = dialog.call_id
+        session._local_tag = dialog.local_tag
+        session.state = SessionState.ESTABLISHED
+        return session
 
     def start(self, now: float, wallclock: datetime | None = None) -> None:
         """Send the INVITE to the primary SRS. ``wallclock`` is the metadata start time."""

@@ -213,6 +213,23 @@ def test_reconcile_marks_in_progress_stopped_and_returns_unfinished(store: Store
     assert again.siprecs == () and again.calls == ()
 
 
+def test_dialogs_of_live_sessions_are_kept_until_stop_and_handed_over_once(store: Store):
+    """An established session's dialog is kept while it runs, dropped when it stops, and
+    returned by reconciliation exactly once (a second crash does not BYE again)."""
+    store.register_call(call())
+    live = store.create_siprec(siprec("live"))
+    stopped = store.create_siprec(siprec("stopped"))
+    finished = store.create_siprec(siprec("finished", status="stopped"))
+    store.save_siprec_dialog(live.sid, '{"dialog": "live"}')
+    store.save_siprec_dialog(live.sid, '{"dialog": "live, updated"}')  # replaced, not added
+    store.save_siprec_dialog(stopped.sid, '{"dialog": "stopped"}')
+    store.save_siprec_dialog(finished.sid, '{"dialog": "too late"}')  # already stopped: ignored
+    store.set_siprec_status(stopped.sid, "stopped")
+    report = store.reconcile_after_crash()
+    assert report.dialogs == ((live.sid, '{"dialog": "live, updated"}'),)
+    assert store.reconcile_after_crash().dialogs == ()
+
+
 def test_reopen_after_a_real_crash(tmp_path: Path):
     """A child process writes, then dies by SIGKILL without closing: nothing committed is
     lost, and reconciliation finds the in-progress resources."""

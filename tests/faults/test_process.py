@@ -115,8 +115,9 @@ def test_sigterm_with_100_live_sessions(tmp_path: Path) -> None:
 def test_sigkill_then_restart_reconciles(tmp_path: Path) -> None:
     """kill -9 with two Siprecs and three recordings in progress (two with audio on disk, one
     that never got a packet); restart on the same data directory: the Siprecs read stopped
-    with siprec-error "engine restarted" (900012), recordings read completed (a playable
-    WAV) or absent, every callback arrives signed, and a fresh call works."""
+    with siprec-error "engine restarted" (900012), the recorder's two sessions get a BYE from
+    the new process, recordings read completed (a playable WAV) or absent, every callback
+    arrives signed, and a fresh call works."""
 
     async def case() -> None:
         receiver = await Receiver().start()
@@ -149,6 +150,8 @@ def test_sigkill_then_restart_reconciles(tmp_path: Path) -> None:
             await asyncio.sleep(1.5)  # audio reaches the recordings' files
             child.proc.kill()  # SIGKILL: no handler runs, nothing is flushed
             assert await child.wait(5) == -signal.SIGKILL
+            # Nobody told the recorder: its two sessions are still open.
+            assert [s.live for s in recorder.sessions] == [True, True]
         finally:
             for talker in talkers:
                 await talker.stop()
@@ -186,6 +189,9 @@ def test_sigkill_then_restart_reconciles(tmp_path: Path) -> None:
                         wav = await r.read()
                     assert r.status == 200 and wav[:4] == b"RIFF" and len(wav) > 8000
             assert all(h.signed for h in receiver.hits)
+            # The restarted process BYEs what the dead one left open at the recorder.
+            await recorder.wait_for(lambda r: not any(s.live for s in r.sessions), 8)
+            assert [s.ended_by for s in recorder.sessions] == ["src", "src"]
             for call in calls:  # the calls died with the process
                 assert (await st.api.call(call["call_sid"]))[0] == 404
             assert st.live_forks() == 0

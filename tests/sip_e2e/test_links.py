@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import errno
+import json
 import logging
 import secrets
 import ssl
@@ -22,6 +23,7 @@ from mediafork.sip.links import (
     ERR_UNKNOWN_EDGE,
     ERR_UNUSABLE_EDGE,
 )
+from mediafork.sip.message import Response
 from mediafork.sip.session import SessionState
 from mediafork.sip.transport import client_tls_context
 
@@ -402,6 +404,48 @@ def test_pause_resume_and_participant_update(
         assert events.kinds() == ["started"]
         await links.close(1.0)
         assert events.kinds() == ["started", "stopped"]
+        await srs.close()
+
+    run(main())
+
+
+def test_a_new_process_hangs_up_a_session_from_its_dialog_record(
+    engine: Engine, recorders: Callable[..., Recorder], tmp_path: Path
+) -> None:
+    """The started event's dialog record is enough for other links (a restarted process)
+    to BYE the session over a new TLS connection, in the same dialog, with the
+    connector's credentials; no event is reported for it."""
+    server_ctx, cert = _tls_server(tmp_path)
+
+    async def main() -> None:
+        rec1, rec2 = recorders(), recorders()
+        srs = await MiniSrs(
+            transport="tls",
+            tls=server_ctx,
+            media=[("127.0.0.1", rec1.port), ("127.0.0.1", rec2.port)],
+        ).start()
+        events, later_events, tap = EventLog(), EventLog(), Wiretap()
+        first = await open_links(events, tls_ca_file=str(cert))
+        request = start_request(f"sip:srs@localhost:{srs.port};secure=true")
+        await first.start(_new_call(engine), request)
+        started = await events.wait_for("started")
+        assert started.dialog is not None and started.dialog["transport"] == "tls"
+        record = json.loads(json.dumps(started.dialog))  # as the store keeps it
+
+        later = await open_links(later_events, tap, tls_ca_file=str(cert))
+        await asyncio.wait_for(later.hang_up(request, record), 3.0)
+        (bye,) = tap.sent("BYE")
+        (invite,) = [m for _, m in srs.requests("INVITE")]
+        assert bye.call_id == invite.call_id and bye.from_.tag == invite.from_.tag
+        assert bye.cseq[0] > invite.cseq[0]
+        assert bye.headers.get("X-Auth-Token") == "tok-e2e-secret"
+        assert {t for _, t, *_ in tap.records} == {"tls"}
+        answers = [m for d, *_, m in tap.records if d == "in" and isinstance(m, Response)]
+        assert [(m.status, m.cseq[1]) for m in answers] == [(200, "BYE")]
+        assert later_events.events == []
+        assert SIPREC_SID not in later._links  # nothing left behind
+        await later.close(1.0)
+        await first.close(1.0)
         await srs.close()
 
     run(main())
