@@ -4,7 +4,7 @@ Keys (ARCHITECTURE.md, "External contracts"; docs/api.md has the full list)::
 
     [api]        listen = "127.0.0.1:8080", public_base_url = "http://…" (optional)
     [storage]    path = "data/mediafork.db"             # relative to the config file
-    [media]      address = "127.0.0.1", port_range = [30000, 39999]
+    [media]      address = "127.0.0.1", port_range = [30000, 39999], workers = 1
     [[accounts]] sid, auth_token | auth_token_env
     [[edges]]    name, address, default
     [[connectors]] account_sid, unique_name, srs, standby_srs, credentials_header,
@@ -93,6 +93,8 @@ class StorageConfig:
 class MediaConfig:
     address: str = "127.0.0.1"
     port_range: tuple[int, int] = (30000, 39999)
+    workers: int = 1
+    """Media worker threads; each call (with its forks) lives on one of them."""
 
 
 @dataclass(frozen=True)
@@ -364,7 +366,7 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
     storage_r = _Reader(_table(root, "storage"), "storage", {"path"})
     storage = StorageConfig(path=(base / storage_r.get("path", str, "data/mediafork.db")))
 
-    media_r = _Reader(_table(root, "media"), "media", {"address", "port_range"})
+    media_r = _Reader(_table(root, "media"), "media", {"address", "port_range", "workers"})
     address = _ip(media_r.get("address", str, "127.0.0.1"), "media.address")
     pr = media_r.get("port_range", list, [30000, 39999])
     if len(pr) != 2:
@@ -373,7 +375,10 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
     last = _port(pr[1], "media.port_range[1]")
     if last - first < 3:
         raise ConfigError("media.port_range: must hold at least 4 ports (first < last)")
-    media = MediaConfig(address=address, port_range=(first, last))
+    workers = media_r.get("workers", int, 1)
+    if not 1 <= workers <= 64:
+        raise ConfigError("media.workers: must be between 1 and 64")
+    media = MediaConfig(address=address, port_range=(first, last), workers=workers)
 
     accounts: list[AccountConfig] = []
     seen_accounts: set[str] = set()

@@ -65,7 +65,8 @@ class Daemon:
             config = await self._start_recorder(config)
             self.config = config
         self.engine = Engine(media_address=config.media.address,
-                             port_range=config.media.port_range)
+                             port_range=config.media.port_range,
+                             workers=config.media.workers)
         config.storage.path.parent.mkdir(parents=True, exist_ok=True)
         self.store = await AsyncStore.open(config.storage.path)
         self.service = ControlService(config, engine=self.engine, store=self.store)
@@ -92,7 +93,8 @@ class Daemon:
         ))
         await self.service.start()
         loop = asyncio.get_running_loop()
-        loop.add_reader(self.engine.event_fd, self._on_engine_events)
+        for fd in self.engine.event_fds:
+            loop.add_reader(fd, self._on_engine_events)
 
         app = build_app(self.service, max_request_bytes=config.api.max_request_bytes)
         self._add_operations_routes(app)
@@ -214,7 +216,8 @@ class Daemon:
         if self._runner is not None:
             await self._runner.cleanup()
         if self.engine is not None:
-            asyncio.get_running_loop().remove_reader(self.engine.event_fd)
+            for fd in self.engine.event_fds:
+                asyncio.get_running_loop().remove_reader(fd)
             self.engine.close()
         if self.store is not None:
             await self.store.close()

@@ -123,7 +123,11 @@ def _power_of_two(n: int, name: str) -> int:
 
 
 class Engine:
-    """The media engine: one worker thread, the calls it forwards, their forks."""
+    """The media engine: its worker threads, the calls they forward, their forks.
+
+    With ``workers`` > 1 each worker is an independent C engine with its own thread, epoll
+    set and rings; a call (with its forks) lives on the worker that had the fewest calls
+    when it was added, so nothing is shared per packet. Counters and events cover all."""
 
     def __init__(
         self,
@@ -135,16 +139,23 @@ class Engine:
         max_packet: int = 1024,
         threaded: bool = True,
         coalesce: float = 0.0002,
+        workers: int = 1,
     ) -> None:
+        if not isinstance(workers, int) or not 1 <= workers <= 64:
+            raise EngineError(f"workers must be an integer from 1 to 64, got {workers!r}")
+        if workers > 1 and not threaded:
+            raise EngineError("an engine driven by run_once() has a single worker")
         self.media_address = media_address
         self.ports = PortAllocator(*port_range)
         self.max_packet = max_packet
-        self._core = _fastpath.CEngine(
-            _power_of_two(push_ring_slots, "push_ring_slots"),
-            _power_of_two(event_ring_slots, "event_ring_slots"),
-            max_packet,
-            int(coalesce * 1e6),
-        )
+        push_ring_slots = _power_of_two(push_ring_slots, "push_ring_slots")
+        event_ring_slots = _power_of_two(event_ring_slots, "event_ring_slots")
+        self._cores = [
+            _fastpath.CEngine(push_ring_slots, event_ring_slots, max_packet, int(coalesce * 1e6))
+            for _ in range(workers)
+        ]
+        self._core = self._cores[0]  # the only one unless workers > 1 (run_once, benches)
+        self._load = [0] * workers  # live calls per worker
         self._calls: dict[str, Call] = {}
         self._calls_by_id: dict[int, Call] = {}
         # counters of calls and forks that have ended, so totals never go back
@@ -153,7 +164,8 @@ class Engine:
         self._lock = threading.RLock()
         self._closed = False
         if threaded:
-            self._core.start()
+            for core in self._cores:
+                core.start()
 
     # -- lifecycle ---------------------------------------------------------
     def __enter__(self) -> Engine:
@@ -166,13 +178,19 @@ class Engine:
     def threaded(self) -> bool:
         return bool(self._core.started)
 
+    @property
+    def workers(self) -> int:
+        """How many media worker threads (C engines) share the calls."""
+        return len(self._cores)
+
     def close(self) -> None:
         """Remove every call, stop the worker. Idempotent."""
         if self._closed:
             return
         for call in list(self._calls.values()):
             call.close()
-        self._core.close()
+        for core in self._cores:
+            core.close()
         self._closed = True
 
     def run_once(self, max_wait: float = 0.0) -> None:
@@ -188,13 +206,12 @@ class Engine:
         see them, e.g. no packet may leave a fork after a pause returns. Polls a counter;
         the worker normally applies commands within microseconds."""
         self._check_open()
-        core = self._core
-        ticket = core.last_ticket()
-        if not core.started:  # commands are applied at submission without a worker
+        if not self._core.started:  # commands are applied at submission without a worker
             return
+        pending = [(core, core.last_ticket()) for core in self._cores]
         deadline = asyncio.get_running_loop().time() + timeout
         delay = 0.0002
-        while not core.applied(ticket):
+        while pending := [(c, t) for c, t in pending if not c.applied(t)]:
             if asyncio.get_running_loop().time() > deadline:
                 raise _fastpath.WorkerTimeout(
                     f"media worker did not apply queued commands within {timeout:g} s"
@@ -233,6 +250,7 @@ class Engine:
                     ingress_ports[track] = sock.getsockname()[:2]
                 fds = tuple(s.detach() for s in socks)  # the C call owns them now
             dtmf = -1 if dtmf_payload_type is None else int(dtmf_payload_type)
+            worker = min(range(len(self._cores)), key=self._load.__getitem__)
             try:
                 core = _fastpath.CCall(
                     next(self._ids), dtmf, clock_rate, record_slots, self.max_packet, *fds
@@ -242,8 +260,9 @@ class Engine:
                     if fd >= 0:
                         os.close(fd)
                 raise
-            self._core.add_call(core, int(no_media_timeout * 1000))
-            call = Call(self, call_sid, core, ingress_ports, clock_rate)
+            self._cores[worker].add_call(core, int(no_media_timeout * 1000))
+            self._load[worker] += 1
+            call = Call(self, call_sid, core, ingress_ports, clock_rate, worker)
             self._calls[call_sid] = call
             self._calls_by_id[core.id] = call
             return call
@@ -257,18 +276,26 @@ class Engine:
 
     def _forget(self, call: Call) -> None:
         with self._lock:
-            self._calls.pop(call.sid, None)
+            if self._calls.pop(call.sid, None) is not None:
+                self._load[call.worker] -= 1
             self._calls_by_id.pop(call._core.id, None)
 
     # -- events and counters ----------------------------------------------
     @property
     def event_fd(self) -> int:
-        """Readable when events are queued: give it to ``loop.add_reader``."""
+        """The first worker's event descriptor (all of them: ``event_fds``)."""
         return self._core.event_fd
+
+    @property
+    def event_fds(self) -> list[int]:
+        """Readable when events are queued: give each to ``loop.add_reader`` and call
+        ``poll_events()`` (which reads every worker's events) when one is."""
+        return [core.event_fd for core in self._cores]
 
     def poll_events(self) -> list[EngineEvent]:
         events = []
-        for kind, call_id, fork_id, track, value, time_ns in self._core.read_events():
+        raw = [item for core in self._cores for item in core.read_events()]
+        for kind, call_id, fork_id, track, value, time_ns in raw:
             call = self._calls_by_id.get(call_id)
             events.append(
                 EngineEvent(
@@ -283,9 +310,14 @@ class Engine:
         return events
 
     def counters(self) -> dict[str, int]:
-        """Engine-wide counters (loops, busy time, pushes, events, live calls and forks)."""
+        """Engine-wide counters (loops, busy time, pushes, events, live calls and forks),
+        summed over the workers."""
         self._check_open()
-        return dict(self._core.counters())
+        summed: dict[str, int] = {}
+        for core in self._cores:
+            for name, value in core.counters().items():
+                summed[name] = summed.get(name, 0) + value
+        return summed
 
     def totals(self) -> dict[str, int]:
         """Monotonic sums over every call and fork this engine has had, live or
@@ -303,9 +335,9 @@ class Engine:
             _accumulate(self._retired, call)
 
     def worker_cpu_seconds(self) -> float:
-        """CPU time the worker thread has used (0 when not threaded)."""
+        """CPU time the worker threads have used, together (0 when not threaded)."""
         self._check_open()
-        return self._core.worker_cpu_ns() / 1e9
+        return sum(core.worker_cpu_ns() for core in self._cores) / 1e9
 
     @staticmethod
     def live_allocations() -> int:
@@ -327,10 +359,14 @@ class Call:
         core: Any,
         ingress: dict[Track, tuple[str, int]],
         clock_rate: int,
+        worker: int = 0,
     ) -> None:
         self.engine = engine
         self.sid = sid
         self._core = core
+        self.worker = worker
+        """Index of the worker (C engine) this call and its forks live on."""
+        self._worker = engine._cores[worker]
         self.ingress = ingress
         """Track -> (address, port) where the media server must send that track."""
         self.clock_rate = clock_rate
@@ -406,7 +442,7 @@ class Call:
         tx = outbound_session(key, ssrc) if key else None
         rx = inbound_session(remote_key) if remote_key else None
         try:
-            self.engine._core.add_fork(self._core, core, tx, rx)
+            self._worker.add_fork(self._core, core, tx, rx)
         except ValueError as exc:
             raise EngineError(str(exc)) from None
         fork = Fork(self, core, track, ssrc, key, local, drain)
@@ -434,7 +470,7 @@ class Call:
         self._check_open()
         data = np.frombuffer(buffer, dtype=np.uint8) if not isinstance(buffer, np.ndarray) else buffer
         return int(
-            self.engine._core.push(
+            self._worker.push(
                 self._core,
                 int(Track(track)),
                 np.ascontiguousarray(data, dtype=np.uint8),
@@ -448,7 +484,7 @@ class Call:
         ``None`` accepts any. Others are dropped and counted (source_rejected)."""
         self._check_open()
         mode = 0 if address is None else (2 if port else 1)
-        self.engine._core.set_track_source(self._core, int(Track(track)), mode, address or "", port or 0)
+        self._worker.set_track_source(self._core, int(Track(track)), mode, address or "", port or 0)
 
     def record(self, tracks: Iterable[Track]) -> None:
         """Tap ``tracks`` for local recording (empty: stop tapping)."""
@@ -456,7 +492,7 @@ class Call:
         mask = 0
         for t in tracks:
             mask |= 1 << int(Track(t))
-        self.engine._core.set_recording(self._core, mask)
+        self._worker.set_recording(self._core, mask)
 
     def drain_recording(self, max_packets: int = 1024) -> dict[str, np.ndarray]:
         """Packets tapped for recording since the last call, as numpy arrays:
@@ -475,7 +511,7 @@ class Call:
         if self._closed:
             return
         forks = [f._core for f in self._forks.values()]
-        self.engine._core.remove_call(self._core, forks)
+        self._worker.remove_call(self._core, forks)
         self.engine._retire(self)  # counters are final now that the worker let go
         for fork in self._forks.values():
             fork._closed = True
@@ -553,7 +589,7 @@ class Fork:
             raise EngineError(f"invalid destination port {port}")
         rtcp_host, rtcp_port = rtcp_destination or (host, port + 1 if port < 65535 else port)
         try:
-            self.call.engine._core.set_fork_destination(self._core, host, port, rtcp_host,
+            self.call._worker.set_fork_destination(self._core, host, port, rtcp_host,
                                                         rtcp_port, wait)
         except ValueError as exc:
             raise EngineError(str(exc)) from None
@@ -562,17 +598,17 @@ class Fork:
     def clear_destination(self, *, wait: bool = True) -> None:
         """Stop sending (answer with port 0) without breaking sequence continuity."""
         self._check_open()
-        self.call.engine._core.clear_fork_destination(self._core, wait)
+        self.call._worker.clear_fork_destination(self._core, wait)
         self.destination = None
 
     def pause(self, *, wait: bool = True) -> None:
         self._check_open()
-        self.call.engine._core.set_fork_state(self._core, _FORK_PAUSED, wait)
+        self.call._worker.set_fork_state(self._core, _FORK_PAUSED, wait)
         self.paused = True
 
     def resume(self, *, wait: bool = True) -> None:
         self._check_open()
-        self.call.engine._core.set_fork_state(self._core, _FORK_ACTIVE, wait)
+        self.call._worker.set_fork_state(self._core, _FORK_ACTIVE, wait)
         self.paused = False
 
     def rotate_key(self, key: SrtpKey | None, remote_key: SrtpKey | None = None) -> None:
@@ -580,7 +616,7 @@ class Fork:
         self._check_open()
         tx = outbound_session(key, self.ssrc) if key else None
         rx = inbound_session(remote_key) if remote_key else None
-        self.call.engine._core.set_fork_srtp(self._core, tx, rx)
+        self.call._worker.set_fork_srtp(self._core, tx, rx)
         self.key = key
 
     def drain(self, max_packets: int = 256) -> list[bytes]:
@@ -597,7 +633,7 @@ class Fork:
         if self._closed:
             return
         if not self.call.closed:
-            self.call.engine._core.remove_fork(self._core)
+            self.call._worker.remove_fork(self._core)
             final = {f"fork_{k}": v for k, v in self.counters().items() if not k.startswith(_NOT_SUMMED)}
             with self.call.engine._lock:
                 retired = self.call.engine._retired

@@ -44,6 +44,7 @@ path = "data/mediafork.db"
 [media]
 address = "127.0.0.1"
 port_range = [30000, 39999]
+workers = 3
 [[accounts]]
 sid = "{AC}"
 auth_token = "{'t' * 32}"
@@ -66,7 +67,7 @@ port = 5070
 """)
     config = load_config(path)
     assert config.api.port == 8080 and config.storage.path == tmp_path / "data/mediafork.db"
-    assert config.media.port_range == (30000, 39999)
+    assert config.media.port_range == (30000, 39999) and config.media.workers == 3
     [connector] = config.connectors
     assert connector.credentials == SECRET and connector.standby_srs == (
         "sip:recorder@127.0.0.1:5072",)
@@ -86,6 +87,8 @@ port = 5070
     (lambda d: d["accounts"][0].update(auth_token="short"), "accounts[0].auth_token"),
     (lambda d: d.update(api={"listen": "localhost"}), "api.listen"),
     (lambda d: d.update(media={"port_range": [5, 2]}), "media.port_range"),
+    (lambda d: d.update(media={"workers": 0}), "media.workers: must be between 1 and 64"),
+    (lambda d: d.update(media={"workers": "2"}), "media.workers"),
     (lambda d: d.update(media={"address": "nowhere"}), "media.address: not an IP address"),
     (lambda d: d.update(callbacks={"timeout": "soon"}), "callbacks.timeout"),
     (lambda d: d.update(callbacks={"max_attempts": 0}), "callbacks.max_attempts"),

@@ -77,7 +77,9 @@ def write_config(directory: Path, *, connectors: Iterable[Mapping[str, Any]] = (
     lines = [
         '[api]\nlisten = "127.0.0.1:0"',
         '[storage]\npath = "data/mediafork.db"',
-        f'[media]\naddress = "127.0.0.1"\nport_range = [{first}, {last}]',
+        # Two media workers: the daemon suite runs the sharded engine end to end (the API
+        # and fault suites run the default single worker).
+        f'[media]\naddress = "127.0.0.1"\nport_range = [{first}, {last}]\nworkers = 2',
         "[sip]\nport = 0",
         "[callbacks]\ntimeout = 5.0\nmax_attempts = 2",
         f'[[accounts]]\nsid = "{ACCOUNT}"\nauth_token = "{TOKEN}"',
