@@ -79,11 +79,12 @@ def _probe_commands(call, sink: socket.socket, until: float) -> list[float]:
 
 
 def run_engine_load(calls: int, duration: float, warmup: float = 1.0, *,
-                    probe_commands: bool = False) -> LoadResult:
-    """Forward `calls` calls through mediafork for `duration` seconds."""
+                    probe_commands: bool = False, workers: int = 1) -> LoadResult:
+    """Forward `calls` calls through mediafork (``workers`` media threads) for `duration`
+    seconds."""
     sinks = _sinks(4)
     rtcp_sink = udp_socket("127.0.0.1", 0)
-    engine = Engine(port_range=(20000, 59999))
+    engine = Engine(port_range=(20000, 59999), workers=workers)
     dests, forks, call_objs = [], [], []
     call = None
     try:
