@@ -99,9 +99,12 @@ def build_metadata(
     session_id = make_id(seed, "session")
     group = ET.SubElement(root, q + "group", {"group_id": group_id})
     ET.SubElement(group, q + "associate-time").text = stamp
-    session = ET.SubElement(root, q + "session", {"session_id": session_id, "group_ref": group_id})
+    session = ET.SubElement(root, q + "session", {"session_id": session_id})
     for sid in sip_session_ids:
         ET.SubElement(session, q + "sipSessionID").text = _clean(sid)
+    # The session's group is a <group-ref> child after the sipSessionIDs (RFC 7865 §6.2
+    # and its examples), not an attribute: a schema-validating SRS refuses a stray one.
+    ET.SubElement(session, q + "group-ref").text = group_id
     if datamode == "complete":
         ET.SubElement(session, q + "start-time").text = stamp
     if custom:

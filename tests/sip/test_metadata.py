@@ -71,6 +71,19 @@ def test_partial_document_validates_and_keeps_identifiers() -> None:
     assert parsed.session_ids == parse_metadata(complete()).session_ids
 
 
+def test_the_session_names_its_group_with_a_group_ref_element() -> None:
+    """RFC 7865's own example: <group-ref> is a child of <session> after <sipSessionID>.
+    A group_ref attribute (what this code once sent) is not in the schema."""
+    doc = complete()
+    parsed = SCHEMA.to_dict(doc.decode())
+    group_id = make_id("CA123", "group")
+    assert parsed["session"][0]["group-ref"] == [group_id]
+    assert b"group_ref" not in doc
+    stray = doc.replace(b'<session session_id="', f'<session group_ref="{group_id}" session_id="'.encode())
+    with pytest.raises(xmlschema.XMLSchemaValidationError):
+        SCHEMA.validate(stray.decode())
+
+
 def test_schema_rejects_a_broken_document() -> None:
     # The test would be worthless if the schema accepted anything.
     bad = complete().replace(b"<datamode>complete</datamode>", b"<datamode>sometimes</datamode>")
