@@ -293,8 +293,14 @@ class Engine:
         return [core.event_fd for core in self._cores]
 
     def poll_events(self) -> list[EngineEvent]:
+        """Every event the workers have queued (in order per worker); never blocks."""
         events = []
-        raw = [item for core in self._cores for item in core.read_events()]
+        raw: list[tuple[int, int, int, int, int, int]] = []
+        for core in self._cores:
+            # One native read takes at most 1,024 and resets the descriptor: read until
+            # the ring is empty, or the rest would wait for the next event to wake us.
+            while batch := core.read_events():
+                raw.extend(batch)
         for kind, call_id, fork_id, track, value, time_ns in raw:
             call = self._calls_by_id.get(call_id)
             events.append(

@@ -342,6 +342,19 @@ def test_no_media_event(engine) -> None:
     assert seen == {("no_media", Track.INBOUND), ("no_media", Track.OUTBOUND)}
 
 
+def test_one_poll_returns_every_queued_event() -> None:
+    """More events than one native read takes (1,024) are all returned by one poll: the
+    event descriptor is reset on read, so a left-over would wait for the next event."""
+    with Engine(port_range=(37000, 37999)) as e:
+        for i in range(600):
+            e.add_call(f"CA-quiet-{i}", ingress=False, no_media_timeout=0.05)
+        eventually(lambda: e.counters()["events"] >= 1200, timeout=5.0)
+        events = e.poll_events()
+        assert len(events) == 1200
+        assert {ev.kind for ev in events} == {"no_media"}
+        assert e.poll_events() == []
+
+
 def test_key_rotation_switches_keys(engine) -> None:
     call = engine.add_call("CA-rotate", ingress=False)
     k1, k2 = SrtpKey.generate(), SrtpKey.generate()
