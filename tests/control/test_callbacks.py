@@ -8,8 +8,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+import pytest
 from aiohttp import web
 from twilio.request_validator import RequestValidator
 
@@ -39,6 +42,57 @@ def dispatcher(**kwargs: Any) -> CallbackDispatcher:
     return CallbackDispatcher(TOKENS.get, **options)
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@pytest.fixture
+def serving(receiver_factory) -> Callable[..., AbstractAsyncContextManager[Any]]:
+    """``async with serving({path: handler}) as receiver:``: a started receiver with those
+    handlers, stopped however the block ends."""
+
+    @asynccontextmanager
+    async def serve(handlers: dict[str, Handler] | None = None) -> AsyncIterator[Any]:
+        receiver = await receiver_factory().start()
+        try:
+            for path, handler in (handlers or {}).items():
+                receiver.on(path, handler)
+            yield receiver
+        finally:
+            await receiver.stop()
+
+    return serve
+
+
+@asynccontextmanager
+async def dispatching(close_within: float = 2, **kwargs: Any) -> AsyncIterator[CallbackDispatcher]:
+    """``async with dispatching(**options) as d:``: :func:`dispatcher`, closed on the way out
+    with ``d.close(close_within)``."""
+    d = dispatcher(**kwargs)
+    try:
+        yield d
+    finally:
+        await d.close(close_within)
+
+
+def held_until(release: asyncio.Event) -> Handler:
+    """A handler that holds every request until ``release`` is set."""
+
+    async def hold(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response()
+
+    return hold
+
+
+def answering(statuses: list[int]) -> Handler:
+    """A handler that answers with ``statuses``, one per request, in order."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(status=statuses.pop(0))
+
+    return answer
+
+
 def assert_signed(received, token: str = TOKEN) -> None:
     validator = RequestValidator(token)
     for request in received:
@@ -49,19 +103,15 @@ def assert_signed(received, token: str = TOKEN) -> None:
         assert validator.validate(request.raw_url, params, signature), request.raw_url
 
 
-def test_events_of_one_resource_arrive_in_order(run, receiver_factory):
+def test_events_of_one_resource_arrive_in_order(run, serving):
     async def scenario() -> None:
-        receiver = await receiver_factory().start()
-
         async def jittery(request: web.Request) -> web.Response:
             # later events answer faster: only per-resource sequencing keeps them ordered
             seq = int((await request.post())["Seq"])
             await asyncio.sleep(0.02 * (5 - seq % 5))
             return web.Response(text="ok")
 
-        receiver.on("/cb", jittery)
-        d = dispatcher()
-        try:
+        async with serving({"/cb": jittery}) as receiver, dispatching() as d:
             for seq in range(15):
                 assert d.enqueue(event(sid(1), f"{receiver.base}/cb", seq))
             await receiver.wait_for(lambda r: len(r) == 15, timeout=10)
@@ -69,25 +119,18 @@ def test_events_of_one_resource_arrive_in_order(run, receiver_factory):
             while d.stats.delivered < 15:
                 await asyncio.sleep(0.01)
             assert_signed(receiver.received)
-        finally:
-            await d.close(2)
-            await receiver.stop()
 
     run(scenario())
 
 
-def test_different_resources_are_delivered_concurrently(run, receiver_factory):
+def test_different_resources_are_delivered_concurrently(run, serving):
     async def scenario() -> None:
-        receiver = await receiver_factory().start()
-
         async def slow(request: web.Request) -> web.Response:
             await asyncio.sleep(0.4)
             return web.Response(text="ok")
 
-        receiver.on("/cb", slow)
-        d = dispatcher()
-        loop = asyncio.get_running_loop()
-        try:
+        async with serving({"/cb": slow}) as receiver, dispatching() as d:
+            loop = asyncio.get_running_loop()
             started = loop.time()
             for n in range(8):
                 d.enqueue(event(sid(n), f"{receiver.base}/cb", 0))
@@ -95,49 +138,29 @@ def test_different_resources_are_delivered_concurrently(run, receiver_factory):
                 await asyncio.sleep(0.01)
             # serial delivery would take 8 * 0.4 s
             assert loop.time() - started < 1.6
-        finally:
-            await d.close(2)
-            await receiver.stop()
 
     run(scenario())
 
 
-def test_enqueue_returns_immediately(run, receiver_factory):
+def test_enqueue_returns_immediately(run, serving):
     async def scenario() -> None:
-        receiver = await receiver_factory().start()
         never = asyncio.Event()
-
-        async def hang(request: web.Request) -> web.Response:
-            await never.wait()
-            return web.Response()
-
-        receiver.on("/hang", hang)
-        d = dispatcher(timeout=5.0)
-        loop = asyncio.get_running_loop()
-        try:
+        async with (serving({"/hang": held_until(never)}) as receiver,
+                    dispatching(close_within=0.1, timeout=5.0) as d):
+            loop = asyncio.get_running_loop()
             started = loop.time()
             for seq in range(100):
                 d.enqueue(event(sid(seq % 3), f"{receiver.base}/hang", seq))
             assert loop.time() - started < 0.5
-        finally:
-            await d.close(0.1)
-            await receiver.stop()
 
     run(scenario())
 
 
-def test_retries_on_500_then_succeeds(run, receiver_factory):
+def test_retries_on_500_then_succeeds(run, serving):
     async def scenario() -> None:
-        receiver = await receiver_factory().start()
-        answers = [500, 503, 200]
-
-        async def flaky(request: web.Request) -> web.Response:
-            return web.Response(status=answers.pop(0))
-
-        receiver.on("/cb", flaky)
         delivered: list[CallbackEvent] = []
-        d = dispatcher(max_attempts=4, on_delivered=delivered.append)
-        try:
+        async with (serving({"/cb": answering([500, 503, 200])}) as receiver,
+                    dispatching(max_attempts=4, on_delivered=delivered.append) as d):
             sent = event(sid(1), f"{receiver.base}/cb", 7)
             d.enqueue(sent)
             await receiver.wait_for(lambda r: len(r) == 3)
@@ -148,29 +171,22 @@ def test_retries_on_500_then_succeeds(run, receiver_factory):
                                          "dropped": 0, "abandoned": 0}
             assert {r.form["Seq"] for r in receiver.received} == {"7"}
             assert_signed(receiver.received)
-        finally:
-            await d.close(2)
-            await receiver.stop()
 
     run(scenario())
 
 
-def test_gives_up_after_max_attempts(run, receiver_factory):
+def test_gives_up_after_max_attempts(run, serving):
     async def scenario() -> None:
-        receiver = await receiver_factory().start()
-        receiver.on("/cb", lambda request: _status(500))
         undelivered: list[tuple[CallbackEvent, str]] = []
-        d = dispatcher(max_attempts=3, on_undelivered=lambda e, r: undelivered.append((e, r)))
-        try:
+        async with (serving({"/cb": lambda request: _status(500)}) as receiver,
+                    dispatching(max_attempts=3,
+                                on_undelivered=lambda e, r: undelivered.append((e, r))) as d):
             d.enqueue(event(sid(1), f"{receiver.base}/cb", 0))
             while not undelivered:
                 await asyncio.sleep(0.01)
             assert len(receiver.received) == 3
             assert undelivered[0][1] == "failed"
             assert d.stats.failed == 1 and d.stats.retried == 2 and d.stats.delivered == 0
-        finally:
-            await d.close(2)
-            await receiver.stop()
 
     run(scenario())
 
@@ -179,13 +195,12 @@ async def _status(status: int) -> web.Response:
     return web.Response(status=status)
 
 
-def test_no_retry_on_4xx(run, receiver_factory):
+def test_no_retry_on_4xx(run, serving):
     async def scenario() -> None:
-        receiver = await receiver_factory().start()
-        receiver.on("/cb", lambda request: _status(400))
         undelivered: list[str] = []
-        d = dispatcher(max_attempts=5, on_undelivered=lambda e, r: undelivered.append(r))
-        try:
+        async with (serving({"/cb": lambda request: _status(400)}) as receiver,
+                    dispatching(max_attempts=5,
+                                on_undelivered=lambda e, r: undelivered.append(r)) as d):
             d.enqueue(event(sid(1), f"{receiver.base}/cb", 0))
             d.enqueue(event(sid(1), f"{receiver.base}/ok", 1))
             await receiver.wait_for(lambda r: len(r) == 2)
@@ -194,9 +209,6 @@ def test_no_retry_on_4xx(run, receiver_factory):
             assert [r.path for r in receiver.received] == ["/cb", "/ok"]
             assert undelivered == ["failed"]
             assert d.stats.failed == 1 and d.stats.retried == 0
-        finally:
-            await d.close(2)
-            await receiver.stop()
 
     run(scenario())
 
@@ -207,59 +219,46 @@ def test_connection_errors_are_retried(run):
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         undelivered: list[str] = []
-        d = dispatcher(max_attempts=3, on_undelivered=lambda e, r: undelivered.append(r))
-        try:
+        async with dispatching(max_attempts=3,
+                               on_undelivered=lambda e, r: undelivered.append(r)) as d:
             d.enqueue(event(sid(1), f"http://127.0.0.1:{port}/cb", 0))
             while not undelivered:
                 await asyncio.sleep(0.01)
             assert undelivered == ["failed"]
             assert d.stats.retried == 2 and d.stats.failed == 1
-        finally:
-            await d.close(2)
 
     run(scenario())
 
 
-def test_slow_receiver_does_not_delay_other_callbacks(run, receiver_factory):
+def test_slow_receiver_does_not_delay_other_callbacks(run, serving):
     async def scenario() -> None:
-        slow_receiver = await receiver_factory().start()
-        fast_receiver = await receiver_factory().start()
         never = asyncio.Event()
-
-        async def hang(request: web.Request) -> web.Response:
-            await never.wait()
-            return web.Response()
-
-        slow_receiver.on("/cb", hang)
-        d = dispatcher(timeout=1.0, max_attempts=3)
-        loop = asyncio.get_running_loop()
-        try:
-            for seq in range(3):
-                d.enqueue(event(sid(1), f"{slow_receiver.base}/cb", seq))
-            await slow_receiver.wait_for(lambda r: len(r) >= 1)
-            started = loop.time()
-            for seq in range(3):
-                d.enqueue(event(sid(2), f"{fast_receiver.base}/cb", seq))
-            await fast_receiver.wait_for(lambda r: len(r) == 3, timeout=2)
-            # well under one timeout of the slow receiver
-            assert loop.time() - started < 0.6
-            # the slow one times out and is retried: timeouts count as retryable
-            while d.stats.retried < 1:
-                await asyncio.sleep(0.01)
-        finally:
-            never.set()
-            await d.close(0.1)
-            await slow_receiver.stop()
-            await fast_receiver.stop()
+        async with (serving({"/cb": held_until(never)}) as slow_receiver,
+                    serving() as fast_receiver,
+                    dispatching(close_within=0.1, timeout=1.0, max_attempts=3) as d):
+            loop = asyncio.get_running_loop()
+            try:
+                for seq in range(3):
+                    d.enqueue(event(sid(1), f"{slow_receiver.base}/cb", seq))
+                await slow_receiver.wait_for(lambda r: len(r) >= 1)
+                started = loop.time()
+                for seq in range(3):
+                    d.enqueue(event(sid(2), f"{fast_receiver.base}/cb", seq))
+                await fast_receiver.wait_for(lambda r: len(r) == 3, timeout=2)
+                # well under one timeout of the slow receiver
+                assert loop.time() - started < 0.6
+                # the slow one times out and is retried: timeouts count as retryable
+                while d.stats.retried < 1:
+                    await asyncio.sleep(0.01)
+            finally:
+                never.set()
 
     run(scenario())
 
 
-def test_get_puts_params_in_query_and_post_in_body(run, receiver_factory):
+def test_get_puts_params_in_query_and_post_in_body(run, serving):
     async def scenario() -> None:
-        receiver = await receiver_factory().start()
-        d = dispatcher()
-        try:
+        async with serving() as receiver, dispatching() as d:
             tricky = "a b+c&d=e/é?:"
             d.enqueue(event(sid(1), f"{receiver.base}/get?mine=1", 0, "GET", Text=tricky))
             d.enqueue(event(sid(2), f"{receiver.base}/post?mine=2", 0, "POST", Text=tricky))
@@ -278,27 +277,17 @@ def test_get_puts_params_in_query_and_post_in_body(run, receiver_factory):
             validator = RequestValidator("not-the-token")
             assert not validator.validate(post.url, post.form,
                                           post.headers["X-Twilio-Signature"])
-        finally:
-            await d.close(2)
-            await receiver.stop()
 
     run(scenario())
 
 
-def test_pending_bound_drops_oldest(run, receiver_factory):
+def test_pending_bound_drops_oldest(run, serving):
     async def scenario() -> None:
-        receiver = await receiver_factory().start()
         release = asyncio.Event()
-
-        async def gate(request: web.Request) -> web.Response:
-            await release.wait()
-            return web.Response()
-
-        receiver.on("/cb", gate)
         dropped: list[str] = []
-        d = dispatcher(max_pending=3,
-                       on_undelivered=lambda e, r: dropped.append(f"{r}:{e.param('Seq')}"))
-        try:
+        async with (serving({"/cb": held_until(release)}) as receiver,
+                    dispatching(max_pending=3, on_undelivered=lambda e, r: dropped.append(
+                        f"{r}:{e.param('Seq')}")) as d):
             d.enqueue(event(sid(1), f"{receiver.base}/cb", 0))
             await receiver.wait_for(lambda r: len(r) == 1)  # event 0 is in flight
             for seq in range(1, 7):
@@ -309,120 +298,100 @@ def test_pending_bound_drops_oldest(run, receiver_factory):
             release.set()
             await receiver.wait_for(lambda r: len(r) == 4)
             assert [r.form["Seq"] for r in receiver.received] == ["0", "4", "5", "6"]
-        finally:
-            await d.close(2)
-            await receiver.stop()
 
     run(scenario())
 
 
-def test_close_flushes_then_refuses(run, receiver_factory):
+def test_close_flushes_then_refuses(run, serving):
     async def scenario() -> None:
-        receiver = await receiver_factory().start()
-        undelivered: list[str] = []
-        d = dispatcher(on_undelivered=lambda e, r: undelivered.append(r))
-        for n in range(5):
-            d.enqueue(event(sid(n), f"{receiver.base}/cb", 0))
-        await d.close(5)
-        assert d.stats.delivered == 5 and len(receiver.received) == 5
-        assert d.enqueue(event(sid(9), f"{receiver.base}/cb", 0)) is False
-        assert undelivered == ["closed"]
-        await receiver.stop()
+        async with serving() as receiver:
+            undelivered: list[str] = []
+            d = dispatcher(on_undelivered=lambda e, r: undelivered.append(r))
+            for n in range(5):
+                d.enqueue(event(sid(n), f"{receiver.base}/cb", 0))
+            await d.close(5)
+            assert d.stats.delivered == 5 and len(receiver.received) == 5
+            assert d.enqueue(event(sid(9), f"{receiver.base}/cb", 0)) is False
+            assert undelivered == ["closed"]
 
     run(scenario())
 
 
-def test_close_gives_up_on_stuck_deliveries_and_reports_them(run, receiver_factory):
+def test_close_gives_up_on_stuck_deliveries_and_reports_them(run, serving):
     async def scenario() -> None:
-        receiver = await receiver_factory().start()
         never = asyncio.Event()
-
-        async def hang(request: web.Request) -> web.Response:
-            await never.wait()
-            return web.Response()
-
-        receiver.on("/cb", hang)
-        undelivered: list[str] = []
-        d = dispatcher(timeout=30, on_undelivered=lambda e, r: undelivered.append(
-            f"{r}:{e.param('Seq')}"))
-        for seq in range(3):
-            d.enqueue(event(sid(1), f"{receiver.base}/cb", seq))
-        await receiver.wait_for(lambda r: len(r) == 1)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        await d.close(0.2)
-        assert loop.time() - started < 1.0
-        assert sorted(undelivered) == ["closed:0", "closed:1", "closed:2"]
-        assert d.stats.abandoned == 3
-        never.set()
-        await receiver.stop()
+        async with serving({"/cb": held_until(never)}) as receiver:
+            undelivered: list[str] = []
+            d = dispatcher(timeout=30, on_undelivered=lambda e, r: undelivered.append(
+                f"{r}:{e.param('Seq')}"))
+            for seq in range(3):
+                d.enqueue(event(sid(1), f"{receiver.base}/cb", seq))
+            await receiver.wait_for(lambda r: len(r) == 1)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await d.close(0.2)
+            assert loop.time() - started < 1.0
+            assert sorted(undelivered) == ["closed:0", "closed:1", "closed:2"]
+            assert d.stats.abandoned == 3
+            never.set()
 
     run(scenario())
 
 
-def test_unknown_account_is_not_sent(run, receiver_factory):
+def test_unknown_account_is_not_sent(run, serving):
     async def scenario() -> None:
-        receiver = await receiver_factory().start()
-        reasons: list[str] = []
-        d = CallbackDispatcher(lambda account: None,
-                               on_undelivered=lambda e, r: reasons.append(r))
-        d.enqueue(event(sid(1), f"{receiver.base}/cb", 0))
-        await d.close(2)
-        assert reasons == ["no-token"] and receiver.received == []
-        assert d.stats.failed == 1
-        await receiver.stop()
+        async with serving() as receiver:
+            reasons: list[str] = []
+            d = CallbackDispatcher(lambda account: None,
+                                   on_undelivered=lambda e, r: reasons.append(r))
+            d.enqueue(event(sid(1), f"{receiver.base}/cb", 0))
+            await d.close(2)
+            assert reasons == ["no-token"] and receiver.received == []
+            assert d.stats.failed == 1
 
     run(scenario())
 
 
-def test_a_raising_hook_does_not_stop_delivery(run, receiver_factory):
+def test_a_raising_hook_does_not_stop_delivery(run, serving):
     async def scenario() -> None:
-        receiver = await receiver_factory().start()
-
         def broken(_: CallbackEvent) -> None:
             raise RuntimeError("hook bug")
 
-        d = dispatcher(on_delivered=broken)
-        for seq in range(3):
-            d.enqueue(event(sid(1), f"{receiver.base}/cb", seq))
-        await d.close(5)
-        assert d.stats.delivered == 3 and len(receiver.received) == 3
-        await receiver.stop()
+        async with serving() as receiver:
+            d = dispatcher(on_delivered=broken)
+            for seq in range(3):
+                d.enqueue(event(sid(1), f"{receiver.base}/cb", seq))
+            await d.close(5)
+            assert d.stats.delivered == 3 and len(receiver.received) == 3
 
     run(scenario())
 
 
 def test_secrets_never_logged_and_url_credentials_sent_as_basic_auth(
-    run, receiver_factory, caplog
+    run, serving, caplog
 ):
     password = "cb-basic-password-xyz"
     query_secret = "query-token-abc"
 
     async def scenario() -> None:
-        receiver = await receiver_factory().start()
-        answers = [500, 200, 404]
-
-        async def flaky(request: web.Request) -> web.Response:
-            return web.Response(status=answers.pop(0))
-
-        receiver.on("/cb", flaky)
-        d = dispatcher(max_attempts=2)
-        host = receiver.base.removeprefix("http://")
-        url = f"http://user:{password}@{host}/cb?token={query_secret}"
-        d.enqueue(event(sid(1), url, 0))
-        d.enqueue(event(sid(1), url, 1))
-        # and one that cannot even connect, to exercise the error-logging path
-        d.enqueue(event(sid(2), f"http://user:{password}@127.0.0.1:1/x?token={query_secret}", 0))
-        while d.stats.delivered + d.stats.failed < 3:
-            await asyncio.sleep(0.01)
-        assert repr(d).count("delivered") == 1
-        await d.close(2)
-        assert [r.headers.get("Authorization") for r in receiver.received] == [
-            "Basic dXNlcjpjYi1iYXNpYy1wYXNzd29yZC14eXo="
-        ] * 3
-        # the signed URL is the one without credentials, as the receiver sees it
-        assert_signed(receiver.received)
-        await receiver.stop()
+        async with serving({"/cb": answering([500, 200, 404])}) as receiver:
+            d = dispatcher(max_attempts=2)
+            host = receiver.base.removeprefix("http://")
+            url = f"http://user:{password}@{host}/cb?token={query_secret}"
+            d.enqueue(event(sid(1), url, 0))
+            d.enqueue(event(sid(1), url, 1))
+            # and one that cannot even connect, to exercise the error-logging path
+            d.enqueue(event(sid(2), f"http://user:{password}@127.0.0.1:1/x?token={query_secret}",
+                            0))
+            while d.stats.delivered + d.stats.failed < 3:
+                await asyncio.sleep(0.01)
+            assert repr(d).count("delivered") == 1
+            await d.close(2)
+            assert [r.headers.get("Authorization") for r in receiver.received] == [
+                "Basic dXNlcjpjYi1iYXNpYy1wYXNzd29yZC14eXo="
+            ] * 3
+            # the signed URL is the one without credentials, as the receiver sees it
+            assert_signed(receiver.received)
 
     with caplog.at_level(logging.DEBUG, logger="mediafork.callbacks"):
         run(scenario())

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 import wave
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,17 @@ class Stack:
             public_base_url=BASE_URL, drain_interval=drain_interval,
         )
         return cls(tmp_path, engine, store, outbox, receiver, manager)
+
+    @classmethod
+    @asynccontextmanager
+    async def opened(cls, tmp_path: Path, **options: Any) -> AsyncIterator[Stack]:
+        """``async with Stack.opened(tmp_path) as stack:``: :meth:`open` with the same
+        options, and :meth:`close` however the block ends."""
+        stack = await cls.open(tmp_path, **options)
+        try:
+            yield stack
+        finally:
+            await stack.close()
 
     async def new_call(self, codec: CallCodec = PCMU, account: str = ACCOUNT) -> CallHandle:
         call_sid = new_sid("CA")

@@ -30,8 +30,7 @@ SECONDS = 2.0
 async def _record(tmp_path: Path, *, codec: CallCodec = PCMU, **request: object):
     """Record SECONDS of 440 Hz inbound / 1 kHz outbound; end the call; return the stack's
     view: (fetched resource, frames, rate, wav path)."""
-    stack = await Stack.open(tmp_path)
-    try:
+    async with Stack.opened(tmp_path) as stack:
         call = await stack.new_call(codec)
         body = await stack.create(call, **request)
         assert body["status"] == "in-progress"
@@ -45,8 +44,6 @@ async def _record(tmp_path: Path, *, codec: CallCodec = PCMU, **request: object)
         path = await stack.wav(call, body["sid"])
         frames, rate = read_wav(path)
         return final, frames, rate, path
-    finally:
-        await stack.close()
 
 
 def test_dual_puts_each_tone_on_its_channel(run, tmp_path: Path) -> None:
@@ -103,8 +100,7 @@ def test_sox_reads_the_file(run_asyncio, tmp_path: Path) -> None:
 
 def test_trim_silence_cuts_leading_silence(run_asyncio, tmp_path: Path) -> None:
     async def scenario() -> tuple[np.ndarray, dict]:
-        stack = await Stack.open(tmp_path)
-        try:
+        async with Stack.opened(tmp_path) as stack:
             call = await stack.new_call()
             body = await stack.create(call, trim="trim-silence", track="inbound")
             sender = ToneSender(call.engine_call, Track.INBOUND, 440)
@@ -114,8 +110,6 @@ def test_trim_silence_cuts_leading_silence(run_asyncio, tmp_path: Path) -> None:
             await stack.manager.call_ended(call.call_sid)
             frames, _ = read_wav(await stack.wav(call, body["sid"]))
             return frames, await stack.fetch(call, body["sid"])
-        finally:
-            await stack.close()
 
     frames, final = run_asyncio(scenario())
     assert final["status"] == "completed"

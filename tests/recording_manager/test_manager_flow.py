@@ -29,8 +29,7 @@ EVENTS = frozenset({"in-progress", "completed", "absent"})
 
 def test_callbacks_arrive_signed_and_in_order(run, tmp_path: Path) -> None:
     async def scenario() -> None:
-        stack = await Stack.open(tmp_path)
-        try:
+        async with Stack.opened(tmp_path) as stack:
             call = await stack.new_call()
             body = await stack.create(call, channels="dual", status_callback=stack.callback_url(),
                                       status_callback_events=EVENTS)
@@ -66,16 +65,13 @@ def test_callbacks_arrive_signed_and_in_order(run, tmp_path: Path) -> None:
             # The store kept the history, in order: stopped → processing → completed.
             events = await stack.store.events_for(sid)
             assert [e.event for e in events] == ["in-progress", "completed"]
-        finally:
-            await stack.close()
 
     run(scenario())
 
 
 def test_only_subscribed_events_are_sent_and_get_works(run_asyncio, tmp_path: Path) -> None:
     async def scenario() -> None:
-        stack = await Stack.open(tmp_path)
-        try:
+        async with Stack.opened(tmp_path) as stack:
             call = await stack.new_call()
             body = await stack.create(call, status_callback=stack.callback_url("get"),
                                       status_callback_method="GET")  # default: completed only
@@ -91,16 +87,13 @@ def test_only_subscribed_events_are_sent_and_get_works(run_asyncio, tmp_path: Pa
             states = [(e.event, e.delivery_state) for e in
                       await stack.store.events_for(body["sid"])]
             assert states[0] == ("in-progress", "no-callback")
-        finally:
-            await stack.close()
 
     run_asyncio(scenario())
 
 
 def test_absent_when_nothing_was_sent(run, tmp_path: Path) -> None:
     async def scenario() -> None:
-        stack = await Stack.open(tmp_path)
-        try:
+        async with Stack.opened(tmp_path) as stack:
             call = await stack.new_call()
             body = await stack.create(call, status_callback=stack.callback_url(),
                                       status_callback_events=frozenset({"absent"}))
@@ -115,16 +108,13 @@ def test_absent_when_nothing_was_sent(run, tmp_path: Path) -> None:
             assert cb.signature_ok and cb.params["RecordingStatus"] == "absent"
             assert cb.params["ErrorCode"] == str(ERROR_NO_AUDIO)
             assert not list((tmp_path / "recordings").rglob("*.wav*"))  # no file left behind
-        finally:
-            await stack.close()
 
     run(scenario())
 
 
 def test_status_flow_and_store(run_asyncio, tmp_path: Path) -> None:
     async def scenario() -> None:
-        stack = await Stack.open(tmp_path)
-        try:
+        async with Stack.opened(tmp_path) as stack:
             call = await stack.new_call()
             body = await stack.create(call)
             sid = body["sid"]
@@ -143,16 +133,13 @@ def test_status_flow_and_store(run_asyncio, tmp_path: Path) -> None:
             listing = await stack.manager.list(account_sid=ACCOUNT, call_sid=call.call_sid,
                                                query={})
             assert [r["sid"] for r in listing["recordings"]] == [sid]
-        finally:
-            await stack.close()
 
     run_asyncio(scenario())
 
 
 def test_errors(run_asyncio, tmp_path: Path) -> None:
     async def scenario() -> None:
-        stack = await Stack.open(tmp_path)
-        try:
+        async with Stack.opened(tmp_path) as stack:
             call = await stack.new_call()
             body = await stack.create(call)
             sid = body["sid"]
@@ -201,8 +188,6 @@ def test_errors(run_asyncio, tmp_path: Path) -> None:
             other = await stack.new_call()
             err = await api_error(stack.create(other))
             assert (err.status, err.code) == (503, 900503)
-        finally:
-            await stack.close()
 
     run_asyncio(scenario())
 
@@ -215,8 +200,7 @@ def stack_request():
 
 def test_delete_removes_file_and_resource(run_asyncio, tmp_path: Path) -> None:
     async def scenario() -> None:
-        stack = await Stack.open(tmp_path)
-        try:
+        async with Stack.opened(tmp_path) as stack:
             call = await stack.new_call()
             done = (await stack.create(call))["sid"]
             ToneSender(call.engine_call, Track.INBOUND, 440).push(25)
@@ -235,16 +219,13 @@ def test_delete_removes_file_and_resource(run_asyncio, tmp_path: Path) -> None:
             assert not list((tmp_path / "recordings").rglob("*.wav*"))
             assert (await stack.manager.list(account_sid=ACCOUNT, call_sid=call.call_sid,
                                              query={}))["recordings"] == []
-        finally:
-            await stack.close()
 
     run_asyncio(scenario())
 
 
 def test_recordings_share_the_tap_and_take_no_forked_stream(run_asyncio, tmp_path: Path) -> None:
     async def scenario() -> None:
-        stack = await Stack.open(tmp_path)
-        try:
+        async with Stack.opened(tmp_path) as stack:
             call = await stack.new_call()
             a = (await stack.create(call, channels="dual"))["sid"]
             b = (await stack.create(call, track="outbound"))["sid"]
@@ -282,16 +263,13 @@ def test_recordings_share_the_tap_and_take_no_forked_stream(run_asyncio, tmp_pat
             assert abs(len(frames_b) - 16000) <= 160
             assert call.call_sid not in stack.manager._taps  # forgotten at call end
             assert not call.engine_call.closed
-        finally:
-            await stack.close()
 
     run_asyncio(scenario())
 
 
 def test_close_finishes_everything(run_asyncio, tmp_path: Path) -> None:
     async def scenario() -> None:
-        stack = await Stack.open(tmp_path)
-        try:
+        async with Stack.opened(tmp_path) as stack:
             calls = [await stack.new_call() for _ in range(3)]
             sids = []
             for call in calls:
@@ -307,16 +285,13 @@ def test_close_finishes_everything(run_asyncio, tmp_path: Path) -> None:
             assert sorted(c.params["RecordingSid"] for c in received) == sorted(sids)
             assert all(c.signature_ok for c in received)
             assert TOKEN  # signed with the account's token (checked by the receiver)
-        finally:
-            await stack.close()
 
     run_asyncio(scenario())
 
 
 def test_engine_call_closed_without_call_ended(run_asyncio, tmp_path: Path) -> None:
     async def scenario() -> None:
-        stack = await Stack.open(tmp_path)
-        try:
+        async with Stack.opened(tmp_path) as stack:
             call = await stack.new_call()
             sid = (await stack.create(call))["sid"]
             ToneSender(call.engine_call, Track.INBOUND, 440).push(50)
@@ -324,16 +299,13 @@ def test_engine_call_closed_without_call_ended(run_asyncio, tmp_path: Path) -> N
             call.engine_call.close()  # the host forgot to tell us
             final = await stack.wait_status(call, sid, ("completed", "absent"))
             assert final["status"] == "completed" and final["duration"] == "1"
-        finally:
-            await stack.close()
 
     run_asyncio(scenario())
 
 
 def test_create_while_another_recording_finishes_keeps_its_tracks(run, tmp_path: Path) -> None:
     async def scenario() -> None:
-        stack = await Stack.open(tmp_path)
-        try:
+        async with Stack.opened(tmp_path) as stack:
             call = await stack.new_call()
             first = (await stack.create(call, track="inbound"))["sid"]
             inbound = ToneSender(call.engine_call, Track.INBOUND, 440)
@@ -359,7 +331,5 @@ def test_create_while_another_recording_finishes_keeps_its_tracks(run, tmp_path:
                                             query={"PageSize": "1", "Page": "1"})
             assert [r["sid"] for r in page["recordings"]] == [second["sid"]]
             assert page["previous_page_uri"] and page["next_page_uri"] is None
-        finally:
-            await stack.close()
 
     run(scenario())
