@@ -345,6 +345,21 @@ class Engine:
         self._check_open()
         return sum(core.worker_cpu_ns() for core in self._cores) / 1e9
 
+    def worker_stats(self) -> list[dict[str, float]]:
+        """Per worker: live ``calls``, ``loops``, ``busy_seconds`` (working, not waiting)
+        and ``cpu_seconds``: a saturated worker shows even when the others are idle."""
+        self._check_open()
+        stats = []
+        for core, calls in zip(self._cores, self._load, strict=True):
+            counters = core.counters()
+            stats.append({
+                "calls": calls,
+                "loops": counters["loops"],
+                "busy_seconds": counters["busy_ns"] / 1e9,
+                "cpu_seconds": core.worker_cpu_ns() / 1e9,
+            })
+        return stats
+
     @staticmethod
     def live_allocations() -> int:
         """Data-plane allocations alive in this process (debug accounting)."""

@@ -91,12 +91,23 @@ class EngineCollector(Collector):
 
         yield _counter("mediafork_http_malformed_requests",
                        "HTTP requests refused because they could not be parsed.", BAD_HTTP.count)
-        yield _counter("mediafork_worker_loops", "Media worker loop iterations.", counters["loops"])
-        yield _counter("mediafork_worker_busy_seconds",
-                       "Time the media worker spent working (not waiting).",
-                       counters["busy_ns"] / 1e9)
-        yield _counter("mediafork_worker_cpu_seconds", "CPU time of the media worker thread.",
-                       self.engine.worker_cpu_seconds())
+        # Per worker (label "worker", 0..N-1): one saturated worker must not hide behind
+        # idle ones in a sum.
+        workers = self.engine.worker_stats()
+        for name, key, text, family in (
+            ("mediafork_worker_loops", "loops", "Media worker loop iterations.",
+             CounterMetricFamily),
+            ("mediafork_worker_busy_seconds", "busy_seconds",
+             "Time a media worker spent working (not waiting).", CounterMetricFamily),
+            ("mediafork_worker_cpu_seconds", "cpu_seconds", "CPU time of a media worker thread.",
+             CounterMetricFamily),
+            ("mediafork_worker_calls", "calls", "Live calls placed on a media worker.",
+             GaugeMetricFamily),
+        ):
+            metric = family(name, text, labels=["worker"])
+            for index, stats in enumerate(workers):
+                metric.add_metric([str(index)], stats[key])
+            yield metric
         yield _counter("mediafork_engine_events_dropped", "Worker events lost (queue full).",
                        counters["events_dropped"])
 

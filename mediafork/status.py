@@ -18,7 +18,7 @@ SUMMARY = [
     ("mediafork_packets_forwarded_total", "packets forwarded"),
     ("mediafork_packets_sent_total", "packets sent"),
     ("mediafork_dtmf_filtered_total", "DTMF filtered"),
-    ("mediafork_worker_cpu_seconds_total", "worker CPU seconds"),
+    ("mediafork_worker_cpu_seconds_total", "worker CPU seconds"),  # all workers
 ]
 
 
@@ -65,6 +65,9 @@ def main(args: argparse.Namespace, out=sys.stdout) -> int:
                 forks_by_state[sample.labels.get("state", "")] = sample.value
             elif sample.name == "mediafork_packets_dropped_total" and sample.value:
                 dropped[sample.labels.get("reason", "?")] = sample.value
+            elif sample.name == "mediafork_worker_cpu_seconds_total":
+                # one sample per media worker: the summary shows them together
+                values[sample.name] = values.get(sample.name, 0.0) + sample.value
             elif not sample.labels:
                 values[sample.name] = sample.value
     print(f"mediafork at {base}", file=out)

@@ -30,7 +30,7 @@ from .harness import (
 
 DASHBOARD = TREE / "docs" / "grafana" / "mediafork-dashboard.json"
 # Every label the exporter may use: engine-level dimensions only, never a call or fork.
-ALLOWED_LABELS = {"state", "reason", "class", "outcome", "status"}
+ALLOWED_LABELS = {"state", "reason", "class", "outcome", "status", "worker"}  # all bounded
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -120,7 +120,12 @@ def test_metrics_parse_and_counters_move_with_traffic(busy: Busy) -> None:
     # SIP responses from recorders by class: the 200 of the INVITE, the 486 of the other.
     assert value(after, "mediafork_sip_responses_total", **{"class": "2xx"}) >= 1
     assert value(after, "mediafork_sip_responses_total", **{"class": "4xx"}) >= 1
-    assert value(after, "mediafork_worker_loops_total") > value(before, "mediafork_worker_loops_total")
+    # The daemon suite runs two media workers; the one call went to worker 0.
+    assert value(after, "mediafork_worker_loops_total", worker="0") > value(
+        before, "mediafork_worker_loops_total", worker="0")
+    assert value(after, "mediafork_worker_calls", worker="0") == 1
+    assert value(after, "mediafork_worker_calls", worker="1") == 0
+    assert value(after, "mediafork_worker_cpu_seconds_total", worker="0") > 0
     assert value(after, "mediafork_packets_dropped_total", reason="ring_full") == 0
     assert value(after, "mediafork_srtp_errors_total") == 0
 
