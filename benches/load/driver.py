@@ -229,12 +229,17 @@ def _host_busy_seconds() -> float:
 
 
 def parse_metrics(text: str) -> dict[str, float]:
+    """Sample name (with its labels) -> value; per-worker families are also summed under
+    their bare name (the daemon's CPU and busy time across its media workers)."""
     out: dict[str, float] = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
             name, _, value = line.rpartition(" ")
             with contextlib.suppress(ValueError):
                 out[name] = float(value)
+                base, brace, _ = name.partition("{")
+                if brace and base.startswith("mediafork_worker_"):
+                    out[base] = out.get(base, 0.0) + float(value)
     return out
 
 

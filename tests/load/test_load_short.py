@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from benches.load.driver import LoadConfig, run_load
+from benches.load.driver import LoadConfig, parse_metrics, run_load
 
 pytestmark = pytest.mark.slow
 
@@ -49,3 +49,19 @@ def test_short_load_is_loss_free_with_every_callback(tmp_path: Path) -> None:
     assert abs(rss["growth_pct"]) <= 10.0 and rss["spread_pct"] <= 10.0, rss
     assert rss["max_kb"] < 400 * 1024, rss
     assert r["latency_ms"]["create_to_started_p99"] is not None
+    assert r["rates"]["worker_cpu_pct"] > 0  # read from the per-worker metrics
+
+
+def test_metrics_parser_sums_worker_families_only() -> None:
+    text = "\n".join([
+        "# HELP mediafork_worker_cpu_seconds_total CPU time of a media worker thread.",
+        'mediafork_worker_cpu_seconds_total{worker="0"} 1.5',
+        'mediafork_worker_cpu_seconds_total{worker="1"} 2.0',
+        'mediafork_packets_dropped_total{reason="ring_full"} 3.0',
+        "mediafork_packets_sent_total 10.0",
+    ])
+    m = parse_metrics(text)
+    assert m["mediafork_worker_cpu_seconds_total"] == 3.5
+    assert m['mediafork_worker_cpu_seconds_total{worker="1"}'] == 2.0
+    assert "mediafork_packets_dropped_total" not in m  # summed by reason where needed
+    assert m["mediafork_packets_sent_total"] == 10.0
