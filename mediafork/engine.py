@@ -141,7 +141,7 @@ class Engine:
         coalesce: float = 0.0002,
         workers: int = 1,
     ) -> None:
-        if not isinstance(workers, int) or not 1 <= workers <= 64:
+        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 64:
             raise EngineError(f"workers must be an integer from 1 to 64, got {workers!r}")
         if workers > 1 and not threaded:
             raise EngineError("an engine driven by run_once() has a single worker")
@@ -150,10 +150,18 @@ class Engine:
         self.max_packet = max_packet
         push_ring_slots = _power_of_two(push_ring_slots, "push_ring_slots")
         event_ring_slots = _power_of_two(event_ring_slots, "event_ring_slots")
-        self._cores = [
-            _fastpath.CEngine(push_ring_slots, event_ring_slots, max_packet, int(coalesce * 1e6))
-            for _ in range(workers)
-        ]
+        self._cores: list[Any] = []
+        try:
+            for _ in range(workers):
+                self._cores.append(_fastpath.CEngine(
+                    push_ring_slots, event_ring_slots, max_packet, int(coalesce * 1e6)))
+            if threaded:
+                for core in self._cores:
+                    core.start()
+        except BaseException:
+            for core in self._cores:  # no half-built engine keeps threads or descriptors
+                core.close()
+            raise
         self._core = self._cores[0]  # the only one unless workers > 1 (run_once, benches)
         self._load = [0] * workers  # live calls per worker
         self._calls: dict[str, Call] = {}
@@ -163,9 +171,6 @@ class Engine:
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
         self._closed = False
-        if threaded:
-            for core in self._cores:
-                core.start()
 
     # -- lifecycle ---------------------------------------------------------
     def __enter__(self) -> Engine:

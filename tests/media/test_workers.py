@@ -107,7 +107,7 @@ def test_settled_covers_every_worker(engine2: Engine, sink) -> None:
     assert fork.counters()["sent"] == 0
 
 
-@pytest.mark.parametrize("workers", [0, 65, 1.5, "2"])
+@pytest.mark.parametrize("workers", [0, 65, 1.5, "2", True])
 def test_worker_count_is_checked(workers: object) -> None:
     with pytest.raises(EngineError, match="workers"):
         Engine(workers=workers)  # type: ignore[arg-type]
