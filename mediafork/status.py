@@ -59,12 +59,15 @@ def main(args: argparse.Namespace, out=sys.stdout) -> int:
     values: dict[str, float] = {}
     forks_by_state: dict[str, float] = {}
     dropped: dict[str, float] = {}
+    worker_calls: dict[int, float] = {}
     for family in text_string_to_metric_families(metrics):
         for sample in family.samples:
             if sample.name == "mediafork_forks":
                 forks_by_state[sample.labels.get("state", "")] = sample.value
             elif sample.name == "mediafork_packets_dropped_total" and sample.value:
                 dropped[sample.labels.get("reason", "?")] = sample.value
+            elif sample.name == "mediafork_worker_calls":
+                worker_calls[int(sample.labels.get("worker", "0"))] = sample.value
             elif sample.name == "mediafork_worker_cpu_seconds_total":
                 # one sample per media worker: the summary shows them together
                 values[sample.name] = values.get(sample.name, 0.0) + sample.value
@@ -80,6 +83,10 @@ def main(args: argparse.Namespace, out=sys.stdout) -> int:
           + "".join(f", {k} {v:,.0f}" for k, v in sorted(dropped.items())), file=out)
     print("  forks                " + ", ".join(f"{k} {v:,.0f}" for k, v in
                                                  sorted(forks_by_state.items())), file=out)
+    if worker_calls:  # the balance of calls over the media workers
+        print(f"  {'media workers':20} {len(worker_calls)} (calls "
+              + " / ".join(f"{worker_calls[w]:,.0f}" for w in sorted(worker_calls)) + ")",
+              file=out)
     items = calls.get("calls", calls if isinstance(calls, list) else [])
     print(f"\nlive calls of {auth[0]}: {len(items)}", file=out)
     for call in items:

@@ -163,6 +163,7 @@ def test_status_command_prints_live_calls_forks_and_counters(busy: Busy) -> None
     assert re.search(r"forks\s+.*active 2", out)
     assert re.search(r"packets dropped\s+0\n", out)
     assert re.search(r"worker CPU seconds\s+\d+\.\d\d\n", out)
+    assert re.search(r"media workers\s+2 \(calls 1 / 0\)\n", out)  # the suite runs two
     forwarded = re.search(r"packets forwarded\s+([\d,]+)", out)
     assert forwarded and int(forwarded.group(1).replace(",", "")) >= busy.sent
     assert TOKEN not in out + result.stderr
