@@ -301,14 +301,14 @@ static void run_timers(mf_engine *e, uint64_t now)
     }
 }
 
-/* One loop iteration; the worker thread calls it forever, an unstarted
- * (embedded) engine's owner may call it from its own thread. */
 /* How many ready sockets the worker serves between two looks at the command
  * ring. Under a backlog one socket can take a millisecond (a full receive batch,
  * each packet protected once per fork), and a batch holds up to 256 of them:
  * without this, a control operation could wait for several whole batches. */
 #define MF_CMD_CHECK_EVERY 8
 
+/* One loop iteration; the worker thread calls it forever, an unstarted
+ * (embedded) engine's owner may call it from its own thread. */
 void mf_engine_iterate(mf_engine *e, int max_wait_ms)
 {
     struct epoll_event evs[256];

@@ -616,7 +616,7 @@ class Fork:
         rtcp_host, rtcp_port = rtcp_destination or (host, port + 1 if port < 65535 else port)
         try:
             self.call._worker.set_fork_destination(self._core, host, port, rtcp_host,
-                                                        rtcp_port, wait)
+                                                   rtcp_port, wait)
         except ValueError as exc:
             raise EngineError(str(exc)) from None
         self.destination = (host, port)

@@ -28,7 +28,7 @@ import logging
 import secrets
 import ssl
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine import Call, EngineError, EngineEvent, Fork, SrtpKey, SrtpProfile, Track
@@ -310,12 +310,7 @@ class SipRecorderLinks:
                 f"connector {connector.unique_name} cannot be used: {exc}", ERR_BAD_CONNECTOR_URI
             ) from None
         link = _Link(request, edge, RecordingSession(config), {s.label: s for s in streams})
-        self._links[link.sid] = link
-        for stream in streams:
-            self._by_fork[stream.fork.id] = link
-        link.sender = asyncio.ensure_future(self._send_loop(link))
-        self._senders.add(link.sender)
-        link.sender.add_done_callback(self._senders.discard)
+        self._register(link)
         log.info(
             "Siprec %s: recording session to %s from edge %s (%s)",
             link.sid,
@@ -341,15 +336,13 @@ class SipRecorderLinks:
             if isinstance(recorded_edge, str) and recorded_edge in self._edges:
                 edge_name = recorded_edge
             transport = dialog.get("transport")
-            edge = await self._choose_edge(edge_name, request.connector, srs,
-                                           transport if isinstance(transport, str) else None)
+            if transport not in ("udp", "tcp", "tls"):
+                transport = None
+            edge = await self._choose_edge(edge_name, request.connector, srs, transport)
             # The stream is a placeholder (a BYE carries no SDP); a config needs one.
             placeholder = (ForkedStream("hangup", "inbound", 9, Codec("PCMU", 0, 8000)),)
-            config = replace(
-                self._config(request, srs, (), None, edge, self._ports[edge.name], placeholder),
-                srs_uri=str(dialog.get("srs_uri") or srs),
-                transport=transport if transport in ("udp", "tcp", "tls") else None,
-            )
+            config = self._config(request, str(dialog.get("srs_uri") or srs), (), transport,
+                                  edge, self._ports[edge.name], placeholder)
             session = RecordingSession.for_hangup(config, dialog)
         except (LinkError, ValueError, KeyError) as exc:
             log.warning("Siprec %s: cannot hang up the session left by the previous "
@@ -357,16 +350,22 @@ class SipRecorderLinks:
             return
         # Already reported and stopping: no fork, no event, dropped once the BYE is done.
         link = _Link(request, edge, session, {}, reported=True, stop_requested=True)
-        self._links[link.sid] = link
-        link.sender = asyncio.ensure_future(self._send_loop(link))
-        self._senders.add(link.sender)
-        link.sender.add_done_callback(self._senders.discard)
+        self._register(link)
         log.info("Siprec %s: BYE to %s for the session left by the previous process",
                  link.sid, _safe_uri(session.srs_uri))
         session.stop(self._now(), "engine restarted")
         self._drive(link)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(link.done.wait(), self._stop_timeout + 0.5)
+
+    def _register(self, link: _Link) -> None:
+        """Track a new link (by SID and by fork) and start its sender."""
+        self._links[link.sid] = link
+        for stream in link.streams.values():
+            self._by_fork[stream.fork.id] = link
+        link.sender = asyncio.ensure_future(self._send_loop(link))
+        self._senders.add(link.sender)
+        link.sender.add_done_callback(self._senders.discard)
 
     def _config(
         self,
@@ -909,13 +908,12 @@ class SipRecorderLinks:
                 self._fork_call(link, lambda fork=stream.fork: fork.pause(wait=False))
 
     async def _settled(self, link: _Link) -> None:
-        for stream in link.streams.values():
-            if not stream.fork.closed:
-                try:
-                    await stream.fork.call.engine.settled()
-                except (EngineError, RuntimeError) as exc:  # engine closed, or worker stuck
-                    log.warning("Siprec %s: fork pause not confirmed: %s", link.sid, exc)
-                return  # one engine serves every fork of a link
+        engines = {s.fork.call.engine for s in link.streams.values() if not s.fork.closed}
+        for engine in engines:  # in practice one: every fork of a link is on one call
+            try:
+                await engine.settled()
+            except (EngineError, RuntimeError) as exc:  # engine closed, or worker stuck
+                log.warning("Siprec %s: fork pause not confirmed: %s", link.sid, exc)
 
     def _fork_call(self, link: _Link, method: object) -> None:
         try:
