@@ -7,12 +7,14 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 
 def self_signed(directory: Path, name: str = "recorder", host: str = "127.0.0.1",
-                days: int = 30) -> tuple[Path, Path]:
-    """Write ``name.crt`` and ``name.key`` (0600) for ``host``; returns their paths."""
+                days: int = 30, *, extra_hosts: Sequence[str] = ()) -> tuple[Path, Path]:
+    """Write ``name.crt`` and ``name.key`` (0600) for ``host`` (and ``extra_hosts``, IP
+    addresses or DNS names); returns their paths."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -21,10 +23,12 @@ def self_signed(directory: Path, name: str = "recorder", host: str = "127.0.0.1"
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"mediafork {name}")])
     now = datetime.datetime.now(datetime.UTC)
-    try:
-        alt: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
-    except ValueError:
-        alt = x509.DNSName(host)
+    alt: list[x509.GeneralName] = []
+    for each in (host, *extra_hosts):
+        try:
+            alt.append(x509.IPAddress(ipaddress.ip_address(each)))
+        except ValueError:
+            alt.append(x509.DNSName(each))
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -33,7 +37,7 @@ def self_signed(directory: Path, name: str = "recorder", host: str = "127.0.0.1"
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([alt]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
