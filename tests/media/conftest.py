@@ -78,3 +78,26 @@ def recv_all(sock: socket.socket, count: int, timeout: float = 2.0) -> list[byte
     except TimeoutError:
         pass
     return out
+
+
+def dead_address() -> tuple[str, int]:
+    """A loopback UDP port nothing listens on: sending there draws ICMP port unreachable."""
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    address = closed.getsockname()
+    closed.close()
+    return address
+
+
+def send_until_event(engine, sender: socket.socket, call, kind: str, timeout: float = 3.0):
+    """Feed the call's inbound track until the engine reports ``kind``; those events."""
+    deadline = time.monotonic() + timeout
+    seq = 0
+    while time.monotonic() < deadline:
+        sender.sendto(rtp(seq, seq * 160), call.ingress[0])
+        seq += 1
+        time.sleep(0.02)
+        events = [e for e in engine.poll_events() if e.kind == kind]
+        if events:
+            return events
+    return []

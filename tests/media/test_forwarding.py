@@ -3,7 +3,6 @@ every fork's SRTP checked by an independent pylibsrtp session."""
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import socket
 import threading
@@ -14,7 +13,7 @@ from pylibsrtp import Policy, Session
 
 from mediafork.engine import Engine, EngineError, SrtpKey, SrtpProfile, Track, is_rtcp
 
-from .conftest import eventually, header, recv_all, rtp
+from .conftest import dead_address, eventually, header, recv_all, rtp, send_until_event
 
 
 def receiver_for(key: SrtpKey) -> Session:
@@ -312,20 +311,9 @@ def test_receiver_reports_from_the_recorder_reach_the_counters(engine, sink, sen
 
 
 def test_icmp_port_unreachable_becomes_an_event(engine, sender) -> None:
-    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    closed.bind(("127.0.0.1", 0))
-    dead = closed.getsockname()
-    closed.close()  # nothing listens there: the kernel answers ICMP port unreachable
     call = engine.add_call("CA-icmp")
-    fork = call.add_fork(Track.INBOUND, destination=dead)
-    deadline = time.monotonic() + 3
-    events = []
-    seq = 0
-    while time.monotonic() < deadline and not events:
-        sender.sendto(rtp(seq, seq * 160), call.ingress[Track.INBOUND])
-        seq += 1
-        time.sleep(0.02)
-        events = [e for e in engine.poll_events() if e.kind == "send_error"]
+    fork = call.add_fork(Track.INBOUND, destination=dead_address())
+    events = send_until_event(engine, sender, call, "send_error")
     assert events, "no send_error event"
     assert events[0].value == errno.ECONNREFUSED
     assert events[0].call_sid == "CA-icmp" and events[0].fork_id == fork.id
@@ -514,24 +502,3 @@ def test_queued_changes_apply_in_order_without_waiting(engine, sink) -> None:
     assert header(packet)[4] == fork.ssrc
     assert fork.destination == sink.getsockname() and not fork.paused
 
-
-def test_settled_awaits_queued_changes_without_blocking_the_loop(engine, sink) -> None:
-    """``await engine.settled()`` returns only once every queued command is applied:
-    after a queued pause settles, no pushed packet leaves the fork."""
-    call = engine.add_call("CA-settled", ingress=False)
-    fork = call.add_fork(Track.INBOUND, destination=sink.getsockname())
-    sink.settimeout(0.2)
-
-    async def main() -> None:
-        for _ in range(100):  # a queue long enough that the worker is still busy with it
-            fork.pause(wait=False)
-            fork.resume(wait=False)
-        fork.pause(wait=False)
-        await engine.settled()
-        assert engine._core.applied(engine._core.last_ticket())
-        for seq in range(20):
-            call.push(Track.INBOUND, rtp(seq, seq * 160))
-
-    asyncio.run(main())
-    assert recv_all(sink, 1, timeout=0.2) == []
-    assert fork.counters()["sent"] == 0

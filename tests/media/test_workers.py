@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from mediafork.engine import Engine, EngineError, SrtpKey, Track, is_rtcp
 
-from .conftest import eventually, header, recv_all, rtp
+from .conftest import dead_address, eventually, header, recv_all, rtp, send_until_event
 from .test_forwarding import receiver_for
 
 
@@ -66,45 +65,41 @@ def test_a_freed_worker_takes_the_next_call(engine2: Engine) -> None:
 
 
 def test_events_come_from_every_worker(engine2: Engine, sender) -> None:
-    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    closed.bind(("127.0.0.1", 0))
-    dead = closed.getsockname()
-    closed.close()  # ICMP port unreachable for whatever is sent there
     engine2.add_call("CA-first", ingress=True)  # takes worker 0
     call = engine2.add_call("CA-second")
     assert call.worker == 1
-    fork = call.add_fork(Track.INBOUND, destination=dead)
-    deadline = time.monotonic() + 3
-    events = []
-    seq = 0
-    while time.monotonic() < deadline and not events:
-        sender.sendto(rtp(seq, seq * 160), call.ingress[Track.INBOUND])
-        seq += 1
-        time.sleep(0.02)
-        events = [e for e in engine2.poll_events() if e.kind == "send_error"]
+    fork = call.add_fork(Track.INBOUND, destination=dead_address())
+    events = send_until_event(engine2, sender, call, "send_error")
     assert events and events[0].call_sid == "CA-second" and events[0].fork_id == fork.id
     assert events[0].value == errno.ECONNREFUSED
     assert len(engine2.event_fds) == 2 and len(set(engine2.event_fds)) == 2
 
 
-def test_settled_covers_every_worker(engine2: Engine, sink) -> None:
-    engine2.add_call("CA-zero", ingress=False)
-    call = engine2.add_call("CA-one", ingress=False)
-    assert call.worker == 1
-    fork = call.add_fork(Track.INBOUND, destination=sink.getsockname())
+@pytest.mark.parametrize("workers", [1, 2])
+def test_settled_awaits_queued_changes_on_every_worker(workers: int, sink) -> None:
+    """``await engine.settled()`` returns only once every queued command is applied, on
+    every worker, without blocking the loop: after a queued pause settles, no pushed
+    packet leaves the fork (placed on the last worker)."""
+    with Engine(port_range=(35000, 36999), workers=workers) as engine:
+        for i in range(workers - 1):
+            engine.add_call(f"CA-filler-{i}", ingress=False)
+        call = engine.add_call("CA-settled", ingress=False)
+        assert call.worker == workers - 1
+        fork = call.add_fork(Track.INBOUND, destination=sink.getsockname())
 
-    async def main() -> None:
-        for _ in range(50):
+        async def main() -> None:
+            for _ in range(100):  # a queue long enough that the worker is still busy with it
+                fork.pause(wait=False)
+                fork.resume(wait=False)
             fork.pause(wait=False)
-            fork.resume(wait=False)
-        fork.pause(wait=False)
-        await engine2.settled()
-        for seq in range(10):
-            call.push(Track.INBOUND, rtp(seq, seq * 160))
+            await engine.settled()
+            assert all(c.applied(c.last_ticket()) for c in engine._cores)
+            for seq in range(20):
+                call.push(Track.INBOUND, rtp(seq, seq * 160))
 
-    asyncio.run(main())
-    assert recv_all(sink, 1, timeout=0.2) == []
-    assert fork.counters()["sent"] == 0
+        asyncio.run(main())
+        assert recv_all(sink, 1, timeout=0.2) == []
+        assert fork.counters()["sent"] == 0
 
 
 @pytest.mark.parametrize("workers", [0, 65, 1.5, "2", True])

@@ -40,7 +40,7 @@ def test_a_restored_session_byes_the_recorder_in_the_same_dialog() -> None:
     assert bye.call_id == invite.call_id
     assert bye.from_.tag == invite.from_.tag and bye.to.tag == srs.to_tag
     assert bye.uri == f"sip:srs@{srs.host}:{srs.port}"  # the recorder's Contact
-    assert bye.cseq[0] > last_cseq and bye.cseq[0] >= last_cseq + HANGUP_CSEQ_GAP - 10
+    assert bye.cseq[0] > last_cseq and bye.cseq[0] == last_cseq + HANGUP_CSEQ_GAP + 1
     assert bye.headers.get("X-Auth-Token") == TOKEN  # the connector's credentials go along
     assert restored.of(ev.Ended) == [ev.Ended(False, "engine restarted")]
     assert restored.session.state is SessionState.ENDED
@@ -71,7 +71,7 @@ def test_an_unanswered_bye_is_bounded_by_the_stop_timeout() -> None:
     restored.flush()
     restored.advance(5.1)
     assert restored.of(ev.Ended) and restored.session.state is SessionState.ENDED
-    assert all(isinstance(m, Request) for m in restored.sent)  # nothing but BYE (re)sends
+    assert all(isinstance(m, Request) and m.method == "BYE" for m in restored.sent)  # resends
     assert not any(isinstance(m, Response) for m in restored.sent)
 
 
