@@ -8,7 +8,7 @@ refused it with its *documented* error class:
   raise for bad input");
 * TwiML and the Siprec/Recording forms: :class:`~mediafork.control.errors.ApiError` with a
   4xx status (a 5xx for client input would be a bug);
-* the daemon configuration: :class:`~mediafork.config.ConfigError`;
+* the daemon configuration: :class:`~mediafork.daemon.config.ConfigError`;
 * the control-socket framing: ``FrameError`` (or a clean end of stream).
 
 Any other exception escapes and is the finding. Time per input is bounded by the callers
@@ -33,7 +33,6 @@ from urllib.parse import parse_qsl
 import msgpack
 
 from mediafork.api.control_socket import MAX_FRAME, FrameError, encode_frame, read_frame
-from mediafork.config import Config, ConfigError, parse_config
 from mediafork.control.errors import ApiError
 from mediafork.control.forms import (
     parse_recording_create,
@@ -42,6 +41,7 @@ from mediafork.control.forms import (
     parse_siprec_update,
 )
 from mediafork.control.twiml import MAX_TWIML_LENGTH, check_program, parse_twiml
+from mediafork.daemon.config import Config, ConfigError, parse_config
 from mediafork.sip.digest import Challenge, DigestVerifier, parse_auth_params
 from mediafork.sip.errors import SipParseError
 from mediafork.sip.headers import ContentType, NameAddr, Via, parse_cseq, parse_name_addrs

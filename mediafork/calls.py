@@ -1,6 +1,6 @@
 """A registered call as the control plane sees it.
 
-Shared by the control service (mediafork.service) and the Recordings manager
+Shared by the control service (mediafork.daemon.service) and the Recordings manager
 (mediafork.recording.manager): the engine's Call plus what the host told us
 about the call when it registered it (account, participants, codec).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from .engine import Call
-from .links import CallCodec
+from .recorder_api import CallCodec
 
 __all__ = ["CallHandle"]
 

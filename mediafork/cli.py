@@ -17,8 +17,8 @@ from pathlib import Path
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from . import logs
-    from .config import ConfigError, _listen, default_config, load_config
+    from .daemon import logs
+    from .daemon.config import ConfigError, _listen, default_config, load_config
 
     try:
         config = load_config(args.config) if args.config else default_config(args.data)
@@ -47,7 +47,7 @@ def _serve(args: argparse.Namespace) -> int:
     def announce(daemon) -> None:
         print(f"mediafork ready on {daemon.base_url}", flush=True)
 
-    from .daemon import serve
+    from .daemon.process import serve
 
     try:
         import uvloop
@@ -58,13 +58,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .status import main as status_main
+    from .daemon.status import main as status_main
 
     return status_main(args)
 
 
 def _secret(args: argparse.Namespace) -> int:
-    from .config import encrypt_secret, generate_secret_key
+    from .daemon.config import encrypt_secret, generate_secret_key
 
     if args.action == "genkey":
         sys.stdout.write(generate_secret_key().decode() + "\n")
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             from .dataplane_demo import run
 
             return run(args.seconds)
-        from .demo import main as demo_main
+        from .daemon.demo import main as demo_main
 
         return demo_main(seconds=args.seconds)
     return 2

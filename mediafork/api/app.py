@@ -1,7 +1,7 @@
 """The HTTP server: Twilio-compatible REST (``/2010-04-01/…``) and the host call API (``/v1/…``).
 
 Handlers are thin: authenticate, check the path, hand the request to
-:class:`~mediafork.service.ControlService`, render its answer. Every error leaves as the
+:class:`~mediafork.daemon.service.ControlService`, render its answer. Every error leaves as the
 platform's JSON shape through :func:`error_middleware`, including aiohttp's own (404 for an
 unknown path, 405, 413 for a body over the limit), so clients never see an HTML page and a
 server error never carries a traceback or a secret.
@@ -27,7 +27,7 @@ from ..control import errors
 from ..control.errors import ApiError
 from ..control.forms import parse_recording_create, parse_recording_update
 from ..control.sids import CALL, RECORDING, is_sid
-from ..service import ControlService
+from ..daemon.service import ControlService
 
 log = logging.getLogger("mediafork.api")
 

@@ -36,7 +36,7 @@ import msgpack
 
 from ..control import errors
 from ..control.errors import ApiError
-from ..service import ControlService, ServiceEvent
+from ..daemon.service import ControlService, ServiceEvent
 
 log = logging.getLogger("mediafork.control_socket")
 

@@ -123,7 +123,7 @@ def authenticate() -> ApiError:
     return ApiError(AUTHENTICATE, "Authenticate")
 
 
-# Added with the HTTP server (mediafork.api, mediafork.service).
+# Added with the HTTP server (mediafork.api, mediafork.daemon.service).
 CALL_ALREADY_REGISTERED = _register(900013, 409, "Call already registered")
 SESSION_NOT_STARTED = _register(900014, 503, "Recording session could not be started")
 # One code for what the HTTP layer refuses before any handler runs; the response's HTTP

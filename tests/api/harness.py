@@ -28,12 +28,12 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 from mediafork.api import build_app
-from mediafork.config import Config, load_config
 from mediafork.control.store import AsyncStore
+from mediafork.daemon.config import Config, load_config
+from mediafork.daemon.service import ControlService
 from mediafork.engine import Engine
-from mediafork.links import Connector
-from mediafork.service import ControlService
-from mediafork.sip.links import SipRecorderLinks
+from mediafork.recorder_api import Connector
+from mediafork.sip.recorder_links import SipRecorderLinks
 from mediafork.sip.transaction import TimerConfig
 from mediafork.srs import ReferenceRecorder
 from mediafork.tlsutil import self_signed

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import LoopThread, Server  # noqa: E402
 
-from mediafork.config import load_config  # noqa: E402
+from mediafork.daemon.config import load_config  # noqa: E402
 
 if __name__ == "__main__":
     server = Server(load_config(sys.argv[1]), LoopThread())

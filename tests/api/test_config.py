@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mediafork.config import (
+from mediafork.daemon.config import (
     ConfigError,
     default_config,
     encrypt_secret,

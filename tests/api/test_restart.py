@@ -11,7 +11,7 @@ from pathlib import Path
 from harness import ACCOUNT, CALLER, TOKEN, LoopThread, Receiver, Recorders, Server, write_config
 from twilio.request_validator import RequestValidator
 
-from mediafork.config import load_config
+from mediafork.daemon.config import load_config
 
 
 def test_kill_9_then_restart(tmp_path: Path, loop_thread: LoopThread, receiver: Receiver,

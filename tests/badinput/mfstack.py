@@ -23,8 +23,8 @@ import aiohttp
 import uvloop
 from aiohttp import web
 
-from mediafork.config import encrypt_secret, generate_secret_key, load_config
-from mediafork.daemon import Daemon
+from mediafork.daemon.config import encrypt_secret, generate_secret_key, load_config
+from mediafork.daemon.process import Daemon
 from mediafork.srs.server import ReferenceRecorder
 from mediafork.tlsutil import self_signed
 

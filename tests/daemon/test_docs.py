@@ -6,8 +6,8 @@ from __future__ import annotations
 import inspect
 import re
 
-import mediafork.config
-from mediafork.daemon import Daemon
+import mediafork.daemon.config
+from mediafork.daemon.process import Daemon
 
 from .harness import TREE
 
@@ -42,8 +42,8 @@ def test_unit_is_hardened_and_stops_within_the_shutdown_bound() -> None:
 def _accepted_keys() -> set[str]:
     """Every key name the parser allows: the sets handed to its table readers, plus the
     top-level tables."""
-    source = inspect.getsource(mediafork.config)
-    keys = set(mediafork.config._TOP_LEVEL)
+    source = inspect.getsource(mediafork.daemon.config)
+    keys = set(mediafork.daemon.config._TOP_LEVEL)
     # The allowed set is the first brace literal of quoted names after `_Reader(`; the
     # table path before it may be an f-string with braces of its own.
     for allowed in re.findall(r'_Reader\(.{0,80}?\{(\s*"[^}]*)\}', source, re.S):

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mediafork.config import parse_config
+from mediafork.daemon.config import parse_config
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

@@ -7,7 +7,7 @@ import logging
 
 from aiohttp import web
 
-from mediafork.logs import BAD_HTTP
+from mediafork.daemon.logs import BAD_HTTP
 
 
 def test_malformed_http_is_one_line_and_counted(caplog) -> None:

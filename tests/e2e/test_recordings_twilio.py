@@ -19,8 +19,8 @@ import requests
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
-from mediafork.config import default_config
-from mediafork.daemon import Daemon
+from mediafork.daemon.config import default_config
+from mediafork.daemon.process import Daemon
 from mediafork.synth import tone_packets
 
 

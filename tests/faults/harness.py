@@ -7,7 +7,7 @@ call API (``/v1``) and the Twilio REST API (``/2010-04-01``). Where a process mu
 is ``mediafork serve`` in a subprocess (:class:`ChildDaemon`).
 
 Small SIP timers: ``Daemon`` builds ``SipRecorderLinks`` itself and the config has no timer keys,
-so :func:`link_options` swaps the class in ``mediafork.daemon`` for a partial with the options
+so :func:`link_options` swaps the class in ``mediafork.daemon.process`` for a partial with the options
 while ``start()`` runs (tests run one at a time, so the swap is never seen by anyone else).
 """
 
@@ -37,8 +37,9 @@ import uvloop
 from aiohttp import web
 from sip_e2e.harness import Sipp as _E2eSipp
 
-import mediafork.daemon as daemon_module
-from mediafork.config import (
+import mediafork.daemon.process as daemon_module
+from mediafork.control.signature import compute_signature
+from mediafork.daemon.config import (
     AccountConfig,
     ApiConfig,
     CallbackConfig,
@@ -47,10 +48,9 @@ from mediafork.config import (
     SipConfig,
     StorageConfig,
 )
-from mediafork.control.signature import compute_signature
-from mediafork.daemon import Daemon
+from mediafork.daemon.process import Daemon
 from mediafork.engine import Engine
-from mediafork.links import Connector
+from mediafork.recorder_api import Connector
 from mediafork.sip.transaction import TimerConfig
 
 ACCOUNT = "AC" + "f0" * 16

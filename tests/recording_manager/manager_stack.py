@@ -25,7 +25,7 @@ from mediafork.control.outbox import Outbox
 from mediafork.control.sids import new_sid
 from mediafork.control.store import AsyncStore, CallRecord
 from mediafork.engine import Call, Engine, Track
-from mediafork.links import CallCodec
+from mediafork.recorder_api import CallCodec
 from mediafork.recording.g711 import alaw_encode, ulaw_encode
 from mediafork.recording.manager import RecordingManager
 from mediafork.synth import rtp_packet, tone

@@ -22,7 +22,7 @@ from manager_stack import (
 )
 
 from mediafork.engine import Track
-from mediafork.links import CallCodec
+from mediafork.recorder_api import CallCodec
 
 SECONDS = 2.0
 

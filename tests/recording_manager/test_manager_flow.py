@@ -21,7 +21,7 @@ from manager_stack import (
 from mediafork.control.errors import ApiError
 from mediafork.control.forms import RecordingUpdate
 from mediafork.engine import MAX_FORKS_PER_CALL, Track
-from mediafork.links import CallCodec
+from mediafork.recorder_api import CallCodec
 from mediafork.recording import ERROR_NO_AUDIO
 
 EVENTS = frozenset({"in-progress", "completed", "absent"})

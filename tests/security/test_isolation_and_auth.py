@@ -19,7 +19,7 @@ from mfstack import ACCOUNT_A, ACCOUNT_B, API, Stack, run, with_stack
 
 import mediafork.api.app as app_module
 import mediafork.api.control_socket as control_socket_module
-import mediafork.service as service_module
+import mediafork.daemon.service as service_module
 
 # Unauthenticated operations routes: they take no account and carry no per-call data.
 OPERATIONS = {"/healthz", "/readyz", "/metrics"}

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from mfstack import ACCOUNT_A, ACCOUNT_B, API, Stack, run, with_stack
 
-from mediafork.config import ConfigError, load_config
+from mediafork.daemon.config import ConfigError, load_config
 
 _CRYPTO = re.compile(rb"a=crypto:\d+ [A-Z0-9_]+ inline:([A-Za-z0-9+/=]+)")
 

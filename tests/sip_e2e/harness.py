@@ -22,9 +22,9 @@ from typing import Any, TypeVar
 
 import uvloop
 
-from mediafork.links import CallCodec, Connector, Edge, LinkEvent, SiprecStart
-from mediafork.sip.links import SipRecorderLinks
+from mediafork.recorder_api import CallCodec, Connector, Edge, LinkEvent, SiprecStart
 from mediafork.sip.message import Message, Request, parse_message, parse_multipart
+from mediafork.sip.recorder_links import SipRecorderLinks
 from mediafork.sip.sdp import SessionDescription
 from mediafork.sip.transaction import TimerConfig
 

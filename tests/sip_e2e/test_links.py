@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 
 from mediafork.engine import Engine, EngineEvent, Track
-from mediafork.links import Edge, LinkError
-from mediafork.sip.links import (
+from mediafork.recorder_api import Edge, LinkError
+from mediafork.sip.message import Response
+from mediafork.sip.recorder_links import (
     ERR_MEDIA_UNREACHABLE,
     ERR_SETUP_FAILED,
     ERR_UNKNOWN_EDGE,
     ERR_UNUSABLE_EDGE,
 )
-from mediafork.sip.message import Response
 from mediafork.sip.session import SessionState
 from mediafork.sip.transport import client_tls_context
 

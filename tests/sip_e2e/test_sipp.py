@@ -11,7 +11,7 @@ import xmlschema
 from pylibsrtp import Policy, Session
 
 from mediafork.engine import Engine, Track
-from mediafork.sip.links import ERR_SETUP_FAILED
+from mediafork.sip.recorder_links import ERR_SETUP_FAILED
 from mediafork.sip.sdp import SUITE_32, SUITE_80
 from mediafork.sip.transaction import TimerConfig
 

@@ -22,10 +22,10 @@ import aiohttp
 import numpy as np
 from aiohttp import web
 
+from ..control.signature import compute_signature
+from ..synth import tone_packets
 from .config import default_config
-from .control.signature import compute_signature
-from .daemon import Daemon
-from .synth import tone_packets
+from .process import Daemon
 
 API = "/2010-04-01"
 

@@ -1,7 +1,7 @@
 """The seam between the control plane and recording sessions.
 
 The control service (REST, TwiML, store, callbacks) decides *what* to record;
-a ``RecorderLinks`` implementation (mediafork.sip.links) opens and keeps the
+a ``RecorderLinks`` implementation (mediafork.sip.recorder_links) opens and keeps the
 SIPREC sessions that carry it, creating the call's forks in the engine. This
 module holds only the types both sides share: connectors and edges from the
 operator's config, the start request, and the events coming back.

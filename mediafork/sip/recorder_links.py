@@ -1,10 +1,10 @@
-"""The real :class:`mediafork.links.RecorderLinks`: SIPREC sessions over the asyncio transport.
+"""The real :class:`mediafork.recorder_api.RecorderLinks`: SIPREC sessions over the asyncio transport.
 
 For each Siprec started, :class:`SipRecorderLinks` picks an edge, creates the call's forks
 in the engine (bound on the edge's address), drives one sans-I/O
 :class:`~mediafork.sip.session.RecordingSession` with timers on the loop, applies what the
 session learns (destinations, selected SRTP suite, the SRS's key, pause/resume) to the
-forks and reports ``started`` / ``stopped`` / ``error`` :class:`~mediafork.links.LinkEvent`
+forks and reports ``started`` / ``stopped`` / ``error`` :class:`~mediafork.recorder_api.LinkEvent`
 through the sink. Incoming SIP is routed to sessions by Call-ID.
 
 Error codes (mediafork range, see docs/sip.md "Error codes"):
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine import Call, EngineError, EngineEvent, Fork, SrtpKey, SrtpProfile, Track
-from ..links import Connector, Edge, LinkError, LinkEvent, LinkEventSink, SiprecStart
+from ..recorder_api import Connector, Edge, LinkError, LinkEvent, LinkEventSink, SiprecStart
 from . import events as ev
 from .dialog import build_response
 from .errors import SipParseError

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .links import Connector, Edge
+from ..recorder_api import Connector, Edge
 
 __all__ = [
     "AccountConfig",
@@ -284,7 +284,7 @@ def _listen(value: str, where: str) -> tuple[str, int]:
 
 
 def _sip_uri(value: str, where: str, edges: set[str]) -> str:
-    from .sip.uri import SipUri, split_connector_uri
+    from ..sip.uri import SipUri, split_connector_uri
 
     try:
         clean, _secure, edge = split_connector_uri(value)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from .engine import Engine
+from ..engine import Engine
 
 # engine total -> (metric suffix, label value) for packets dropped, by reason
 _DROP_REASONS = {

@@ -19,19 +19,19 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .api import build_app
-from .api.control_socket import ControlSocketServer
+from ..api import build_app
+from ..api.control_socket import ControlSocketServer
+from ..control.store import AsyncStore
+from ..engine import Engine
+from ..recorder_api import Connector
+from ..recording.manager import RecordingManager
+from ..sip.recorder_links import SipRecorderLinks
+from ..sip.transport import client_tls_context
 from .config import Config
-from .control.store import AsyncStore
-from .engine import Engine
-from .links import Connector
 from .metrics import EngineCollector, build_registry
-from .recording.manager import RecordingManager
 from .service import ControlService
-from .sip.links import SipRecorderLinks
-from .sip.transport import client_tls_context
 
-log = logging.getLogger("mediafork.daemon")
+log = logging.getLogger("mediafork.daemon.process")
 
 EMBEDDED_RECORDER_PORT = 5070
 
@@ -116,8 +116,8 @@ class Daemon:
     async def _start_recorder(self, config: Config) -> Config:
         """The embedded reference recorder, and `Default` / `Secure` connectors to it
         for every account that has none (the no-config quick start)."""
-        from .srs.server import RecorderConfig, ReferenceRecorder
-        from .tlsutil import self_signed
+        from ..srs.server import RecorderConfig, ReferenceRecorder
+        from ..tlsutil import self_signed
 
         data = config.storage.data_dir
         cert, key = self_signed(data / "tls", "recorder")

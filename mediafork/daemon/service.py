@@ -33,12 +33,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .calls import CallHandle
-from .config import Config
-from .control import errors
-from .control.errors import ApiError
-from .control.events import CallInfo, siprec_params
-from .control.forms import (
+from ..calls import CallHandle
+from ..control import errors
+from ..control.errors import ApiError
+from ..control.events import CallInfo, siprec_params
+from ..control.forms import (
     DEFAULT_CONNECTOR,
     RecordingRequest,
     RecordingUpdate,
@@ -48,15 +47,15 @@ from .control.forms import (
     parse_siprec_create,
     parse_siprec_update,
 )
-from .control.outbox import Outbox
-from .control.resources import (
+from ..control.outbox import Outbox
+from ..control.resources import (
     list_page,
     page_request,
     render_siprec,
     siprec_list_uri,
 )
-from .control.sids import ACCOUNT, CALL, SIPREC, is_sid, new_sid
-from .control.store import (
+from ..control.sids import ACCOUNT, CALL, SIPREC, is_sid, new_sid
+from ..control.store import (
     ENGINE_RESTARTED,
     ENGINE_RESTARTED_CODE,
     AsyncStore,
@@ -66,13 +65,14 @@ from .control.store import (
     NameTaken,
     SiprecRecord,
 )
-from .control.timefmt import rfc2822, utcnow
-from .control.twiml import ActiveSiprec, StartSiprec, check_program, parse_twiml
-from .engine import Engine, EngineError
-from .engine import Track as EngineTrack
-from .links import CallCodec, Connector, LinkError, LinkEvent, RecorderLinks, SiprecStart
+from ..control.timefmt import rfc2822, utcnow
+from ..control.twiml import ActiveSiprec, StartSiprec, check_program, parse_twiml
+from ..engine import Engine, EngineError
+from ..engine import Track as EngineTrack
+from ..recorder_api import CallCodec, Connector, LinkError, LinkEvent, RecorderLinks, SiprecStart
+from .config import Config
 
-log = logging.getLogger("mediafork.service")
+log = logging.getLogger("mediafork.daemon.service")
 
 __all__ = ["ControlService", "PublishingOutbox", "RecordingManagerLike", "ServiceEvent"]
 
