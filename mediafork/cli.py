@@ -15,6 +15,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from . import __version__
+
 
 def _serve(args: argparse.Namespace) -> int:
     from .daemon import logs
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return srs_main(argv[1:])
     parser = argparse.ArgumentParser(prog="mediafork", description="SIPREC media-forking engine")
+    parser.add_argument("--version", action="version", version=f"mediafork {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the sidecar daemon")

@@ -13,23 +13,43 @@ import secrets
 from dataclasses import dataclass
 
 from pylibsrtp import Policy
-from pylibsrtp._binding import ffi, lib
 
 from . import _fastpath
+
+# Private parts of pylibsrtp this module relies on (pyproject.toml bounds pylibsrtp to the
+# releases that have them; tests/release/test_pylibsrtp_internals.py checks each one).
+LIBSRTP_ENTRY_POINTS = ("srtp_create", "srtp_dealloc", "srtp_protect", "srtp_protect_rtcp",
+                        "srtp_unprotect", "srtp_unprotect_rtcp")
+
+
+def _private_binding() -> tuple[object, object]:
+    """pylibsrtp's cffi ``ffi`` and ``lib``, or an error that says what moved."""
+    import pylibsrtp
+
+    version = getattr(pylibsrtp, "__version__", "?")
+    try:
+        from pylibsrtp._binding import ffi, lib
+    except ImportError as exc:
+        raise ImportError(
+            f"mediafork needs pylibsrtp's private _binding module (ffi, lib), which pylibsrtp "
+            f"{version} does not have; install a release within the bounds in pyproject.toml"
+        ) from exc
+    missing = [name for name in LIBSRTP_ENTRY_POINTS if not hasattr(lib, name)]
+    if missing or not hasattr(Policy(), "_policy"):
+        what = ", ".join(missing) if missing else "Policy._policy"
+        raise ImportError(f"pylibsrtp {version} no longer exposes {what}, which mediafork's "
+                          "data plane uses; install a release within the bounds in pyproject.toml")
+    return ffi, lib
+
+
+ffi, lib = _private_binding()
 
 
 def _address(name: str) -> int:
     return int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
 
 
-_fastpath.bind_srtp(
-    _address("srtp_create"),
-    _address("srtp_dealloc"),
-    _address("srtp_protect"),
-    _address("srtp_protect_rtcp"),
-    _address("srtp_unprotect"),
-    _address("srtp_unprotect_rtcp"),
-)
+_fastpath.bind_srtp(*(_address(name) for name in LIBSRTP_ENTRY_POINTS))
 
 
 class SrtpProfile(enum.Enum):
