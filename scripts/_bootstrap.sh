@@ -1,7 +1,9 @@
-# Sourced by the scripts in this folder: makes .venv, installs mediafork with its
-# test extras and builds the C/Cython extension in place. Safe to run repeatedly;
-# a rebuild is cheap when nothing changed.
+# Sourced by the scripts in this folder: makes .venv, installs mediafork (with the
+# extras named in MEDIAFORK_EXTRAS, e.g. "test"; none for the demo) and builds the
+# C/Cython extension in place. Safe to run repeatedly; a rebuild is cheap when
+# nothing changed.
 set -euo pipefail
+EXTRAS="${MEDIAFORK_EXTRAS-}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${MEDIAFORK_VENV:-$ROOT/.venv}"
 PY="${PYTHON:-python3}"
@@ -21,11 +23,12 @@ quietly() {
     exit 1
   fi
 }
-stamp="$VENV/.mediafork-deps"
+# One stamp per set of extras: the demo's runtime-only install does not satisfy the tests.
+stamp="$VENV/.mediafork-deps${EXTRAS:+-$EXTRAS}"
 if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
-  echo "[bootstrap] installing build and test dependencies (log: $LOG)"
+  echo "[bootstrap] installing build and ${EXTRAS:-runtime} dependencies (log: $LOG)"
   quietly python -m pip install --upgrade pip "setuptools>=77" wheel "Cython>=3.0" "numpy>=1.24"
-  quietly python -m pip install --no-build-isolation -e "$ROOT[test]"
+  quietly python -m pip install --no-build-isolation -e "$ROOT${EXTRAS:+[$EXTRAS]}"
   touch "$stamp"
 fi
 echo "[bootstrap] building the extension"
