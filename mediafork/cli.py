@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seconds", type=float, default=3.0, help="length of the synthetic calls")
     demo.add_argument("--dataplane", action="store_true",
                       help="only the data-plane demo (no daemon, no SIP)")
+    demo.add_argument("--keep", metavar="DIR", type=Path,
+                      help="copy the recorder's WAV files and metadata to DIR and print their paths")
 
     secret = sub.add_parser("secret", help="secrets at rest for the config file")
     secret.add_argument("action", choices=["genkey", "encrypt"])
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             return run(args.seconds)
         from .daemon.demo import main as demo_main
 
-        return demo_main(seconds=args.seconds)
+        return demo_main(seconds=args.seconds, keep=args.keep)
     return 2
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import shutil
 import socket
 import sys
 import tempfile
@@ -136,9 +137,16 @@ def dominant_hz(path: Path) -> tuple[float, float]:
     return len(samples) / rate, float(np.fft.rfftfreq(len(samples), 1 / rate)[spectrum.argmax()])
 
 
-async def run(seconds: float = 3.0, out=sys.stdout) -> int:
+async def run(seconds: float = 3.0, out=sys.stdout, keep: Path | None = None) -> int:
+    """The demo; with ``keep`` the recorder's files of each Siprec are copied to
+    ``keep/<siprec name>/`` and the summary names them by full path."""
+
     def say(text: str = "", end: str = "\n") -> None:
         print(text, end=end, file=out, flush=True)
+
+    # A terminal gets one live line rewritten in place; a pipe or a log gets a plain
+    # line a second, not a run of carriage returns.
+    interactive = bool(getattr(out, "isatty", lambda: False)())
 
     with tempfile.TemporaryDirectory(prefix="mediafork-demo-") as tmp:
         data = Path(tmp)
@@ -198,14 +206,21 @@ async def run(seconds: float = 3.0, out=sys.stdout) -> int:
                         "siprec-started" in receiver.events_for(c.siprec_sid or "") for c in calls):
                     await asyncio.sleep(0.05)
                 end = time.monotonic() + seconds
+                next_plain = 0.0
                 while time.monotonic() < end:
                     totals = daemon.engine.totals()
                     sent, forwarded = totals.get("fork_sent", 0), totals.get("fork_forwarded", 0)
                     loss = totals.get("fork_dropped_full", 0) + totals.get("fork_send_errors", 0)
-                    say(f"\r  live: {len(daemon.engine.calls)} calls, {forwarded} packets forked, "
-                        f"{sent} sent, {loss} lost, {len(receiver.received)} callbacks   ", end="")
+                    line = (f"  live: {len(daemon.engine.calls)} calls, {forwarded} packets "
+                            f"forked, {sent} sent, {loss} lost, {len(receiver.received)} callbacks")
+                    if interactive:
+                        say(f"\r{line}   ", end="")
+                    elif time.monotonic() >= next_plain:
+                        say(line)
+                        next_plain = time.monotonic() + 1.0
                     await asyncio.sleep(0.25)
-                say()
+                if interactive:
+                    say()
                 for call in calls:
                     async with http.get(f"{base}/v1/Calls/{call.sid}") as r:
                         view = await r.json()
@@ -227,7 +242,7 @@ async def run(seconds: float = 3.0, out=sys.stdout) -> int:
             await daemon.recorder.wait_for(
                 lambda rec: sum(1 for s in rec.sessions if s.state == "ended") >= len(calls),
                 timeout=10)
-            ok = report(calls, daemon, receiver, say)
+            ok = report(calls, daemon, receiver, say, keep)
         except Exception as exc:  # the demo reports, it does not crash
             say(f"\ndemo failed: {exc}")
             ok = False
@@ -240,7 +255,8 @@ async def run(seconds: float = 3.0, out=sys.stdout) -> int:
     return 0 if ok else 1
 
 
-def report(calls: list[DemoCall], daemon: Daemon, receiver: CallbackReceiver, say) -> bool:
+def report(calls: list[DemoCall], daemon: Daemon, receiver: CallbackReceiver, say,
+           keep: Path | None = None) -> bool:
     ok = True
     sessions: dict[str, Any] = {}
     for session in daemon.recorder.sessions:
@@ -259,6 +275,11 @@ def report(calls: list[DemoCall], daemon: Daemon, receiver: CallbackReceiver, sa
             continue
         t = summary["totals"]
         secure = any(s.get("srtp_suite") for s in summary["streams"])
+        directory = Path(summary["directory"])
+        if keep is not None:  # copied before the temporary data folder goes away
+            kept = keep / call.name
+            shutil.rmtree(kept, ignore_errors=True)
+            directory = Path(shutil.copytree(directory, kept)).resolve()
         wavs = []
         expected = {call.inbound_hz} if call.track == "inbound_track" else {
             call.inbound_hz, call.outbound_hz}
@@ -266,10 +287,11 @@ def report(calls: list[DemoCall], daemon: Daemon, receiver: CallbackReceiver, sa
         for stream in summary["streams"]:
             if not stream.get("wav"):
                 continue
-            seconds, hz = dominant_hz(Path(summary["directory"]) / stream["wav"])
+            seconds, hz = dominant_hz(directory / stream["wav"])
             nearest = min(expected, key=lambda e, hz=hz: abs(e - hz))
             heard.add(nearest if abs(nearest - hz) < 15 else hz)  # within an FFT bin or two
-            wavs.append(f"{stream['wav']} ({seconds:.1f}s, {hz:.0f} Hz)")
+            name = directory / stream["wav"] if keep is not None else stream["wav"]
+            wavs.append(f"{name} ({seconds:.1f}s, {hz:.0f} Hz)")
         # The engine's count is a snapshot taken while media still flowed, so
         # the recorder may have more; it must not have fewer, nor any loss.
         good = (0 < call.sent_by_engine <= t["packets"] and t["lost"] == 0
@@ -279,6 +301,9 @@ def report(calls: list[DemoCall], daemon: Daemon, receiver: CallbackReceiver, sa
         say(f"{call.name:13} {summary['transport']:9} {'yes' if secure else 'no':5} "
             f"{call.sent_by_engine:>6} {t['packets']:>6} {t['lost']:>5} "
             f"{t['srtp_auth_failures']:>9}  {', '.join(wavs)}{'' if good else '  <- FAILED'}")
+    if keep is None:
+        say("(the recorder's files are removed with the demo's temporary folder; "
+            "`mediafork demo --keep DIR` keeps them)")
     say("\ncallbacks (signature checked with the account token):")
     for call in calls:
         events = receiver.events_for(call.siprec_sid or "")
@@ -291,10 +316,12 @@ def report(calls: list[DemoCall], daemon: Daemon, receiver: CallbackReceiver, sa
     return ok
 
 
-def main(seconds: float = 3.0) -> int:
+def main(seconds: float = 3.0, keep: Path | None = None) -> int:
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
     try:
         import uvloop
 
-        return uvloop.run(run(seconds))
+        return uvloop.run(run(seconds, keep=keep))
     except ImportError:  # pragma: no cover
-        return asyncio.run(run(seconds))
+        return asyncio.run(run(seconds, keep=keep))
