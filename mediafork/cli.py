@@ -1,6 +1,7 @@
 """mediafork command line.
 
     mediafork serve [--config FILE]     the sidecar daemon (embedded defaults without a file)
+    mediafork check-config FILE         validate a config file without starting
     mediafork srs [...]                 the reference Session Recording Server
     mediafork status                    live calls, forks and counters from a running daemon
     mediafork demo                      the end-to-end demo (scripts/demo)
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -20,17 +21,14 @@ from . import __version__
 
 def _serve(args: argparse.Namespace) -> int:
     from .daemon import logs
-    from .daemon.config import ConfigError, _listen, default_config, load_config
+    from .daemon.config import ConfigError, default_config, load_config, with_overrides
 
     try:
         config = load_config(args.config) if args.config else default_config(args.data)
-        if args.listen:
-            # The embedded defaults fix the API on 127.0.0.1:8080; a sidecar next to
-            # something already on 8080 (or a test wanting a free port) needs another one.
-            host, port = _listen(args.listen, "--listen")
-            config = dataclasses.replace(config,
-                                         api=dataclasses.replace(config.api, host=host,
-                                                                 port=port))
+        # Flags (or their MEDIAFORK_* variables) win over the file and the embedded
+        # defaults: a sidecar next to a PBX on 5060 or an app on 8080 must be movable.
+        config = with_overrides(config, listen=args.listen, sip_port=args.sip_port,
+                                media_ports=args.media_ports)
     except ConfigError as exc:
         print(f"mediafork: invalid configuration: {exc}", file=sys.stderr)
         return 2
@@ -51,12 +49,39 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .daemon.process import serve
 
+    extra = {} if args.recorder_port is None else {"recorder_port": args.recorder_port}
+    running = serve(config, embedded_recorder=embedded, announce=announce, **extra)
     try:
         import uvloop
 
-        return uvloop.run(serve(config, embedded_recorder=embedded, announce=announce))
+        return uvloop.run(running)
     except ImportError:  # pragma: no cover - uvloop is a dependency
-        return asyncio.run(serve(config, embedded_recorder=embedded, announce=announce))
+        return asyncio.run(running)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from .daemon.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(f"mediafork: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    edges = ", ".join(e.name for e in config.edges) or "default"
+    print(f"{args.file}: OK ({len(config.accounts)} accounts, {len(config.connectors)} "
+          f"connectors, edges: {edges}; API {config.api.host}:{config.api.port}, SIP port "
+          f"{config.sip.port}, media ports {config.media.port_range[0]}-"
+          f"{config.media.port_range[1]})")
+    return 0
+
+
+def _env_port(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    if not value.isdigit() or not 0 <= int(value) <= 65535:
+        raise SystemExit(f"mediafork: {name}: must be a port number (0-65535)")
+    return int(value)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -90,12 +115,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"mediafork {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the sidecar daemon")
-    serve.add_argument("--config", help="TOML config file (default: embedded defaults)")
-    serve.add_argument("--data", default="data",
-                       help="data folder for the embedded defaults (default: ./data)")
-    serve.add_argument("--listen", metavar="HOST:PORT",
-                       help="API address, overriding [api] listen (port 0: any free port)")
+    env = os.environ.get
+    serve = sub.add_parser(
+        "serve", help="run the sidecar daemon",
+        description="Each flag can also be set by the MEDIAFORK_* variable it names; "
+                    "a flag wins over its variable, and both over the config file.")
+    serve.add_argument("--config", default=env("MEDIAFORK_CONFIG"),
+                       help="TOML config file (default: embedded defaults) [MEDIAFORK_CONFIG]")
+    serve.add_argument("--data", default=env("MEDIAFORK_DATA", "data"),
+                       help="data folder for the embedded defaults (default: ./data) "
+                            "[MEDIAFORK_DATA]")
+    serve.add_argument("--listen", metavar="HOST:PORT", default=env("MEDIAFORK_LISTEN"),
+                       help="API address, overriding [api] listen (port 0: any free port) "
+                            "[MEDIAFORK_LISTEN]")
+    serve.add_argument("--sip-port", metavar="PORT", default=env("MEDIAFORK_SIP_PORT"),
+                       help="SIP port on every edge, overriding [sip] port (0: any free port) "
+                            "[MEDIAFORK_SIP_PORT]")
+    serve.add_argument("--media-ports", metavar="FIRST-LAST",
+                       default=env("MEDIAFORK_MEDIA_PORTS"),
+                       help="media port range, overriding [media] port_range "
+                            "[MEDIAFORK_MEDIA_PORTS]")
+    serve.add_argument("--recorder-port", metavar="PORT", type=int,
+                       default=_env_port("MEDIAFORK_RECORDER_PORT"),
+                       help="SIP port of the embedded reference recorder (default: 5070; "
+                            "0: any free port) [MEDIAFORK_RECORDER_PORT]")
     serve.add_argument("--no-recorder", action="store_true",
                        help="without --config: do not start the embedded reference recorder")
     serve.add_argument("--log-format", choices=["text", "json"], default="text")
@@ -103,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
                        choices=["debug", "info", "warning", "error"])
 
     sub.add_parser("srs", help="run the reference recorder (see `mediafork srs --help`)")
+
+    check = sub.add_parser("check-config", help="validate a config file without starting")
+    check.add_argument("file", help="the TOML config file")
 
     status = sub.add_parser("status", help="show live calls, forks and counters")
     status.add_argument("--url", default="http://127.0.0.1:8080")
@@ -126,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "status":
         return _status(args)
+    if args.command == "check-config":
+        return _check_config(args)
     if args.command == "secret":
         if args.action == "encrypt" and not args.key_file:
             parser.error("secret encrypt needs --key-file")

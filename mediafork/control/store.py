@@ -364,7 +364,14 @@ class Store:
             self._db.execute("ROLLBACK")
             raise
         else:
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                # A failed COMMIT (disk full, read-only) leaves the transaction open, and
+                # every later BEGIN would fail with "within a transaction".
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise
 
     def _migrate(self, migrations: Sequence[Sequence[str]]) -> None:
         with self._transaction() as db:
@@ -390,6 +397,12 @@ class Store:
     @property
     def schema_version(self) -> int:
         return int(self._db.execute("SELECT version FROM schema_version").fetchone()[0])
+
+    def probe_write(self) -> None:
+        """Commit one write that changes nothing; raises when the database cannot take
+        writes (read-only file or file system, disk full, I/O error). For readiness."""
+        with self._transaction() as db:
+            db.execute("UPDATE schema_version SET version = version")
 
     # -- calls --------------------------------------------------------------------------
 

@@ -49,6 +49,8 @@ __all__ = [
     "generate_secret_key",
     "load_config",
     "parse_config",
+    "port_range_text",
+    "with_overrides",
 ]
 
 _ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
@@ -116,6 +118,9 @@ class SipConfig:
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    start_degraded: bool = False
+    """Start even when an edge's SIP port cannot be bound (/readyz then answers 503
+    naming it); by default such a start fails."""
 
 
 @dataclass(frozen=True)
@@ -275,6 +280,47 @@ def _port(value: Any, where: str, allow_zero: bool = False) -> int:
     return value
 
 
+def _port_range(value: list[Any], where: str) -> tuple[int, int]:
+    if len(value) != 2:
+        raise ConfigError(f"{where}: must be [first, last]")
+    first = _port(value[0], f"{where}[0]")
+    last = _port(value[1], f"{where}[1]")
+    if last - first < 3:
+        raise ConfigError(f"{where}: must hold at least 4 ports (first < last)")
+    return first, last
+
+
+def port_range_text(value: str, where: str) -> tuple[int, int]:
+    """``FIRST-LAST`` (a command-line flag or an environment variable) as a port range."""
+    first, sep, last = value.partition("-")
+    if not sep or not first.strip().isdigit() or not last.strip().isdigit():
+        raise ConfigError(f"{where}: must be FIRST-LAST, e.g. 30000-39999")
+    return _port_range([int(first), int(last)], where)
+
+
+def with_overrides(config: Config, *, listen: str | None = None, sip_port: str | None = None,
+                   media_ports: str | None = None) -> Config:
+    """*config* with the command line's (or the environment's) values in place of the
+    file's or the embedded defaults', checked like the file's keys. ``where`` in errors
+    names the flag."""
+    import dataclasses
+
+    if listen is not None:
+        host, port = _listen(listen, "--listen")
+        config = dataclasses.replace(config, api=dataclasses.replace(config.api, host=host,
+                                                                     port=port))
+    if sip_port is not None:
+        if not sip_port.strip().isdigit():
+            raise ConfigError("--sip-port: must be a port number (0-65535)")
+        port = _port(int(sip_port), "--sip-port", allow_zero=True)
+        config = dataclasses.replace(config, sip=dataclasses.replace(config.sip, port=port))
+    if media_ports is not None:
+        port_range = port_range_text(media_ports, "--media-ports")
+        config = dataclasses.replace(config, media=dataclasses.replace(
+            config.media, port_range=port_range))
+    return config
+
+
 def _listen(value: str, where: str) -> tuple[str, int]:
     host, sep, port_text = value.rpartition(":")
     if not sep or not port_text.isdigit():
@@ -368,13 +414,8 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
 
     media_r = _Reader(_table(root, "media"), "media", {"address", "port_range", "workers"})
     address = _ip(media_r.get("address", str, "127.0.0.1"), "media.address")
-    pr = media_r.get("port_range", list, [30000, 39999])
-    if len(pr) != 2:
-        raise ConfigError("media.port_range: must be [first, last]")
-    first = _port(pr[0], "media.port_range[0]")
-    last = _port(pr[1], "media.port_range[1]")
-    if last - first < 3:
-        raise ConfigError("media.port_range: must hold at least 4 ports (first < last)")
+    first, last = _port_range(media_r.get("port_range", list, [30000, 39999]),
+                              "media.port_range")
     workers = media_r.get("workers", int, 1)
     if not 1 <= workers <= 64:
         raise ConfigError("media.workers: must be between 1 and 64")
@@ -466,7 +507,7 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
     tls_table = sip_table.pop("tls", {})
     if not isinstance(tls_table, dict):
         raise ConfigError("sip.tls: must be a table")
-    sip_r = _Reader(sip_table, "sip", {"port"})
+    sip_r = _Reader(sip_table, "sip", {"port", "start_degraded"})
     tls_r = _Reader(tls_table, "sip.tls", {"ca_file", "cert_file", "key_file"})
 
     def tls_path(name: str) -> Path | None:
@@ -480,7 +521,8 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
 
     sip = SipConfig(port=_port(sip_r.get("port", int, 5060), "sip.port", allow_zero=True),
                     tls_ca_file=tls_path("ca_file"), tls_cert_file=tls_path("cert_file"),
-                    tls_key_file=tls_path("key_file"))
+                    tls_key_file=tls_path("key_file"),
+                    start_degraded=sip_r.get("start_degraded", bool, False))
     if (sip.tls_cert_file is None) != (sip.tls_key_file is None):
         raise ConfigError("sip.tls.key_file: cert_file and key_file go together")
 

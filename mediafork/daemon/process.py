@@ -34,6 +34,12 @@ from .service import ControlService
 log = logging.getLogger("mediafork.daemon.process")
 
 EMBEDDED_RECORDER_PORT = 5070
+READINESS_CACHE_SECONDS = 2.0
+"""/readyz is unauthenticated: its store write probe runs at most this often."""
+
+
+class StartupError(Exception):
+    """The daemon cannot start as configured; the message says what and where."""
 
 
 class Daemon:
@@ -54,6 +60,7 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self._control_socket: ControlSocketServer | None = None
         self._ready = False
+        self._readiness: tuple[float, list[str]] | None = None
         self._stopping = asyncio.Event()
         self._shut_down = False
         self.base_url = config.api.base_url
@@ -85,6 +92,12 @@ class Daemon:
             ),
         )
         await self.links.open()  # bind SIP on every edge now: bind errors surface at start
+        unusable = self.links.unusable_edges()
+        if unusable and not sip.start_degraded:
+            # A SIP port held by a colocated PBX would otherwise look healthy while no
+            # Siprec can ever start on that edge.
+            raise StartupError("; ".join(unusable) + " (set [sip] start_degraded = true to "
+                               "start anyway with /readyz answering 503)")
         self.service.set_links(self.links)
         self.service.set_recordings(RecordingManager(
             engine=self.engine, store=self.store, outbox=self.service.outbox,
@@ -125,7 +138,14 @@ class Daemon:
             host=config.media.address, port=self.recorder_port, tcp=True,
             tls_cert=str(cert), tls_key=str(key), out_dir=data / "srs",
         ))
-        await self.recorder.start()
+        try:
+            await self.recorder.start()
+        except OSError as exc:
+            self.recorder = None
+            raise StartupError(
+                f"embedded reference recorder ({config.media.address}:{self.recorder_port}): "
+                f"cannot bind: {exc.strerror or exc} (use --recorder-port, or --no-recorder)"
+            ) from None
         host, port = self.recorder.address
         tls_host, tls_port = self.recorder.tls_address
         connectors = list(config.connectors)
@@ -168,10 +188,14 @@ class Daemon:
             return web.json_response({"status": "ok"})
 
         async def readyz(_: web.Request) -> web.Response:
-            if self._ready and not self._stopping.is_set():
-                return web.json_response({"status": "ready"})
-            return web.json_response({"status": "draining" if self._stopping.is_set()
-                                      else "starting"}, status=503)
+            if self._stopping.is_set() or not self._ready:
+                return web.json_response({"status": "draining" if self._stopping.is_set()
+                                          else "starting"}, status=503)
+            problems = await self.readiness_problems()
+            if problems:
+                return web.json_response({"status": "unavailable", "problems": problems},
+                                         status=503)
+            return web.json_response({"status": "ready"})
 
         async def metrics(_: web.Request) -> web.Response:
             body = await asyncio.get_running_loop().run_in_executor(None, generate_latest,
@@ -181,6 +205,28 @@ class Daemon:
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", readyz)
         app.router.add_get("/metrics", metrics)
+
+    async def readiness_problems(self) -> list[str]:
+        """Why a new Siprec could not start now (empty: it could). Cached briefly, since
+        the store check commits a write."""
+        loop = asyncio.get_running_loop()
+        if self._readiness is not None and loop.time() - self._readiness[0] < \
+                READINESS_CACHE_SECONDS:
+            return self._readiness[1]
+        assert self.links is not None and self.store is not None and self.engine is not None
+        problems = list(self.links.unusable_edges())
+        if self.links.usable_edge_count() == 0:
+            problems.append("no usable edge: no recording session can be set up")
+        try:
+            await self.store.probe_write()
+        except Exception as exc:  # sqlite3.Error, OSError: any failure means not writable
+            problems.append(f"store {self.config.storage.path} is not writable: "
+                            f"{type(exc).__name__}: {exc}")
+        if self.engine.ports.exhausted:
+            low, high = self.config.media.port_range
+            problems.append(f"media port range {low}-{high} is exhausted")
+        self._readiness = (loop.time(), problems)
+        return problems
 
     # -- stop -------------------------------------------------------------------------------
     def request_shutdown(self) -> None:
@@ -227,14 +273,18 @@ class Daemon:
 
 
 async def serve(config: Config, *, embedded_recorder: bool = False,
-                announce: Any = None) -> int:
+                announce: Any = None, recorder_port: int = EMBEDDED_RECORDER_PORT) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit code."""
-    daemon = Daemon(config, embedded_recorder=embedded_recorder)
+    daemon = Daemon(config, embedded_recorder=embedded_recorder, recorder_port=recorder_port)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.request_shutdown)
     try:
         await daemon.start()
+    except StartupError as exc:
+        log.error("could not start: %s", exc)
+        await daemon.shutdown()
+        return 1
     except Exception:
         log.exception("could not start")
         await daemon.shutdown()

@@ -77,6 +77,9 @@ class PortAllocator:
         self.high = high
         self._cursor = self.low
         self._lock = threading.Lock()
+        self.exhausted = False
+        """True from a request that found no free ports until the next one that did
+        (the daemon's /readyz reports it)."""
 
     def bind(self, address: str, count: int = 1, *, rtcp_pairs: bool = False,
              **options: int | bool) -> list[socket.socket]:
@@ -99,10 +102,12 @@ class PortAllocator:
                         sockets.append(udp_socket(address, base + 2 * i, **options))  # type: ignore[arg-type]
                         if rtcp_pairs:
                             sockets.append(udp_socket(address, base + 2 * i + 1, **options))  # type: ignore[arg-type]
+                    self.exhausted = False
                     return sockets
                 except OSError as exc:
                     for s in sockets:
                         s.close()
                     if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
                         raise
+            self.exhausted = True
         raise PortsExhausted(f"no free media ports in [{self.low}, {self.high}] on {address}")

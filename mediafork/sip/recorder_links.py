@@ -239,6 +239,19 @@ class SipRecorderLinks:
                 self._unusable[edge.name] = str(exc.strerror or exc)
                 log.error("edge %s (%s) is unusable: %s", edge.name, edge.address, exc)
 
+    def unusable_edges(self) -> list[str]:
+        """One line per edge whose SIP sockets could not be bound at ``open()``, naming the
+        edge, its address and port, and why (empty when every edge is usable)."""
+        lines = []
+        for name, reason in self._unusable.items():
+            address = self._edges[name].address
+            where = f"[{address}]" if ":" in address else address
+            lines.append(f"edge {name} ({where}:{self._sip_port}): cannot bind SIP: {reason}")
+        return lines
+
+    def usable_edge_count(self) -> int:
+        return len(self._edges) - len(self._unusable)
+
     @property
     def transport(self) -> SipTransport:
         """The SIP transport (tests set ``transport.tap`` to see messages)."""

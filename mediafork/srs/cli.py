@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 
@@ -20,6 +21,15 @@ def _hostport(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or int(port) > 65535:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _port_range(value: str) -> tuple[int, int]:
+    first, sep, last = value.partition("-")
+    if not (sep and first.isdigit() and last.isdigit()
+            and 1024 <= int(first) < int(last) <= 65535 and int(last) - int(first) >= 3):
+        raise argparse.ArgumentTypeError(
+            f"expected FIRST-LAST within 1024-65535 holding at least 4 ports, got {value!r}")
+    return int(first), int(last)
 
 
 def _userpass(value: str) -> tuple[str, str]:
@@ -43,20 +53,31 @@ def _status(value: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    env = os.environ.get
     parser = argparse.ArgumentParser(
         prog="mediafork srs",
         description="Reference SIPREC Session Recording Server: records what an SRC sends "
-        "(one WAV per stream, the metadata and a JSON summary per session).",
+        "(one WAV per stream, the metadata and a JSON summary per session). --listen, "
+        "--media-ports and --out can also be set by the MEDIAFORK_SRS_* variable each names.",
     )
-    parser.add_argument("--listen", type=_hostport, default=("127.0.0.1", 5070),
-                        metavar="HOST:PORT", help="SIP address (UDP; TCP too with --tcp)")
+    # argparse runs `type` on string defaults too, so a bad variable is reported like a bad flag.
+    parser.add_argument("--listen", type=_hostport,
+                        default=env("MEDIAFORK_SRS_LISTEN", "127.0.0.1:5070"),
+                        metavar="HOST:PORT",
+                        help="SIP address (UDP; TCP too with --tcp) [MEDIAFORK_SRS_LISTEN]")
+    parser.add_argument("--media-ports", type=_port_range,
+                        default=env("MEDIAFORK_SRS_MEDIA_PORTS", "40000-49999"),
+                        metavar="FIRST-LAST",
+                        help="RTP/RTCP port range (default: %(default)s) "
+                             "[MEDIAFORK_SRS_MEDIA_PORTS]")
     parser.add_argument("--tcp", action="store_true", help="also listen on TCP")
     parser.add_argument("--tls-cert", metavar="FILE", help="certificate (PEM) to listen on TLS")
     parser.add_argument("--tls-key", metavar="FILE", help="private key (PEM) for --tls-cert")
     parser.add_argument("--tls-port", type=int, metavar="PORT",
                         help="TLS port (default: the SIP port + 1)")
-    parser.add_argument("--out", default="srs-recordings", metavar="DIR",
-                        help="where session folders are written (default: %(default)s)")
+    parser.add_argument("--out", default=env("MEDIAFORK_SRS_OUT", "srs-recordings"),
+                        metavar="DIR", help="where session folders are written "
+                        "(default: %(default)s) [MEDIAFORK_SRS_OUT]")
     parser.add_argument("--media-host", metavar="ADDR", help="RTP address (default: --listen)")
     parser.add_argument("--answer", type=_status, default=200, metavar="STATUS",
                         help="final response to initial INVITEs, e.g. 486 or 503 (default 200)")
@@ -87,6 +108,7 @@ def config_from_args(args: argparse.Namespace) -> RecorderConfig:
         tls_port=args.tls_port,
         out_dir=args.out,
         media_host=args.media_host,
+        media_ports=args.media_ports,
         answer=args.answer,
         no_answer=args.no_answer,
         hangup_after=args.hangup_after,

@@ -81,3 +81,19 @@ def test_process_answers_options_and_exits_cleanly_on_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_media_ports_come_from_the_flag_or_the_environment(monkeypatch):
+    from mediafork.srs.cli import build_parser, config_from_args
+
+    monkeypatch.setenv("MEDIAFORK_SRS_MEDIA_PORTS", "41000-41099")
+    monkeypatch.setenv("MEDIAFORK_SRS_LISTEN", "127.0.0.3:5090")
+    monkeypatch.setenv("MEDIAFORK_SRS_OUT", "/tmp/srs-out")
+    config = config_from_args(build_parser().parse_args([]))
+    assert config.media_ports == (41000, 41099)
+    assert (config.host, config.port, str(config.out_dir)) == ("127.0.0.3", 5090, "/tmp/srs-out")
+    config = config_from_args(build_parser().parse_args(["--media-ports", "42000-42003"]))
+    assert config.media_ports == (42000, 42003)
+    monkeypatch.setenv("MEDIAFORK_SRS_MEDIA_PORTS", "42000-42001")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([])
