@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from ..recorder_api import Connector
 from ..recording.manager import RecordingManager
 from ..sip.recorder_links import SipRecorderLinks
 from ..sip.transport import client_tls_context
+from . import systemd
 from .config import Config
 from .metrics import EngineCollector, build_registry
 from .service import ControlService
@@ -291,7 +293,19 @@ async def serve(config: Config, *, embedded_recorder: bool = False,
         return 1
     if announce is not None:
         announce(daemon)
+    # Every listener is bound by now: systemd (Type=notify) may start what depends on us.
+    systemd.notify(f"READY=1\nSTATUS=serving on {daemon.base_url}\nMAINPID={os.getpid()}")
+    watchdog = None
+    interval = systemd.watchdog_interval()
+    if interval is not None and daemon.engine is not None:
+        engine = daemon.engine
+        watchdog = systemd.Watchdog(interval, lambda: [int(w["loops"])
+                                                       for w in engine.worker_stats()])
+        watchdog.start()
     await daemon.wait_for_shutdown_request()
+    systemd.notify("STOPPING=1\nSTATUS=shutting down")
+    if watchdog is not None:
+        await watchdog.stop()
     await daemon.shutdown()
     return 0
 

@@ -28,13 +28,17 @@ def test_unit_is_hardened_and_stops_within_the_shutdown_bound() -> None:
     unit = _directives()
     for key, value in {"User": "mediafork", "NoNewPrivileges": "yes",
                        "ProtectSystem": "strict", "KillSignal": "SIGTERM",
-                       "Restart": "on-failure", "RestartPreventExitStatus": "2"}.items():
+                       "Restart": "on-failure", "RestartPreventExitStatus": "2",
+                       "Type": "notify", "NotifyAccess": "main"}.items():
         assert unit.get(key) == [value], key
     assert unit["ReadWritePaths"] == ["/var/lib/mediafork"]
     assert int(unit["LimitNOFILE"][0]) >= 65536
     bound = inspect.signature(Daemon).parameters["shutdown_timeout"].default
     # systemd must not SIGKILL a daemon that is still saying BYE within its own bound.
     assert int(unit["TimeoutStopSec"][0]) >= 2 * bound
+    # The watchdog pings every WatchdogSec/2; a shorter WatchdogSec than a few seconds
+    # would kill a daemon that is merely busy.
+    assert int(unit["WatchdogSec"][0]) >= 10
     [exec_start] = unit["ExecStart"]
     assert " serve --config " in exec_start and "--log-format json" in exec_start
 
