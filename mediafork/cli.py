@@ -150,11 +150,21 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate a config file without starting")
     check.add_argument("file", help="the TOML config file")
 
-    status = sub.add_parser("status", help="show live calls, forks and counters")
-    status.add_argument("--url", default="http://127.0.0.1:8080")
-    status.add_argument("--account", help="account SID (default: from --data/auth_token)")
-    status.add_argument("--token", help="auth token (default: from --data/auth_token)")
-    status.add_argument("--data", default="data")
+    status = sub.add_parser(
+        "status", help="show live calls, forks and counters",
+        description="Credentials: --account/--token, else MEDIAFORK_ACCOUNT_SID and "
+                    "MEDIAFORK_AUTH_TOKEN, else DATA/auth_token (embedded defaults).")
+    status.add_argument("--url", help="the daemon's API (default: MEDIAFORK_URL or "
+                                      "http://127.0.0.1:8080)")
+    status.add_argument("--account", help="account SID")
+    status.add_argument("--token", help="auth token (prefer MEDIAFORK_AUTH_TOKEN: a command "
+                                        "line is visible to other users)")
+    status.add_argument("--data", default=env("MEDIAFORK_DATA", "data"))
+    status.add_argument("--json", action="store_true", help="one JSON object per snapshot")
+    status.add_argument("--watch", type=float, nargs="?", const=2.0, default=None,
+                        metavar="SECONDS", help="refresh every SECONDS (default 2) until Ctrl-C")
+    status.add_argument("--count", type=int, default=0,
+                        help="with --watch: stop after this many snapshots")
 
     demo = sub.add_parser("demo", help="run the end-to-end demo")
     demo.add_argument("--seconds", type=float, default=3.0, help="length of the synthetic calls")

@@ -169,6 +169,28 @@ def test_status_command_prints_live_calls_forks_and_counters(busy: Busy) -> None
     assert TOKEN not in out + result.stderr
 
 
+def test_status_json_and_watch_with_credentials_from_the_environment(busy: Busy) -> None:
+    env = {**busy.daemon.env, "MEDIAFORK_ACCOUNT_SID": ACCOUNT, "MEDIAFORK_AUTH_TOKEN": TOKEN,
+           "MEDIAFORK_URL": busy.daemon.base_url}
+    result = subprocess.run(
+        [sys.executable, "-m", "mediafork.cli", "status", "--json", "--watch", "0.3",
+         "--count", "2", "--data", "/nonexistent"],  # no token file: the environment serves
+        capture_output=True, text=True, timeout=20, env=env)
+    assert result.returncode == 0, result.stderr
+    snapshots = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(snapshots) == 2
+    first = snapshots[0]
+    assert first["readiness"] == {"status": "ready"}
+    assert first["totals"]["calls"] == 1
+    assert first["forks"]["active"] == 2
+    assert first["worker_calls"] == {"0": 1, "1": 0}
+    [call] = first["calls"]
+    assert call["call_sid"] == busy.call
+    assert [s["sid"] for s in call["siprecs"]] == [busy.siprec]
+    assert snapshots[1]["totals"]["packets_forwarded_total"] >= busy.sent
+    assert TOKEN not in result.stdout + result.stderr
+
+
 def test_status_command_fails_cleanly_on_bad_credentials(busy: Busy) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "mediafork.cli", "status", "--url", busy.daemon.base_url,
