@@ -28,6 +28,7 @@ from ..control.errors import ApiError
 from ..control.forms import parse_recording_create, parse_recording_update
 from ..control.sids import CALL, RECORDING, is_sid
 from ..daemon.service import ControlService
+from .log_context import log_context_middleware
 
 log = logging.getLogger("mediafork.api")
 
@@ -311,7 +312,9 @@ def build_app(service: ControlService, *,
     """The aiohttp application. The caller runs it (``web.AppRunner``) and owns *service*'s
     lifecycle (``await service.start()`` before serving, ``await service.close()`` after)."""
     limit = max_request_bytes or service.config.api.max_request_bytes or DEFAULT_MAX_REQUEST_BYTES
-    app = web.Application(middlewares=[error_middleware], client_max_size=limit)
+    # Outermost: the error middleware's own log lines carry the request's fields too.
+    app = web.Application(middlewares=[log_context_middleware, error_middleware],
+                          client_max_size=limit)
     app[SERVICE_KEY] = service
     for method, path, handler in _TABLE:
         app.router.add_route(method, path, handler)

@@ -125,6 +125,16 @@ class _Link:
     def sid(self) -> str:
         return self.request.siprec_sid
 
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """The module's logger with this session's structured fields (top-level in JSON
+        logs, see docs/operations.md): account, call, Siprec, connector and SIP Call-ID."""
+        request = self.request
+        fields = {"account_sid": request.account_sid, "call_sid": request.call_sid,
+                  "siprec_sid": request.siprec_sid, "connector": request.connector.unique_name,
+                  "sip_call_id": self.session.call_id}
+        return logging.LoggerAdapter(log, {k: v for k, v in fields.items() if v})
+
 
 def _participant(aor: str) -> Participant:
     # Metadata wants a URI; a bare E.164 number (the seeds allow one) becomes a tel: URI.
@@ -324,7 +334,7 @@ class SipRecorderLinks:
             ) from None
         link = _Link(request, edge, RecordingSession(config), {s.label: s for s in streams})
         self._register(link)
-        log.info(
+        link.log.info(
             "Siprec %s: recording session to %s from edge %s (%s)",
             link.sid,
             _safe_uri(srs),
@@ -364,7 +374,7 @@ class SipRecorderLinks:
         # Already reported and stopping: no fork, no event, dropped once the BYE is done.
         link = _Link(request, edge, session, {}, reported=True, stop_requested=True)
         self._register(link)
-        log.info("Siprec %s: BYE to %s for the session left by the previous process",
+        link.log.info("Siprec %s: BYE to %s for the session left by the previous process",
                  link.sid, _safe_uri(session.srs_uri))
         session.stop(self._now(), "engine restarted")
         self._drive(link)
@@ -483,7 +493,7 @@ class SipRecorderLinks:
             f"SRS media unreachable ({name} on forked stream of track {event.track.label}) "
             f"during established phase, SRS {_safe_uri(link.session.srs_uri)}"
         )
-        log.warning("Siprec %s: %s", link.sid, message)
+        link.log.warning("Siprec %s: %s", link.sid, message)
         self._report_end(link, LinkEvent(link.sid, "error", ERR_MEDIA_UNREACHABLE, message))
         # Best effort BYE; its outcome is not reported (the error already was).
         link.session.stop(self._now(), "media unreachable")
@@ -688,7 +698,7 @@ class SipRecorderLinks:
                 try:
                     self._on_event(link, event)
                 except Exception:
-                    log.exception("Siprec %s: error handling %s", link.sid, type(event).__name__)
+                    link.log.exception("Siprec %s: error handling %s", link.sid, type(event).__name__)
             if not progressed:
                 break
         if link.timer is not None:
@@ -719,12 +729,12 @@ class SipRecorderLinks:
                     out.message.to_bytes(), destination, link.edge.address
                 )
             except TransportError as exc:
-                log.info("Siprec %s: cannot send to %s: %s", link.sid, destination.host, exc.reason)
+                link.log.info("Siprec %s: cannot send to %s: %s", link.sid, destination.host, exc.reason)
                 link.session.handle_transport_error(self._now(), exc.reason, destination)
                 self._drive(link)
                 continue
             except Exception:
-                log.exception("Siprec %s: send failed", link.sid)
+                link.log.exception("Siprec %s: send failed", link.sid)
                 continue
             link.resolved.setdefault((destination.transport, *peer), set()).add(destination)
 
@@ -779,7 +789,7 @@ class SipRecorderLinks:
             link.started = True
             if not link.reported:
                 self._apply(link, event.streams)
-                log.info(
+                link.log.info(
                     "Siprec %s: recording session established with %s",
                     link.sid,
                     _safe_uri(event.srs_uri),
@@ -802,7 +812,7 @@ class SipRecorderLinks:
                 for stream in link.streams.values():
                     self._fork_call(link, lambda fork=stream.fork: fork.resume(wait=False))
         elif isinstance(event, ev.UpdateRejected):
-            log.warning(
+            link.log.warning(
                 "Siprec %s: SRS refused our %s re-INVITE: %s %s",
                 link.sid,
                 event.purpose,
@@ -810,7 +820,7 @@ class SipRecorderLinks:
                 _short(event.reason),
             )
         elif isinstance(event, ev.FailingOver):
-            log.warning(
+            link.log.warning(
                 "Siprec %s: SRS %s failed (%s %s); trying standby %s",
                 link.sid,
                 _safe_uri(event.failed_uri),
@@ -824,13 +834,13 @@ class SipRecorderLinks:
             else:
                 code = ERR_SETUP_FAILED if event.phase == "setup" else ERR_SESSION_LOST
                 message = self._failure_message(link, event)
-                log.warning("Siprec %s: %s", link.sid, message)
+                link.log.warning("Siprec %s: %s", link.sid, message)
                 self._report_end(
                     link,
                     LinkEvent(link.sid, "error", code, message, sip_status=event.status),
                 )
         elif isinstance(event, ev.Ended):
-            log.info(
+            link.log.info(
                 "Siprec %s: recording session ended (%s)",
                 link.sid,
                 "by the SRS" if event.by_remote else "by us",
@@ -902,7 +912,7 @@ class SipRecorderLinks:
                 remote_key = SrtpKey(profile, remote)
             except ValueError:
                 # A key of the wrong length only costs SRTCP authentication, not the media.
-                log.warning(
+                link.log.warning(
                     "Siprec %s: SRS SRTP key for stream %s is unusable", link.sid, dest.label
                 )
         stream.fork.rotate_key(ours, remote_key)
@@ -910,7 +920,7 @@ class SipRecorderLinks:
 
     def _engine_failed(self, link: _Link, exc: Exception) -> None:
         message = f"media engine could not apply the SRS answer: {exc}"
-        log.error("Siprec %s: %s", link.sid, message)
+        link.log.error("Siprec %s: %s", link.sid, message)
         self._report_end(link, LinkEvent(link.sid, "error", ERR_ENGINE_APPLY, message))
         link.session.stop(self._now(), "media error")
         self._drive(link)
@@ -926,14 +936,14 @@ class SipRecorderLinks:
             try:
                 await engine.settled()
             except (EngineError, RuntimeError) as exc:  # engine closed, or worker stuck
-                log.warning("Siprec %s: fork pause not confirmed: %s", link.sid, exc)
+                link.log.warning("Siprec %s: fork pause not confirmed: %s", link.sid, exc)
 
     def _fork_call(self, link: _Link, method: object) -> None:
         try:
             method()  # type: ignore[operator]
         except EngineError as exc:
             # The call ended under us: its forks are gone already, nothing to do.
-            log.debug("Siprec %s: fork operation skipped: %s", link.sid, exc)
+            link.log.debug("Siprec %s: fork operation skipped: %s", link.sid, exc)
 
     # --- endings ----------------------------------------------------------------------------
 
@@ -966,7 +976,7 @@ class SipRecorderLinks:
             try:
                 stream.fork.close()
             except Exception as exc:
-                log.debug("Siprec %s: closing fork: %s", link.sid, exc)
+                link.log.debug("Siprec %s: closing fork: %s", link.sid, exc)
 
     def _drop(self, link: _Link) -> None:
         """Forget a finished link (its session has no more timers)."""

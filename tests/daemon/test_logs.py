@@ -78,3 +78,74 @@ def test_json_logs_carry_no_secret(tmp_path: Path, sink: CallbackSink,
         assert secret not in logged, secret
     # The problems themselves are visible to the operator.
     assert "403" in daemon.stderr
+
+
+def test_log_lines_carry_the_resources_as_structured_fields(
+        tmp_path: Path, sink: CallbackSink, spawn: Callable[..., DaemonProcess]) -> None:
+    refusing = Recorder(tmp_path / "srs", answer=486)
+    try:
+        config = write_config(tmp_path, connectors=[
+            {"unique_name": "Busy Recorder ü", "srs": refusing.uri}])
+        daemon = spawn(["--config", str(config), "--log-format", "json"]).start()
+        sid = call_sid(0x42)
+        daemon.register_call(sid)
+        created = daemon.post_form(f"/2010-04-01/Accounts/{ACCOUNT}/Calls/{sid}/Siprec.json", {
+            "Name": "refused", "ConnectorName": "Busy Recorder ü", "StatusCallback": sink.url})
+        assert created.status_code == 201, created.text
+        siprec = created.json()["sid"]
+        wait_until(lambda: "siprec-error" in sink.events(siprec), 10, "siprec-error")
+        assert daemon.stop() == 0
+    finally:
+        refusing.close()
+    entries = [json.loads(line) for line in daemon.stderr.splitlines()]
+    about = [e for e in entries if e.get("siprec_sid") == siprec]
+    assert about, daemon.stderr
+    refused = [e for e in about if "486" in e["message"]]
+    assert refused, about
+    entry = refused[0]
+    assert entry["call_sid"] == sid and entry["account_sid"] == ACCOUNT
+    assert entry["connector"] == "Busy Recorder ü"
+    assert entry["sip_call_id"]  # the INVITE's Call-ID, to find the dialog in a capture
+    # Fields are top-level keys, not only inside the text.
+    assert set(entry) >= {"time", "level", "logger", "message", "account_sid", "call_sid",
+                          "siprec_sid", "connector", "sip_call_id"}
+
+
+def test_json_tracebacks_are_scrubbed_too() -> None:
+    import io
+    import logging
+
+    from mediafork.daemon import logs
+
+    stream = io.StringIO()
+    scrubber = logs.configure("json", "debug", stream)
+    scrubber.add(CONNECTOR_SECRET)
+    try:
+        raise RuntimeError(f"connector said {CONNECTOR_SECRET}")
+    except RuntimeError:
+        logging.getLogger("mediafork.test").exception("failed")
+    finally:
+        logs.configure("text", "info")
+    [line] = stream.getvalue().splitlines()
+    entry = json.loads(line)
+    assert "RuntimeError" in entry["exception"] and logs.REDACTED in entry["exception"]
+    assert CONNECTOR_SECRET not in line
+
+
+def test_text_logs_show_fields_after_the_message() -> None:
+    import io
+    import logging
+
+    from mediafork.daemon import logs
+
+    stream = io.StringIO()
+    logs.configure("text", "info", stream)
+    try:
+        with logs.log_fields(call_sid=call_sid(1), account_sid=ACCOUNT):
+            logging.getLogger("mediafork.test").info("hello")
+        logging.getLogger("mediafork.test").info("bye")
+    finally:
+        logs.configure("text", "info")
+    first, second = stream.getvalue().splitlines()
+    assert first.endswith(f"hello [account_sid={ACCOUNT} call_sid={call_sid(1)}]")
+    assert second.endswith("bye")
