@@ -32,7 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"mediafork: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    scrubber = logs.configure(args.log_format, args.log_level)
+    scrubber = logs.configure(args.log_format, args.log_level or config.log_level or "info")
     for account in config.accounts:
         scrubber.add(account.auth_token)
     for connector in config.connectors:
@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--no-recorder", action="store_true",
                        help="without --config: do not start the embedded reference recorder")
     serve.add_argument("--log-format", choices=["text", "json"], default="text")
-    serve.add_argument("--log-level", default="info",
-                       choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                       help="default: [logging] level, else info")
 
     sub.add_parser("srs", help="run the reference recorder (see `mediafork srs --help`)")
 

@@ -138,6 +138,8 @@ class Config:
     """The file the config was read from (None for embedded defaults)."""
     generated_token_file: Path | None = None
     """Set by :func:`default_config` when it generated the account's token."""
+    log_level: str | None = None
+    """``[logging] level``; None: not set in the file (``--log-level`` or ``info``)."""
 
     def account(self, sid: str) -> AccountConfig | None:
         for account in self.accounts:
@@ -372,7 +374,8 @@ def _secrets_key(root: Mapping[str, Any], base: Path) -> bytes | None:
 # -- parsing ----------------------------------------------------------------------------------
 
 _TOP_LEVEL = {"api", "storage", "media", "accounts", "edges", "connectors", "callbacks", "sip",
-              "secrets", "control_socket"}
+              "secrets", "control_socket", "logging"}
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _table(root: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -526,6 +529,11 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
     if (sip.tls_cert_file is None) != (sip.tls_key_file is None):
         raise ConfigError("sip.tls.key_file: cert_file and key_file go together")
 
+    log_r = _Reader(_table(root, "logging"), "logging", {"level"})
+    log_level = log_r.get("level", str)
+    if log_level is not None and log_level not in LOG_LEVELS:
+        raise ConfigError(f"logging.level: must be one of {', '.join(LOG_LEVELS)}")
+
     socket_path = None
     if "control_socket" in root:
         cs_r = _Reader(_table(root, "control_socket"), "control_socket", {"path"})
@@ -534,7 +542,7 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
     return Config(api=api, storage=storage, media=media, accounts=tuple(accounts),
                   edges=tuple(edges), connectors=tuple(connectors),
                   callbacks=CallbackConfig(timeout=timeout, max_attempts=attempts), sip=sip,
-                  control_socket=socket_path, source=source)
+                  control_socket=socket_path, source=source, log_level=log_level)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
