@@ -17,6 +17,7 @@ from aiohttp import web
 from twilio.request_validator import RequestValidator
 
 from mediafork.control.callbacks import CallbackDispatcher
+from mediafork.control.egress import EgressPolicy, Listener
 from mediafork.control.events import CallbackEvent
 
 ACCOUNT = "AC" + "0123456789abcdef" * 2
@@ -400,3 +401,38 @@ def test_secrets_never_logged_and_url_credentials_never_sent(run, serving, caplo
         assert secret not in caplog.text
     sample = event(sid(1), f"http://user:{password}@h/cb?token={query_secret}", 0)
     assert password not in repr(sample) and query_secret not in repr(sample)
+
+
+def test_egress_policy_is_applied_at_delivery_to_every_address_connected_to(run, serving, caplog):
+    """A host name is resolved once, every address checked, and only checked addresses are
+    connected to; the Host header (and so the signed URL) keeps the name."""
+
+    async def scenario() -> None:
+        async with serving() as receiver:
+            port = int(receiver.base.rsplit(":", 1)[1])
+            by_name = f"http://localhost:{port}/cb?token=query-secret-1"
+            ours = EgressPolicy().with_listeners([Listener.of("127.0.0.1", port)])
+            cases = [
+                (EgressPolicy(), by_name, 1, 0),  # loopback allowed by default
+                (EgressPolicy.from_rules(deny=["127.0.0.0/8"]), by_name, 0, 1),
+                (EgressPolicy.from_rules(deny=["localhost"]), by_name, 0, 1),
+                # an IP host never reaches the resolver: checked from the URL itself
+                (ours, f"{receiver.base}/cb", 0, 1),
+                (ours, by_name, 0, 1),
+            ]
+            for policy, url, delivered, denied in cases:
+                before = len(receiver.received)
+                d = dispatcher(egress=policy, max_attempts=3)
+                d.enqueue(event(sid(1), url, 0))
+                await d.close(5)
+                assert (d.stats.delivered, d.stats.denied) == (delivered, denied), url
+                assert d.stats.retried == 0 and d.stats.failed == 0  # a refusal is final
+                assert len(receiver.received) == before + delivered
+            assert receiver.received[0].headers["Host"] == f"localhost:{port}"
+            assert_signed(receiver.received)
+
+    with caplog.at_level(logging.DEBUG, logger="mediafork.callbacks"):
+        run(scenario())
+    assert "refused by the egress policy (localhost resolves to 127.0.0.1" in caplog.text
+    assert "one of mediafork's own listening sockets" in caplog.text
+    assert "query-secret-1" not in caplog.text
