@@ -192,7 +192,7 @@ class Decision:
     allowed: bool
     reason: str = ""
     trusted_name: bool = False
-    """The host name matched an ``allow`` entry: its addresses skip rules 3-4."""
+    """The host name matched an ``allow`` entry: its addresses skip rule 4 (not rule 2)."""
 
 
 ALLOWED = Decision(True)
@@ -221,7 +221,7 @@ class EgressPolicy:
     @classmethod
     def from_rules(cls, allow: Iterable[str] = (), deny: Iterable[str] = ()) -> EgressPolicy:
         """Build from config entries; ValueError names the first bad one (``deny[2]: …``)."""
-        sorted_rules: dict[str, tuple[list[Network], list[str]]] = {}
+        split: dict[str, tuple[list[Network], list[str]]] = {}
         for key, entries in (("allow", allow), ("deny", deny)):
             networks: list[Network] = []
             names: list[str] = []
@@ -230,12 +230,13 @@ class EgressPolicy:
                     rule = parse_rule(entry)
                 except ValueError as exc:
                     raise ValueError(f"{key}[{index}]: {exc}") from None
-                (names if isinstance(rule, str) else networks).append(rule)  # type: ignore[arg-type]
-            sorted_rules[key] = (networks, names)
-        return cls(allow_networks=tuple(sorted_rules["allow"][0]),
-                   deny_networks=tuple(sorted_rules["deny"][0]),
-                   allow_names=tuple(sorted_rules["allow"][1]),
-                   deny_names=tuple(sorted_rules["deny"][1]))
+                if isinstance(rule, str):
+                    names.append(rule)
+                else:
+                    networks.append(rule)
+            split[key] = (networks, names)
+        return cls(allow_networks=tuple(split["allow"][0]), deny_networks=tuple(split["deny"][0]),
+                   allow_names=tuple(split["allow"][1]), deny_names=tuple(split["deny"][1]))
 
     def with_listeners(self, listeners: Iterable[Listener],
                        is_local: Callable[[IPAddress], bool] | None = None) -> EgressPolicy:

@@ -10,13 +10,14 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from ipaddress import ip_address
 from typing import Any
 
 import pytest
 from aiohttp import web
 from twilio.request_validator import RequestValidator
 
-from mediafork.control.callbacks import CallbackDispatcher
+from mediafork.control.callbacks import CallbackDispatcher, is_local_address
 from mediafork.control.egress import EgressPolicy, Listener
 from mediafork.control.events import CallbackEvent
 
@@ -436,3 +437,10 @@ def test_egress_policy_is_applied_at_delivery_to_every_address_connected_to(run,
     assert "refused by the egress policy (localhost resolves to 127.0.0.1" in caplog.text
     assert "one of mediafork's own listening sockets" in caplog.text
     assert "query-secret-1" not in caplog.text
+
+
+def test_is_local_address_knows_this_machine_without_sending_anything():
+    assert is_local_address(ip_address("127.0.0.1"))
+    assert is_local_address(ip_address("127.0.0.42"))  # all of 127/8 is local on Linux
+    assert not is_local_address(ip_address("192.0.2.1"))  # TEST-NET-1: nobody's
+    assert not is_local_address(ip_address("2001:db8::1"))
