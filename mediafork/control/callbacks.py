@@ -17,23 +17,32 @@ Shape, and why:
   only repeat the rejection.
 * Logs name the resource, a redacted URL (no credentials, no query) and the outcome; never
   parameters, signatures or tokens.
+* Every request goes through the :class:`~.egress.EgressPolicy`: the URL is checked before
+  each delivery (an IP host is never resolved, so this is its only check), and a host name is
+  resolved by :class:`PolicyResolver`, which checks every address it gets and hands the
+  connector only checked addresses, so what is connected to is what was checked (no DNS
+  rebinding between check and connect; the Host header and TLS name checks still use the
+  URL's host name). A refused delivery sends nothing, is final, counted in
+  ``stats.denied`` and logged with the reason and the redacted URL.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import itertools
 import logging
 import random
+import socket
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 
+from .egress import EgressPolicy, IPAddress, parse_ip_host
 from .events import CallbackEvent
 from .signature import SIGNATURE_HEADER, PreparedRequest, prepare_request, redact_url
 
@@ -58,6 +67,8 @@ class DeliveryStats:
     """Events discarded unsent because the pending bound was exceeded."""
     abandoned: int = 0
     """Events still queued or in flight when :meth:`CallbackDispatcher.close` gave up."""
+    denied: int = 0
+    """Events not sent because the egress policy refused their URL or its addresses."""
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -76,6 +87,66 @@ class _Retry(Exception):
 
 class _Final(Exception):
     """An attempt failed for good; the message is safe to log."""
+
+
+class _Denied(Exception):
+    """The egress policy refused the request; nothing was sent. The message is safe to log."""
+
+
+class EgressDenied(OSError):
+    """Raised by :class:`PolicyResolver`; an OSError so aiohttp reports it as a connection
+    error (``ClientConnectorError.os_error``) without connecting anywhere."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PolicyResolver(AbstractResolver):
+    """Resolves with the system resolver, then checks every address against the policy.
+
+    One refused address refuses the whole name: a host that resolves to both a public and a
+    metadata address must not get a second chance through happy eyeballs.
+    """
+
+    def __init__(self, policy: Callable[[], EgressPolicy]) -> None:
+        self._policy = policy
+        self._resolver = aiohttp.ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        policy = self._policy()
+        by_name = policy.check_name(host)
+        if not by_name.allowed:
+            raise EgressDenied(by_name.reason)
+        results = await self._resolver.resolve(host, port, family)
+        for result in results:
+            address = parse_ip_host(result["host"])
+            if address is None:  # getaddrinfo returns numeric hosts; be safe anyway
+                raise EgressDenied(f"{host} resolved to something that is not an address")
+            decision = policy.check_address(address, result["port"],
+                                            trusted_name=by_name.trusted_name)
+            if not decision.allowed:
+                raise EgressDenied(f"{host} resolves to {decision.reason}")
+        return results
+
+    async def close(self) -> None:
+        await self._resolver.close()
+
+
+def is_local_address(address: IPAddress) -> bool:
+    """Whether *address* is one of this machine's: binding a UDP socket to it succeeds only
+    then. For :meth:`EgressPolicy.with_listeners` (a wildcard listen covers every local
+    address). A local system call, no packet is sent."""
+    if address.is_loopback:
+        return True
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((str(address), 0))
+    except OSError:
+        return False
+    return True
 
 
 class CallbackDispatcher:
@@ -98,6 +169,7 @@ class CallbackDispatcher:
         on_delivered: Callable[[CallbackEvent], None] | None = None,
         on_undelivered: Callable[[CallbackEvent, UndeliveredReason], None] | None = None,
         user_agent: str = "mediafork-callbacks/0.1",
+        egress: EgressPolicy | None = None,
     ) -> None:
         if max_attempts < 1 or max_pending < 1 or timeout <= 0:
             raise ValueError("max_attempts and max_pending must be >= 1, timeout > 0")
@@ -112,6 +184,8 @@ class CallbackDispatcher:
         self._on_delivered = on_delivered
         self._on_undelivered = on_undelivered
         self._user_agent = user_agent
+        self.egress = egress if egress is not None else EgressPolicy()
+        """Where callbacks may go; the daemon replaces it once its listeners are bound."""
         self.stats = DeliveryStats()
         self._seq = itertools.count()
         # Every queued (not yet taken) item, oldest first: O(1) drop-oldest and removal.
@@ -120,6 +194,7 @@ class CallbackDispatcher:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._inflight: dict[str, _Item] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._resolver: PolicyResolver | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -219,12 +294,18 @@ class CallbackDispatcher:
         reason = ""
         for attempt in range(1, self.max_attempts + 1):
             try:
-                status = await self._attempt(prepared)
+                status = await self._attempt(event.url, prepared)
             except _Retry as exc:
                 reason = str(exc)
             except _Final as exc:
                 reason = str(exc)
                 break
+            except _Denied as exc:
+                self.stats.denied += 1
+                log.warning("status callback refused by the egress policy (%s): resource=%s "
+                            "url=%s", exc, event.resource_sid, redact_url(event.url))
+                self._undelivered(event, "failed")
+                return
             else:
                 self.stats.delivered += 1
                 log.debug("status callback delivered: resource=%s url=%s status=%d",
@@ -242,14 +323,14 @@ class CallbackDispatcher:
                     reason, event.resource_sid, redact_url(event.url))
         self._undelivered(event, "failed")
 
-    async def _attempt(self, prepared: PreparedRequest) -> int:
+    async def _attempt(self, url: str, prepared: PreparedRequest) -> int:
+        # Checked at every attempt: the daemon's listeners may be known better by now, and
+        # an IP host never reaches the resolver, so this is its only check.
+        decision = self.egress.check_url(url)
+        if not decision.allowed:
+            raise _Denied(decision.reason)
         session = self._get_session()
         headers = {SIGNATURE_HEADER: prepared.signature, "User-Agent": self._user_agent}
-        if prepared.basic_auth is not None:
-            # Built by hand: aiohttp's BasicAuth/auth= are deprecated on the way to v4.
-            user, password = prepared.basic_auth
-            credentials = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-            headers["Authorization"] = f"Basic {credentials}"
         try:
             async with session.request(
                 prepared.method,
@@ -264,6 +345,10 @@ class CallbackDispatcher:
             raise _Retry("timeout") from None
         except aiohttp.InvalidURL:
             raise _Final("invalid URL") from None
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, EgressDenied):
+                raise _Denied(exc.os_error.reason) from None
+            raise _Retry(type(exc).__name__) from None
         except aiohttp.ClientError as exc:
             # The class name only: some aiohttp messages quote the URL, credentials included.
             raise _Retry(type(exc).__name__) from None
@@ -275,8 +360,12 @@ class CallbackDispatcher:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
+            self._resolver = PolicyResolver(lambda: self.egress)
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_connections),
+                # No DNS cache: every connection resolves and checks what it connects to.
+                connector=aiohttp.TCPConnector(
+                    limit=self._max_connections, use_dns_cache=False,
+                    resolver=self._resolver),
                 # Receivers are unrelated parties: never carry one's cookies to another.
                 cookie_jar=aiohttp.DummyCookieJar(),
                 trust_env=False,
@@ -323,3 +412,6 @@ class CallbackDispatcher:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._resolver is not None:  # the connector does not close a resolver it was given
+            await self._resolver.close()
+            self._resolver = None

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, cast
 from urllib.parse import urlsplit
 
+from .egress import EgressPolicy
 from .errors import (
     INVALID_CONNECTOR_NAME,
     INVALID_CUSTOM_PARAMETER,
@@ -77,6 +78,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # that Parameter1 and Parameter01 cannot both name slot 1.
 _PARAMETER_FIELD = re.compile(r"Parameter([1-9][0-9]*)\.(Name|Value)")
 _PARAMETER_LIKE = re.compile(r"Parameter[0-9]+\.(?:Name|Value)")
+_BUILT_IN_EGRESS = EgressPolicy()
 
 
 class _MultiMapping(Protocol):
@@ -136,11 +138,16 @@ def validate_method(value: str | None, field: str) -> Method:
     return cast(Method, upper)
 
 
-def validate_callback_url(value: str | None, field: str) -> str | None:
-    """An absolute http(s) URL with a host, or None.
+def validate_callback_url(
+    value: str | None, field: str, egress: EgressPolicy | None = None
+) -> str | None:
+    """An absolute http(s) URL with a host that *egress* allows, or None.
 
-    Credentials in the URL (``https://user:pass@host/``) are allowed, as on the platform:
-    callbacks send them as HTTP Basic auth. They are never echoed in messages or logs.
+    *egress* None means the built-in rules only (no ``[callbacks] allow``/``deny``, no
+    listeners): the daemon passes its configured policy. Credentials in the URL
+    (``https://user:pass@host/``) are refused (the platform would send them as Basic auth;
+    mediafork never sends them, and storing them would keep a password in clear). Neither
+    they nor the path or query are echoed in messages or logs.
     """
     if value is None:
         return None
@@ -158,6 +165,9 @@ def validate_callback_url(value: str | None, field: str) -> str | None:
         raise ApiError(INVALID_STATUS_CALLBACK, rule)
     if port == 0:
         raise ApiError(INVALID_STATUS_CALLBACK, rule)
+    decision = (egress or _BUILT_IN_EGRESS).check_url(value)
+    if not decision.allowed:
+        raise ApiError(INVALID_STATUS_CALLBACK, f"{field} is not allowed: {decision.reason}")
     return value
 
 
@@ -317,9 +327,11 @@ def build_siprec_request(
     status_callback_method: str | None,
     parameters: Iterable[tuple[str, str]] = (),
     labels: Mapping[str, str] | None = None,
+    egress: EgressPolicy | None = None,
 ) -> SiprecRequest:
     """Validate already-extracted values. *labels* renames fields in error messages
-    (TwiML passes its attribute names: ``track``, ``statusCallback``…)."""
+    (TwiML passes its attribute names: ``track``, ``statusCallback``…); *egress* is the
+    policy the status callback must pass (:func:`validate_callback_url`)."""
     label = {
         "name": "Name",
         "connector_name": "ConnectorName",
@@ -333,7 +345,8 @@ def build_siprec_request(
         name=validate_siprec_name(name or None, label["name"]),
         connector_name=validate_connector_name(connector_name or None, label["connector_name"]),
         track=validate_track(track or None, label["track"]),
-        status_callback=validate_callback_url(status_callback or None, label["status_callback"]),
+        status_callback=validate_callback_url(status_callback or None, label["status_callback"],
+                                              egress),
         status_callback_method=validate_method(
             status_callback_method or None, label["status_callback_method"]
         ),
@@ -341,8 +354,8 @@ def build_siprec_request(
     )
 
 
-def parse_siprec_create(form: FormInput) -> SiprecRequest:
-    """``POST …/Calls/{CallSid}/Siprec.json``."""
+def parse_siprec_create(form: FormInput, egress: EgressPolicy | None = None) -> SiprecRequest:
+    """``POST …/Calls/{CallSid}/Siprec.json``; *egress* as in :func:`validate_callback_url`."""
     fields = normalize_form(form)
     return build_siprec_request(
         name=_single(fields, "Name"),
@@ -351,6 +364,7 @@ def parse_siprec_create(form: FormInput) -> SiprecRequest:
         status_callback=_single(fields, "StatusCallback"),
         status_callback_method=_single(fields, "StatusCallbackMethod"),
         parameters=_form_custom_parameters(fields),
+        egress=egress,
     )
 
 

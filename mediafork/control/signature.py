@@ -9,8 +9,8 @@ The receiver recomputes the signature from the URL *it sees*, so the URL we sign
 byte-for-byte the URL we send. :func:`prepare_request` therefore builds the final URL itself
 (GET parameters added in yarl's canonical encoding, which is also what aiohttp sends and what
 aiohttp servers report as ``request.url``), drops any ``user:pass@`` credentials from it
-(they travel as a Basic ``Authorization`` header and never appear in the request line),
-and signs exactly that string.
+(they are never sent: the egress policy refuses such URLs, see :mod:`.egress`), and signs
+exactly that string.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from hashlib import sha1
 from typing import Literal
-from urllib.parse import unquote
 
 from yarl import URL
 
@@ -73,8 +72,6 @@ class PreparedRequest:
     form: tuple[tuple[str, str], ...]
     """The form body for POST; empty for GET."""
     signature: str
-    basic_auth: tuple[str, str] | None
-    """``(user, password)`` taken from the callback URL, if it had any."""
 
     def __repr__(self) -> str:
         # Never show the credentials or the query string (it may carry tokens).
@@ -86,21 +83,18 @@ def prepare_request(
 ) -> PreparedRequest:
     """Build the final URL and body for a callback and sign them."""
     # A fragment never leaves the client, so the receiver cannot see it: do not sign it.
-    target = URL(url).with_fragment(None)
-    basic_auth = None
-    if target.raw_user is not None:
-        basic_auth = (unquote(target.raw_user), unquote(target.raw_password or ""))
-        target = target.with_user(None)
+    # Credentials never leave: not in the request line, and not as an Authorization header.
+    target = URL(url).with_fragment(None).with_user(None)
     pairs = tuple(_pairs(params))
     if method == "GET":
         # extend_query keeps the client's own query parameters, then appends ours.
         target = target.extend_query(list(pairs))
         return PreparedRequest(
-            "GET", target, (), compute_signature(auth_token, str(target)), basic_auth
+            "GET", target, (), compute_signature(auth_token, str(target))
         )
     if method == "POST":
         return PreparedRequest(
-            "POST", target, pairs, compute_signature(auth_token, str(target), pairs), basic_auth
+            "POST", target, pairs, compute_signature(auth_token, str(target), pairs)
         )
     raise ValueError(f"unsupported method {method!r}")
 

@@ -28,6 +28,7 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
+from .egress import EgressPolicy
 from .errors import (
     DOCUMENT_PARSE_FAILURE,
     DUPLICATE_NAME,
@@ -148,7 +149,7 @@ def _parse_parameters(siprec: Element) -> list[tuple[str, str]]:
     return pairs
 
 
-def _parse_start(start: Element) -> list[TwimlAction]:
+def _parse_start(start: Element, egress: EgressPolicy | None) -> list[TwimlAction]:
     _check_attributes(start, (), "<Start>")
     _no_text(start, "<Start>")
     actions: list[TwimlAction] = []
@@ -161,7 +162,7 @@ def _parse_start(start: Element) -> list[TwimlAction]:
             python: child.attrib.get(xml) for xml, python in _START_SIPREC_ATTRIBUTES.items()
         }
         request = build_siprec_request(
-            **values, parameters=_parse_parameters(child), labels=_LABELS
+            **values, parameters=_parse_parameters(child), labels=_LABELS, egress=egress
         )
         actions.append(StartSiprec(request))
     return actions
@@ -185,8 +186,9 @@ def _parse_stop(stop: Element) -> list[TwimlAction]:
     return actions
 
 
-def parse_twiml(document: str) -> TwimlProgram:
-    """Parse and validate a whole document; raise ApiError (400) on the first problem."""
+def parse_twiml(document: str, egress: EgressPolicy | None = None) -> TwimlProgram:
+    """Parse and validate a whole document; raise ApiError (400) on the first problem.
+    *egress*: the policy every ``statusCallback`` must pass (None: the built-in rules)."""
     if not isinstance(document, str):
         raise TypeError("parse_twiml takes the document as str")
     if len(document) > MAX_TWIML_LENGTH:
@@ -217,7 +219,7 @@ def parse_twiml(document: str) -> TwimlProgram:
     ignored: list[str] = []
     for verb in root:
         if verb.tag == "Start":
-            actions.extend(_parse_start(verb))
+            actions.extend(_parse_start(verb, egress))
         elif verb.tag == "Stop":
             actions.extend(_parse_stop(verb))
         elif isinstance(verb.tag, str) and verb.tag in IGNORED_VERBS:

@@ -10,7 +10,7 @@ Keys (ARCHITECTURE.md, "External contracts"; docs/api.md has the full list)::
     [[connectors]] account_sid, unique_name, srs, standby_srs, credentials_header,
                  credentials | credentials_env | credentials_encrypted,
                  digest_username, digest_password | digest_password_env | digest_password_encrypted
-    [callbacks]  timeout = 10.0, max_attempts = 4
+    [callbacks]  timeout = 10.0, max_attempts = 4, allow = [], deny = []   # CIDRs, host names
     [sip]        port = 5060, [sip.tls] ca_file, cert_file, key_file
     [secrets]    key_file | key_env                      # Fernet key for *_encrypted values
     [control_socket] path = "…/mediafork.sock"           # optional msgpack host socket
@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..control.egress import EgressPolicy
 from ..recorder_api import Connector, Edge
 
 __all__ = [
@@ -109,6 +110,12 @@ class AccountConfig:
 class CallbackConfig:
     timeout: float = 10.0
     max_attempts: int = 4
+    allow: tuple[str, ...] = ()
+    """Egress policy entries (CIDRs, host names, ``*.suffix``): see mediafork.control.egress."""
+    deny: tuple[str, ...] = ()
+
+    def egress_policy(self) -> EgressPolicy:
+        return EgressPolicy.from_rules(self.allow, self.deny)
 
 
 @dataclass(frozen=True)
@@ -498,13 +505,19 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
             digest_username=digest_user, digest_password=digest_password,
             metadata_content_type=content_type))
 
-    cb_r = _Reader(_table(root, "callbacks"), "callbacks", {"timeout", "max_attempts"})
+    cb_r = _Reader(_table(root, "callbacks"), "callbacks",
+                   {"timeout", "max_attempts", "allow", "deny"})
     timeout = float(cb_r.get("timeout", (int, float), 10.0, what="a number"))
     if not 0.1 <= timeout <= 300:
         raise ConfigError("callbacks.timeout: must be between 0.1 and 300 seconds")
     attempts = cb_r.get("max_attempts", int, 4)
     if not 1 <= attempts <= 20:
         raise ConfigError("callbacks.max_attempts: must be between 1 and 20")
+    egress = {name: tuple(cb_r.get(name, list, [])) for name in ("allow", "deny")}
+    try:
+        EgressPolicy.from_rules(**egress)
+    except ValueError as exc:  # "deny[2]: not a CIDR, …"
+        raise ConfigError(f"callbacks.{exc}") from None
 
     sip_table = dict(_table(root, "sip"))
     tls_table = sip_table.pop("tls", {})
@@ -541,8 +554,8 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
 
     return Config(api=api, storage=storage, media=media, accounts=tuple(accounts),
                   edges=tuple(edges), connectors=tuple(connectors),
-                  callbacks=CallbackConfig(timeout=timeout, max_attempts=attempts), sip=sip,
-                  control_socket=socket_path, source=source, log_level=log_level)
+                  callbacks=CallbackConfig(timeout=timeout, max_attempts=attempts, **egress),
+                  sip=sip, control_socket=socket_path, source=source, log_level=log_level)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -129,11 +129,17 @@ class EngineCollector(Collector):
                            "SIP datagrams dropped and SIP streams closed as malformed.",
                            self.sip_malformed())
         if self.callbacks:
+            outcomes = dict(self.callbacks())
+            # A refusal is not a delivery outcome: it gets its own counter (the alert differs).
+            denied = outcomes.pop("denied", 0)
             c = CounterMetricFamily("mediafork_callback_deliveries",
                                     "Status callback deliveries, by outcome.", labels=["outcome"])
-            for outcome, n in sorted(self.callbacks().items()):
+            for outcome, n in sorted(outcomes.items()):
                 c.add_metric([outcome], n)
             yield c
+            yield _counter("mediafork_callbacks_denied",
+                           "Status callbacks not sent: the [callbacks] egress policy refused "
+                           "their URL or an address it resolved to.", denied)
 
 
 def _fork_states(engine: Engine) -> dict[str, int]:

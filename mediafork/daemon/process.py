@@ -22,9 +22,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..api import build_app
 from ..api.control_socket import ControlSocketServer
+from ..control.callbacks import is_local_address
+from ..control.egress import Listener
 from ..control.store import AsyncStore
 from ..engine import Engine
-from ..recorder_api import Connector
+from ..recorder_api import Connector, Edge
 from ..recording.manager import RecordingManager
 from ..sip.recorder_links import SipRecorderLinks
 from ..sip.transport import client_tls_context
@@ -78,7 +80,8 @@ class Daemon:
                              workers=config.media.workers)
         config.storage.path.parent.mkdir(parents=True, exist_ok=True)
         self.store = await AsyncStore.open(config.storage.path)
-        self.service = ControlService(config, engine=self.engine, store=self.store)
+        self.service = ControlService(config, engine=self.engine, store=self.store,
+                                      callback_options={"egress": config.callbacks.egress_policy()})
         sip = config.sip
         self.links = SipRecorderLinks(
             self.service.on_link_event,
@@ -100,6 +103,7 @@ class Daemon:
             # Siprec can ever start on that edge.
             raise StartupError("; ".join(unusable) + " (set [sip] start_degraded = true to "
                                "start anyway with /readyz answering 503)")
+        self._refuse_own_listeners()  # before start() replays stored callbacks
         self.service.set_links(self.links)
         self.service.set_recordings(RecordingManager(
             engine=self.engine, store=self.store, outbox=self.service.outbox,
@@ -121,6 +125,7 @@ class Daemon:
             sock = site._server.sockets[0]  # type: ignore[union-attr]
             host, port = sock.getsockname()[:2]
             self.base_url = f"http://{host}:{port}"
+        self._refuse_own_listeners()
         if config.control_socket:
             self._control_socket = ControlSocketServer(self.service, config.control_socket)
             await self._control_socket.start()
@@ -163,6 +168,29 @@ class Daemon:
             config, connectors=tuple(connectors),
             sip=dataclasses.replace(config.sip, tls_ca_file=config.sip.tls_ca_file or cert),
         )
+
+    def _refuse_own_listeners(self) -> None:
+        """Add every TCP socket the daemon listens on to the callbacks' egress policy: a
+        status callback aimed at mediafork itself (its API, its SIP, the embedded recorder)
+        is refused. Called as sockets get bound; ports 0 are known only after binding."""
+        assert self.service is not None
+        config = self.config
+        bound: list[tuple[str, int]] = []
+        if self._runner is not None:
+            bound += [address[:2] for address in self._runner.addresses]
+        elif config.api.port:
+            bound.append((config.api.host, config.api.port))
+        if self.links is not None:
+            tls = self.links.transport.tls_server_context is not None
+            for edge in config.edges or (Edge("default", config.media.address),):
+                port = self.links.sip_port(edge.name)
+                if port:
+                    bound += [(edge.address, port)] + ([(edge.address, port + 1)] if tls else [])
+        if self.recorder is not None:
+            bound += [a for a in (self.recorder.tcp_address, self.recorder.tls_address) if a]
+        dispatcher = self.service.outbox.dispatcher
+        dispatcher.egress = dispatcher.egress.with_listeners(
+            (Listener.of(host, port) for host, port in bound), is_local=is_local_address)
 
     def _on_engine_events(self) -> None:
         assert self.engine is not None

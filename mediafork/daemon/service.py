@@ -494,7 +494,7 @@ class ControlService:
         return found
 
     async def create_siprec(self, account_sid: str, call_sid: str, form: Any) -> dict[str, Any]:
-        request = parse_siprec_create(form)
+        request = parse_siprec_create(form, self.outbox.dispatcher.egress)
         live = self._live_call(account_sid, call_sid)
         async with live.lock:
             record = await self._start_locked(live, request, "ConnectorName")
@@ -622,7 +622,7 @@ class ControlService:
 
     async def run_twiml(self, account_sid: str, call_sid: str, document: str) -> dict[str, Any]:
         """Parse and check the whole document, then apply its actions in order."""
-        program = parse_twiml(document)
+        program = parse_twiml(document, self.outbox.dispatcher.egress)
         live = self._live_call(account_sid, call_sid)
         async with live.lock:
             if live.ended or live.handle.engine_call.closed:

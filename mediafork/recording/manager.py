@@ -45,7 +45,7 @@ import numpy as np
 from ..control import errors
 from ..control.errors import ApiError
 from ..control.events import recording_params, recording_url
-from ..control.forms import RecordingRequest, RecordingUpdate
+from ..control.forms import RecordingRequest, RecordingUpdate, validate_callback_url
 from ..control.resources import (
     list_page,
     page_request,
@@ -172,6 +172,10 @@ class RecordingManager:
     ) -> dict[str, Any]:
         """``POST …/Calls/{CallSid}/Recordings.json``: start recording; the 201 body."""
         self._check_open()
+        # The form was parsed against the built-in rules only; the daemon's policy (its
+        # [callbacks] allow/deny and own listeners) lives with the dispatcher that sends.
+        validate_callback_url(request.status_callback, "RecordingStatusCallback",
+                              self.outbox.dispatcher.egress)
         if call.account_sid != account_sid:
             raise errors.not_found("call")
         if call.engine_call.closed:

@@ -85,15 +85,15 @@ class Receiver:
         self._runner: web.AppRunner | None = None
         self.url = ""
 
-    async def start(self) -> None:
+    async def start(self, host: str = "127.0.0.1") -> None:
         app = web.Application()
         app.router.add_route("*", "/status", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, host, 0)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}/status"
+        self.url = f"http://{host}:{port}/status"
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -265,6 +265,7 @@ digest_password_encrypted = "{digest}"
 [callbacks]
 timeout = 2.0
 max_attempts = 2
+{callbacks}
 [sip]
 port = 0
 [sip.tls]
@@ -277,9 +278,10 @@ path = "data/control.sock"
 
 
 async def start_stack(folder: Path, *, trusted_ca: bool = True,
-                      max_request: int = 16384) -> Stack:
+                      max_request: int = 16384, callbacks: str = "") -> Stack:
     """Everything up and one fresh call proven to work. ``trusted_ca=False`` configures a CA
-    file that did not sign the recorder's certificate (TLS verification must then fail)."""
+    file that did not sign the recorder's certificate (TLS verification must then fail).
+    ``callbacks``: more TOML lines for the ``[callbacks]`` table (e.g. ``deny = [...]``)."""
     logs = LogCapture()
     root = logging.getLogger()
     previous = root.level
@@ -307,7 +309,7 @@ async def start_stack(folder: Path, *, trusted_ca: bool = True,
         credentials=encrypt_secret(secret_key, sec.credentials),
         digest=encrypt_secret(secret_key, sec.digest_password),
         udp=recorder.uri("udp"), tls=recorder.uri("tls"),
-        ca=cert if trusted_ca else other_ca,
+        ca=cert if trusted_ca else other_ca, callbacks=callbacks,
     ))
     config = load_config(folder / "mediafork.toml")
     daemon = Daemon(config, shutdown_timeout=5.0)

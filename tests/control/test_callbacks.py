@@ -10,13 +10,15 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from ipaddress import ip_address
 from typing import Any
 
 import pytest
 from aiohttp import web
 from twilio.request_validator import RequestValidator
 
-from mediafork.control.callbacks import CallbackDispatcher
+from mediafork.control.callbacks import CallbackDispatcher, is_local_address
+from mediafork.control.egress import EgressPolicy, Listener
 from mediafork.control.events import CallbackEvent
 
 ACCOUNT = "AC" + "0123456789abcdef" * 2
@@ -168,7 +170,7 @@ def test_retries_on_500_then_succeeds(run, serving):
                 await asyncio.sleep(0.01)
             assert delivered == [sent]
             assert d.stats.as_dict() == {"delivered": 1, "retried": 2, "failed": 0,
-                                         "dropped": 0, "abandoned": 0}
+                                         "dropped": 0, "abandoned": 0, "denied": 0}
             assert {r.form["Seq"] for r in receiver.received} == {"7"}
             assert_signed(receiver.received)
 
@@ -367,9 +369,7 @@ def test_a_raising_hook_does_not_stop_delivery(run, serving):
     run(scenario())
 
 
-def test_secrets_never_logged_and_url_credentials_sent_as_basic_auth(
-    run, serving, caplog
-):
+def test_secrets_never_logged_and_url_credentials_never_sent(run, serving, caplog):
     password = "cb-basic-password-xyz"
     query_secret = "query-token-abc"
 
@@ -377,20 +377,22 @@ def test_secrets_never_logged_and_url_credentials_sent_as_basic_auth(
         async with serving({"/cb": answering([500, 200, 404])}) as receiver:
             d = dispatcher(max_attempts=2)
             host = receiver.base.removeprefix("http://")
-            url = f"http://user:{password}@{host}/cb?token={query_secret}"
-            d.enqueue(event(sid(1), url, 0))
-            d.enqueue(event(sid(1), url, 1))
-            # and one that cannot even connect, to exercise the error-logging path
-            d.enqueue(event(sid(2), f"http://user:{password}@127.0.0.1:1/x?token={query_secret}",
+            clean = f"http://{host}/cb?token={query_secret}"
+            d.enqueue(event(sid(1), clean, 0))
+            d.enqueue(event(sid(1), clean, 1))
+            # A URL with credentials (stored before they were refused at create time) is
+            # refused by the egress policy: nothing is sent, with or without Basic auth.
+            d.enqueue(event(sid(3), f"http://user:{password}@{host}/cb?token={query_secret}",
                             0))
-            while d.stats.delivered + d.stats.failed < 3:
+            # and one that cannot even connect, to exercise the error-logging path
+            d.enqueue(event(sid(2), f"http://127.0.0.1:1/x?token={query_secret}", 0))
+            while d.stats.delivered + d.stats.failed + d.stats.denied < 4:
                 await asyncio.sleep(0.01)
             assert repr(d).count("delivered") == 1
             await d.close(2)
-            assert [r.headers.get("Authorization") for r in receiver.received] == [
-                "Basic dXNlcjpjYi1iYXNpYy1wYXNzd29yZC14eXo="
-            ] * 3
-            # the signed URL is the one without credentials, as the receiver sees it
+            assert d.stats.denied == 1
+            assert len(receiver.received) == 3
+            assert [r.headers.get("Authorization") for r in receiver.received] == [None] * 3
             assert_signed(receiver.received)
 
     with caplog.at_level(logging.DEBUG, logger="mediafork.callbacks"):
@@ -400,3 +402,45 @@ def test_secrets_never_logged_and_url_credentials_sent_as_basic_auth(
         assert secret not in caplog.text
     sample = event(sid(1), f"http://user:{password}@h/cb?token={query_secret}", 0)
     assert password not in repr(sample) and query_secret not in repr(sample)
+
+
+def test_egress_policy_is_applied_at_delivery_to_every_address_connected_to(run, serving, caplog):
+    """A host name is resolved once, every address checked, and only checked addresses are
+    connected to; the Host header (and so the signed URL) keeps the name."""
+
+    async def scenario() -> None:
+        async with serving() as receiver:
+            port = int(receiver.base.rsplit(":", 1)[1])
+            by_name = f"http://localhost:{port}/cb?token=query-secret-1"
+            ours = EgressPolicy().with_listeners([Listener.of("127.0.0.1", port)])
+            cases = [
+                (EgressPolicy(), by_name, 1, 0),  # loopback allowed by default
+                (EgressPolicy.from_rules(deny=["127.0.0.0/8"]), by_name, 0, 1),
+                (EgressPolicy.from_rules(deny=["localhost"]), by_name, 0, 1),
+                # an IP host never reaches the resolver: checked from the URL itself
+                (ours, f"{receiver.base}/cb", 0, 1),
+                (ours, by_name, 0, 1),
+            ]
+            for policy, url, delivered, denied in cases:
+                before = len(receiver.received)
+                d = dispatcher(egress=policy, max_attempts=3)
+                d.enqueue(event(sid(1), url, 0))
+                await d.close(5)
+                assert (d.stats.delivered, d.stats.denied) == (delivered, denied), url
+                assert d.stats.retried == 0 and d.stats.failed == 0  # a refusal is final
+                assert len(receiver.received) == before + delivered
+            assert receiver.received[0].headers["Host"] == f"localhost:{port}"
+            assert_signed(receiver.received)
+
+    with caplog.at_level(logging.DEBUG, logger="mediafork.callbacks"):
+        run(scenario())
+    assert "refused by the egress policy (localhost resolves to 127.0.0.1" in caplog.text
+    assert "one of mediafork's own listening sockets" in caplog.text
+    assert "query-secret-1" not in caplog.text
+
+
+def test_is_local_address_knows_this_machine_without_sending_anything():
+    assert is_local_address(ip_address("127.0.0.1"))
+    assert is_local_address(ip_address("127.0.0.42"))  # all of 127/8 is local on Linux
+    assert not is_local_address(ip_address("192.0.2.1"))  # TEST-NET-1: nobody's
+    assert not is_local_address(ip_address("2001:db8::1"))

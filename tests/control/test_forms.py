@@ -126,7 +126,6 @@ def test_bad_callback_method(method):
     [
         "http://example.com",
         "https://example.com:8443/path?q=1#frag",
-        "https://user:pass@example.com/cb",
         "http://127.0.0.1:9/cb",
         "http://[::1]:8080/cb",
     ],
@@ -149,6 +148,8 @@ def test_good_callback_urls(url):
         "http://example.com:99999/",
         "http://example.com:0/",
         "https://example.com/" + "a" * 4000,
+        "https://user:pass@example.com/cb",
+        "http://169.254.169.254/latest/meta-data/",
     ],
 )
 def test_bad_callback_urls_are_21609(url):
@@ -161,8 +162,9 @@ def test_callback_url_credentials_never_appear_in_errors_or_repr():
     secret = "hunter2-callback-password"
     error = refused({"StatusCallback": f"ftp://user:{secret}@example.com/"})
     assert secret not in error.message and secret not in repr(error)
-    request = parse_siprec_create({"StatusCallback": f"https://user:{secret}@example.com/"})
-    assert secret not in repr(request)
+    error = refused({"StatusCallback": f"https://user:{secret}@example.com/"})
+    assert "credentials" in error.message
+    assert secret not in error.message and secret not in repr(error)
 
 
 def test_name_rules():

@@ -79,9 +79,9 @@ def test_get_puts_params_in_the_query_and_validates_with_official_validator():
     )
 
 
-def test_credentials_are_moved_out_of_the_signed_url():
+def test_credentials_are_dropped_from_the_signed_url():
     prepared = prepare_request(TOKEN, "POST", "https://us%40er:p%3Ass@example.com/cb", PARAMS)
-    assert prepared.basic_auth == ("us@er", "p:ss")
+    assert not hasattr(prepared, "basic_auth")  # never sent, not even as Basic auth
     assert str(prepared.url) == "https://example.com/cb"
     assert RequestValidator(TOKEN).validate("https://example.com/cb", dict(PARAMS),
                                             prepared.signature)

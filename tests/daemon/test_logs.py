@@ -1,6 +1,6 @@
 """`--log-format json`: every stderr line is one JSON object, and no secret reaches a log line
 across a run full of errors (wrong API credentials, a recorder refusing the connector's
-credentials header, an unreachable callback URL carrying credentials)."""
+credentials header, a callback URL carrying credentials, an unreachable callback URL)."""
 
 from __future__ import annotations
 
@@ -54,8 +54,13 @@ def test_json_logs_carry_no_secret(tmp_path: Path, sink: CallbackSink,
         error = [c for c in sink.received if c.get("SiprecEvent") == "siprec-error"][0]
         assert "403" in error.get("SiprecError", ""), error
 
-        # A callback URL with credentials in it, to a port nobody listens on.
-        dead = f"http://hook:{CALLBACK_PASSWORD}@127.0.0.1:{free_tcp_port()}/cb"
+        # A callback URL with credentials in it is refused, and its password goes nowhere.
+        with_password = f"http://hook:{CALLBACK_PASSWORD}@127.0.0.1:{free_tcp_port()}/cb"
+        refused_url = daemon.start_siprec(sid, "password-callback", with_password)
+        assert refused_url.status_code == 400, refused_url.text
+        assert CALLBACK_PASSWORD not in refused_url.text
+        # A callback URL to a port nobody listens on: failed deliveries are logged.
+        dead = f"http://127.0.0.1:{free_tcp_port()}/cb"
         again = daemon.start_siprec(sid, "dead-callback", dead)
         assert again.status_code == 201, again.text
         send_tones(ingress, packets=20)
