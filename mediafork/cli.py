@@ -4,6 +4,7 @@
     mediafork check-config FILE         validate a config file without starting
     mediafork srs [...]                 the reference Session Recording Server
     mediafork status                    live calls, forks and counters from a running daemon
+    mediafork callbacks [--redeliver]   given-up status callbacks, and sending them again
     mediafork demo                      the end-to-end demo (scripts/demo)
     mediafork secret genkey|encrypt     secrets at rest for the config file
 """
@@ -166,6 +167,22 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--count", type=int, default=0,
                         help="with --watch: stop after this many snapshots")
 
+    cbs = sub.add_parser(
+        "callbacks", help="list given-up (or pending) status callbacks; send them again",
+        description="Credentials and URL as for `mediafork status`.")
+    cbs.add_argument("--url", help="the daemon's API (default: MEDIAFORK_URL or "
+                                   "http://127.0.0.1:8080)")
+    cbs.add_argument("--account", help="account SID")
+    cbs.add_argument("--token", help="auth token (prefer MEDIAFORK_AUTH_TOKEN)")
+    cbs.add_argument("--data", default=env("MEDIAFORK_DATA", "data"))
+    cbs.add_argument("--state", default="failed,dropped",
+                     help="states to list, comma-separated: pending, delivered, failed, dropped "
+                          "(default: failed,dropped, the given-up ones)")
+    cbs.add_argument("--limit", type=int, default=50, help="newest N (default 50)")
+    cbs.add_argument("--redeliver", type=int, nargs="*", metavar="ID",
+                     help="send these given-up callbacks again (no ID: all of them)")
+    cbs.add_argument("--json", action="store_true")
+
     demo = sub.add_parser("demo", help="run the end-to-end demo")
     demo.add_argument("--seconds", type=float, default=3.0, help="length of the synthetic calls")
     demo.add_argument("--dataplane", action="store_true",
@@ -184,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         return _status(args)
     if args.command == "check-config":
         return _check_config(args)
+    if args.command == "callbacks":
+        from .daemon.callbacks_cli import main as callbacks_main
+
+        return callbacks_main(args)
     if args.command == "secret":
         if args.action == "encrypt" and not args.key_file:
             parser.error("secret encrypt needs --key-file")

@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from ..control import errors
+from ..control import callback_view, errors
 from ..control.errors import ApiError
 from ..control.forms import parse_recording_create, parse_recording_update
 from ..control.sids import CALL, RECORDING, is_sid
@@ -284,6 +284,21 @@ async def end_call(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def list_callbacks(request: web.Request) -> web.Response:
+    account = _account(request)
+    states = callback_view.parse_states(request.query.get("State"))
+    limit = callback_view.parse_page_size(request.query.get("PageSize"))
+    service = request.app[SERVICE_KEY]
+    return _json(await callback_view.list_callbacks(service.store, account, states, limit))
+
+
+async def redeliver_callbacks(request: web.Request) -> web.Response:
+    account = _account(request)
+    ids = callback_view.parse_redeliver(await _json_body(request))
+    service = request.app[SERVICE_KEY]
+    return _json(await callback_view.redeliver(service.outbox, account, ids))
+
+
 # -- the app ------------------------------------------------------------------------------------
 
 _TABLE: list[tuple[str, str, Handler]] = [
@@ -303,6 +318,8 @@ _TABLE: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/Calls/{CallSid}", get_call),
     ("POST", "/v1/Calls/{CallSid}", update_host_call),
     ("DELETE", "/v1/Calls/{CallSid}", end_call),
+    ("GET", "/v1/Callbacks", list_callbacks),
+    ("POST", "/v1/Callbacks/Redeliver", redeliver_callbacks),
 ]
 ROUTES.extend((method, path) for method, path, _ in _TABLE)
 

@@ -12,9 +12,13 @@ Shape, and why:
   dropped, counted and handed to ``on_undelivered``. Memory stays bounded however many
   receivers are down.
 * Each attempt has a total timeout; timeouts, connection errors and 5xx are retried with
-  exponential backoff up to ``max_attempts``; 2xx is success; any other status (4xx, and 3xx
-  since redirects are not followed) is final: retrying a request the receiver rejected would
-  only repeat the rejection.
+  exponential backoff (capped at ``backoff_max``) for ``retry_for`` seconds from the event's
+  creation (an hour by default: an application restart or a deploy must not lose
+  ``siprec-stopped``), and at most ``max_attempts`` times when that is set; 2xx is success;
+  any other status (4xx, and 3xx since redirects are not followed) is final: retrying a
+  request the receiver rejected would only repeat the rejection. The horizon counts from the
+  event's creation, so a replay after a restart does not start it again; every event gets at
+  least one attempt.
 * Logs name the resource, a redacted URL (no credentials, no query) and the outcome; never
   parameters, signatures or tokens.
 * Every request goes through the :class:`~.egress.EgressPolicy`: the URL is checked before
@@ -34,6 +38,7 @@ import itertools
 import logging
 import random
 import socket
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -160,9 +165,10 @@ class CallbackDispatcher:
         auth_token_for: TokenLookup,
         *,
         timeout: float = 10.0,
-        max_attempts: int = 4,
+        max_attempts: int = 0,
+        retry_for: float = 3600.0,
         backoff_initial: float = 0.5,
-        backoff_max: float = 30.0,
+        backoff_max: float = 60.0,
         jitter: float = 0.1,
         max_pending: int = 10_000,
         max_connections: int = 100,
@@ -171,11 +177,13 @@ class CallbackDispatcher:
         user_agent: str = "mediafork-callbacks/0.1",
         egress: EgressPolicy | None = None,
     ) -> None:
-        if max_attempts < 1 or max_pending < 1 or timeout <= 0:
-            raise ValueError("max_attempts and max_pending must be >= 1, timeout > 0")
+        if max_attempts < 0 or max_pending < 1 or timeout <= 0 or retry_for < 0:
+            raise ValueError("max_attempts >= 0 (0: no limit), max_pending >= 1, timeout > 0 "
+                             "and retry_for >= 0 are required")
         self._token_for = auth_token_for
         self.timeout = timeout
         self.max_attempts = max_attempts
+        self.retry_for = retry_for
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.jitter = jitter
@@ -207,6 +215,11 @@ class CallbackDispatcher:
     def pending(self) -> int:
         """Events queued and not yet being sent."""
         return len(self._pending)
+
+    @property
+    def outstanding(self) -> int:
+        """Events not settled yet: queued, being sent, or waiting to be retried."""
+        return len(self._pending) + len(self._inflight)
 
     @property
     def closed(self) -> bool:
@@ -292,7 +305,11 @@ class CallbackDispatcher:
             return
         del token
         reason = ""
-        for attempt in range(1, self.max_attempts + 1):
+        # Wall-clock time: the creation time may come from the store, across a restart.
+        horizon = (event.created_at or time.time()) + self.retry_for
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 status = await self._attempt(event.url, prepared)
             except _Retry as exc:
@@ -313,11 +330,18 @@ class CallbackDispatcher:
                 if self._on_delivered is not None:
                     self._call_hook(self._on_delivered, event)
                 return
-            if attempt < self.max_attempts:
-                self.stats.retried += 1
-                log.info("status callback attempt %d failed (%s), retrying: resource=%s url=%s",
-                         attempt, reason, event.resource_sid, redact_url(event.url))
-                await asyncio.sleep(self._backoff(attempt))
+            if self.max_attempts and attempt >= self.max_attempts:
+                reason += f"; gave up after {attempt} attempts"
+                break
+            delay = self._backoff(attempt)
+            if time.time() + delay > horizon:
+                reason += f"; gave up after {attempt} attempts, retry horizon of " \
+                          f"{self.retry_for:g} s reached"
+                break
+            self.stats.retried += 1
+            log.info("status callback attempt %d failed (%s), retrying in %.1f s: resource=%s "
+                     "url=%s", attempt, reason, delay, event.resource_sid, redact_url(event.url))
+            await asyncio.sleep(delay)
         self.stats.failed += 1
         log.warning("status callback failed (%s): resource=%s url=%s",
                     reason, event.resource_sid, redact_url(event.url))

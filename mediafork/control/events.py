@@ -34,6 +34,9 @@ class CallbackEvent:
     params: tuple[tuple[str, str], ...]
     event_id: int | None = None
     """The store's row id, so delivery outcomes can be written back; None if not stored."""
+    created_at: float | None = None
+    """When the event happened (Unix time): retries end ``retry_for`` seconds after it,
+    also across restarts. None: when it was queued."""
 
     def param(self, name: str) -> str | None:
         for key, value in self.params:

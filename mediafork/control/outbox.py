@@ -77,13 +77,28 @@ class Outbox:
             log.info("replaying %d undelivered status callbacks", len(records))
         return len(records)
 
+    async def redeliver(self, account_sid: str, ids: Sequence[int] | None = None) -> int:
+        """Send the account's given-up events again (all, or those in *ids*), with a fresh
+        retry horizon; returns how many were queued. Other accounts' events are never
+        touched, whatever *ids* says."""
+        records: list[EventRecord] = await self._store.requeue_events(account_sid, ids)
+        for record in records:
+            if record.method:
+                self.dispatcher.enqueue(self._to_callback(record, fresh=True))
+        if records:
+            log.info("redelivering %d status callbacks of %s", len(records), account_sid)
+        return len(records)
+
     @staticmethod
-    def _to_callback(record: EventRecord) -> CallbackEvent:
+    def _to_callback(record: EventRecord, *, fresh: bool = False) -> CallbackEvent:
         assert record.url is not None and record.method in ("GET", "POST")
         return CallbackEvent(
             resource_sid=record.resource_sid, account_sid=record.account_sid, url=record.url,
             method=record.method,  # type: ignore[arg-type]
             params=record.params, event_id=record.id,
+            # The retry horizon runs from the event's creation, across restarts; a
+            # redelivery someone asked for gets a horizon of its own.
+            created_at=None if fresh else record.date_created.timestamp(),
         )
 
     def _write_state(self, event: CallbackEvent, state: DeliveryState) -> None:

@@ -630,6 +630,45 @@ class Store:
         ).fetchall()
         return [_event(row) for row in rows]
 
+    def account_events(self, account_sid: str, states: Sequence[DeliveryState],
+                       limit: int = 100) -> list[EventRecord]:
+        """The account's events in *states*, newest first (the callbacks view)."""
+        marks = ", ".join("?" for _ in states)
+        rows = self._db.execute(
+            f"SELECT * FROM events WHERE account_sid = ? AND delivery_state IN ({marks}) "
+            "ORDER BY id DESC LIMIT ?", (account_sid, *states, limit)).fetchall()
+        return [_event(row) for row in rows]
+
+    def count_events(self, account_sid: str) -> dict[str, int]:
+        """The account's events by delivery state."""
+        rows = self._db.execute(
+            "SELECT delivery_state, COUNT(*) AS n FROM events WHERE account_sid = ? "
+            "GROUP BY delivery_state", (account_sid,)).fetchall()
+        return {row["delivery_state"]: row["n"] for row in rows}
+
+    def requeue_events(self, account_sid: str, ids: Sequence[int] | None,
+                       now: datetime | None = None) -> list[EventRecord]:
+        """Mark the account's given-up events (``failed`` or ``dropped``; all of them, or
+        those in *ids*) ``pending`` again and return them in production order. Events of
+        other accounts, and events in other states, are left alone."""
+        stamp = _ts(now or utcnow())
+        where = "account_sid = ? AND delivery_state IN ('failed', 'dropped') AND url IS NOT NULL"
+        args: list[Any] = [account_sid]
+        if ids is not None:
+            if not ids:
+                return []
+            where += f" AND id IN ({', '.join('?' for _ in ids)})"
+            args += list(ids)
+        with self._transaction() as db:
+            rows = db.execute(f"SELECT id FROM events WHERE {where} ORDER BY id", args).fetchall()
+            chosen = [row["id"] for row in rows]
+            for event_id in chosen:
+                db.execute("UPDATE events SET delivery_state = 'pending', date_updated = ? "
+                           "WHERE id = ?", (stamp, event_id))
+            rows = [db.execute("SELECT * FROM events WHERE id = ?", (i,)).fetchone()
+                    for i in chosen]
+        return [_event(row) for row in rows]
+
     def pending_events(self, limit: int = 10_000) -> list[EventRecord]:
         """Undelivered events in production order (to re-enqueue after a restart)."""
         rows = self._db.execute(

@@ -109,7 +109,12 @@ class AccountConfig:
 @dataclass(frozen=True)
 class CallbackConfig:
     timeout: float = 10.0
-    max_attempts: int = 4
+    max_attempts: int = 0
+    """Attempts per event; 0: no count limit, only ``retry_for``."""
+    retry_for: float = 3600.0
+    """Seconds from an event's creation during which failed attempts are retried."""
+    backoff_max: float = 60.0
+    """Cap of the exponential backoff between attempts, seconds."""
     allow: tuple[str, ...] = ()
     """Egress policy entries (CIDRs, host names, ``*.suffix``): see mediafork.control.egress."""
     deny: tuple[str, ...] = ()
@@ -506,13 +511,19 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
             metadata_content_type=content_type))
 
     cb_r = _Reader(_table(root, "callbacks"), "callbacks",
-                   {"timeout", "max_attempts", "allow", "deny"})
+                   {"timeout", "max_attempts", "retry_for", "backoff_max", "allow", "deny"})
     timeout = float(cb_r.get("timeout", (int, float), 10.0, what="a number"))
     if not 0.1 <= timeout <= 300:
         raise ConfigError("callbacks.timeout: must be between 0.1 and 300 seconds")
-    attempts = cb_r.get("max_attempts", int, 4)
-    if not 1 <= attempts <= 20:
-        raise ConfigError("callbacks.max_attempts: must be between 1 and 20")
+    attempts = cb_r.get("max_attempts", int, 0)
+    if not 0 <= attempts <= 1000:
+        raise ConfigError("callbacks.max_attempts: must be between 0 (no limit) and 1000")
+    retry_for = float(cb_r.get("retry_for", (int, float), 3600.0, what="a number"))
+    if not 0 <= retry_for <= 7 * 86400:
+        raise ConfigError("callbacks.retry_for: must be between 0 and 604800 seconds")
+    backoff_max = float(cb_r.get("backoff_max", (int, float), 60.0, what="a number"))
+    if not 0.1 <= backoff_max <= 3600:
+        raise ConfigError("callbacks.backoff_max: must be between 0.1 and 3600 seconds")
     egress = {name: tuple(cb_r.get(name, list, [])) for name in ("allow", "deny")}
     try:
         EgressPolicy.from_rules(**egress)
@@ -554,7 +565,9 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
 
     return Config(api=api, storage=storage, media=media, accounts=tuple(accounts),
                   edges=tuple(edges), connectors=tuple(connectors),
-                  callbacks=CallbackConfig(timeout=timeout, max_attempts=attempts, **egress),
+                  callbacks=CallbackConfig(timeout=timeout, max_attempts=attempts,
+                                           retry_for=retry_for, backoff_max=backoff_max,
+                                           **egress),
                   sip=sip, control_socket=socket_path, source=source, log_level=log_level)
 
 

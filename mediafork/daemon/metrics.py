@@ -132,6 +132,7 @@ class EngineCollector(Collector):
             outcomes = dict(self.callbacks())
             # A refusal is not a delivery outcome: it gets its own counter (the alert differs).
             denied = outcomes.pop("denied", 0)
+            outstanding = outcomes.pop("outstanding", 0)
             c = CounterMetricFamily("mediafork_callback_deliveries",
                                     "Status callback deliveries, by outcome.", labels=["outcome"])
             for outcome, n in sorted(outcomes.items()):
@@ -140,6 +141,9 @@ class EngineCollector(Collector):
             yield _counter("mediafork_callbacks_denied",
                            "Status callbacks not sent: the [callbacks] egress policy refused "
                            "their URL or an address it resolved to.", denied)
+            yield _gauge("mediafork_callbacks_outstanding",
+                         "Status callbacks not settled yet: queued, being sent, or waiting "
+                         "for a retry (within [callbacks] retry_for).", outstanding)
 
 
 def _fork_states(engine: Engine) -> dict[str, int]:

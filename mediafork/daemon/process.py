@@ -207,7 +207,8 @@ class Daemon:
         outbox = self.service.outbox
         collector = EngineCollector(
             self.engine,
-            callbacks=lambda: outbox.dispatcher.stats.as_dict(),
+            callbacks=lambda: {**outbox.dispatcher.stats.as_dict(),
+                               "outstanding": outbox.dispatcher.outstanding},
             sip_responses=getattr(self.links, "response_counts", None),
             siprecs=getattr(self.service, "siprec_counts", None),
             sip_malformed=getattr(self.links, "malformed_messages", None),

@@ -181,7 +181,9 @@ class ControlService:
         self.engine = engine
         self.store = store
         options = {"timeout": config.callbacks.timeout,
-                   "max_attempts": config.callbacks.max_attempts, **(callback_options or {})}
+                   "max_attempts": config.callbacks.max_attempts,
+                   "retry_for": config.callbacks.retry_for,
+                   "backoff_max": config.callbacks.backoff_max, **(callback_options or {})}
         self.outbox = outbox if outbox is not None else PublishingOutbox(
             store, config.auth_token_for, **options)
         if isinstance(self.outbox, PublishingOutbox):

@@ -81,9 +81,12 @@ def collect(base: str, auth: tuple[str, str]) -> dict[str, Any]:
     forks_by_state: dict[str, float] = {}
     dropped: dict[str, float] = {}
     worker_calls: dict[str, float] = {}
+    callbacks: dict[str, float] = {}
     for family in text_string_to_metric_families(metrics.decode()):
         for sample in family.samples:
-            if sample.name == "mediafork_forks":
+            if sample.name == "mediafork_callback_deliveries_total":
+                callbacks[sample.labels.get("outcome", "?")] = sample.value
+            elif sample.name == "mediafork_forks":
                 forks_by_state[sample.labels.get("state", "")] = sample.value
             elif sample.name == "mediafork_packets_dropped_total" and sample.value:
                 dropped[sample.labels.get("reason", "?")] = sample.value
@@ -109,6 +112,9 @@ def collect(base: str, auth: tuple[str, str]) -> dict[str, Any]:
         "packets_dropped": dropped,
         "forks": forks_by_state,
         "worker_calls": dict(sorted(worker_calls.items(), key=lambda kv: int(kv[0]))),
+        "callbacks": {"outstanding": totals.get("mediafork_callbacks_outstanding", 0.0),
+                      "delivered": callbacks.get("delivered", 0.0),
+                      "given_up": callbacks.get("failed", 0.0) + callbacks.get("dropped", 0.0)},
         "calls": calls.get("calls", calls if isinstance(calls, list) else []),
     }
 
@@ -130,6 +136,10 @@ def render(snapshot: dict[str, Any]) -> str:
                  + "".join(f", {k} {v:,.0f}" for k, v in sorted(dropped.items())))
     lines.append("  forks                " + ", ".join(
         f"{k} {v:,.0f}" for k, v in sorted(snapshot["forks"].items())))
+    cb = snapshot["callbacks"]
+    lines.append(f"  {'status callbacks':20} delivered {cb['delivered']:,.0f}, outstanding "
+                 f"{cb['outstanding']:,.0f}, given up {cb['given_up']:,.0f}"
+                 + ("  (see `mediafork callbacks`)" if cb["given_up"] else ""))
     workers = snapshot["worker_calls"]
     if workers:  # the balance of calls over the media workers
         lines.append(f"  {'media workers':20} {len(workers)} (calls "

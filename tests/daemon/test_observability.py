@@ -184,6 +184,7 @@ def test_status_json_and_watch_with_credentials_from_the_environment(busy: Busy)
     assert first["totals"]["calls"] == 1
     assert first["forks"]["active"] == 2
     assert first["worker_calls"] == {"0": 1, "1": 0}
+    assert first["callbacks"]["delivered"] >= 2 and first["callbacks"]["given_up"] == 0
     [call] = first["calls"]
     assert call["call_sid"] == busy.call
     assert [s["sid"] for s in call["siprecs"]] == [busy.siprec]
