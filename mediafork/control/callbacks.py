@@ -46,6 +46,7 @@ from typing import Literal
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
+from prometheus_client import Histogram
 
 from .egress import EgressPolicy, IPAddress, parse_ip_host
 from .events import CallbackEvent
@@ -195,6 +196,12 @@ class CallbackDispatcher:
         self.egress = egress if egress is not None else EgressPolicy()
         """Where callbacks may go; the daemon replaces it once its listeners are bound."""
         self.stats = DeliveryStats()
+        # Unregistered: the daemon's collector yields it with its other metrics.
+        self.delivery_seconds = Histogram(
+            "mediafork_callback_delivery_seconds",
+            "From a status-callback event to its receiver's 2xx, retries included.",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                     900.0, 3600.0), registry=None)
         self._seq = itertools.count()
         # Every queued (not yet taken) item, oldest first: O(1) drop-oldest and removal.
         self._pending: OrderedDict[int, _Item] = OrderedDict()
@@ -306,7 +313,8 @@ class CallbackDispatcher:
         del token
         reason = ""
         # Wall-clock time: the creation time may come from the store, across a restart.
-        horizon = (event.created_at or time.time()) + self.retry_for
+        created = event.created_at or time.time()
+        horizon = created + self.retry_for
         attempt = 0
         while True:
             attempt += 1
@@ -325,6 +333,7 @@ class CallbackDispatcher:
                 return
             else:
                 self.stats.delivered += 1
+                self.delivery_seconds.observe(max(0.0, time.time() - created))
                 log.debug("status callback delivered: resource=%s url=%s status=%d",
                           event.resource_sid, redact_url(event.url), status)
                 if self._on_delivered is not None:

@@ -8,7 +8,8 @@ forwarding path does no metrics work of its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import platform
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -42,6 +43,7 @@ class EngineCollector(Collector):
         callbacks: StatsSource | None = None,
         siprecs: Callable[[], Mapping[str, int]] | None = None,
         sip_malformed: Callable[[], int] | None = None,
+        more: Sequence[Callable[[], Iterable[Metric]]] = (),
     ) -> None:
         self.engine = engine
         self.fork_states = fork_states or (lambda: _fork_states(engine))
@@ -49,10 +51,15 @@ class EngineCollector(Collector):
         self.callbacks = callbacks
         self.siprecs = siprecs
         self.sip_malformed = sip_malformed
+        self.more = more
+        """Further metric sources (the recorder links' and callbacks' histograms and gauges)."""
 
     def collect(self) -> Iterator[Metric]:
         totals = self.engine.totals()
         counters = self.engine.counters()
+        yield build_info()
+        for source in self.more:
+            yield from source()
 
         yield _gauge("mediafork_calls", "Live calls registered with the engine.", counters["calls"])
         forks = GaugeMetricFamily("mediafork_forks", "Forked streams by state.", labels=["state"])
@@ -144,6 +151,59 @@ class EngineCollector(Collector):
             yield _gauge("mediafork_callbacks_outstanding",
                          "Status callbacks not settled yet: queued, being sent, or waiting "
                          "for a retry (within [callbacks] retry_for).", outstanding)
+
+
+def build_info() -> GaugeMetricFamily:
+    """``mediafork_build_info{version, python, pylibsrtp} 1``: what is running, for
+    dashboards and for telling the instances of a fleet apart."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .. import __version__
+
+    try:
+        srtp = version("pylibsrtp")
+    except PackageNotFoundError:  # pragma: no cover - a dependency
+        srtp = "unknown"
+    info = GaugeMetricFamily("mediafork_build_info", "The running mediafork: version and the "
+                             "versions it runs on; always 1.",
+                             labels=["version", "python", "pylibsrtp"])
+    info.add_metric([__version__, platform.python_version(), srtp], 1)
+    return info
+
+
+def link_metrics(links: object) -> Callable[[], Iterable[Metric]]:
+    """Per edge and per connector (both bounded by the config): edges up, the set-up time
+    histogram, and what recorders report over RTCP on live sessions."""
+
+    def collect() -> Iterator[Metric]:
+        edges = GaugeMetricFamily("mediafork_edge_up", "1 when the edge's SIP sockets are "
+                                  "bound and it can carry recording sessions.", labels=["edge"])
+        for name, up in sorted(links.edge_states().items()):  # type: ignore[attr-defined]
+            edges.add_metric([name], 1 if up else 0)
+        yield edges
+        yield from without_created(links.setup_seconds.collect())  # type: ignore[attr-defined]
+        lost = GaugeMetricFamily(
+            "mediafork_recorder_packets_lost", "Packets the recorders report lost (RTCP "
+            "receiver reports, cumulative) on live sessions, per connector.",
+            labels=["connector"])
+        jitter = GaugeMetricFamily(
+            "mediafork_recorder_jitter_seconds", "Worst interarrival jitter the recorders "
+            "report (RTCP) on live sessions, per connector.", labels=["connector"])
+        for connector, (n, seconds) in sorted(links.recorder_reports().items()):  # type: ignore[attr-defined]
+            lost.add_metric([connector], n)
+            jitter.add_metric([connector], seconds)
+        yield lost
+        yield jitter
+
+    return collect
+
+
+def without_created(families: Iterable[Metric]) -> Iterator[Metric]:
+    """prometheus_client's histograms add a ``*_created`` timestamp series; the daemon's
+    other metrics have none, and dashboards do not use it."""
+    for family in families:
+        family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+        yield family
 
 
 def _fork_states(engine: Engine) -> dict[str, int]:

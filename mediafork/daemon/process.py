@@ -32,7 +32,7 @@ from ..sip.recorder_links import SipRecorderLinks
 from ..sip.transport import client_tls_context
 from . import systemd
 from .config import Config
-from .metrics import EngineCollector, build_registry
+from .metrics import EngineCollector, build_registry, link_metrics, without_created
 from .service import ControlService
 
 log = logging.getLogger("mediafork.daemon.process")
@@ -212,6 +212,8 @@ class Daemon:
             sip_responses=getattr(self.links, "response_counts", None),
             siprecs=getattr(self.service, "siprec_counts", None),
             sip_malformed=getattr(self.links, "malformed_messages", None),
+            more=[link_metrics(self.links),
+                  lambda: without_created(outbox.dispatcher.delivery_seconds.collect())],
         )
         registry = build_registry(collector)
 

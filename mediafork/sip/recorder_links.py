@@ -27,9 +27,12 @@ import ipaddress
 import logging
 import secrets
 import ssl
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from prometheus_client import Histogram
 
 from ..engine import Call, EngineError, EngineEvent, Fork, SrtpKey, SrtpProfile, Track
 from ..recorder_api import Connector, Edge, LinkError, LinkEvent, LinkEventSink, SiprecStart
@@ -120,6 +123,8 @@ class _Link:
     locally_paused: bool = False
     remotely_paused: bool = False
     started: bool = False
+    created: float = field(default_factory=time.monotonic)
+    """When start() took the request: the set-up time runs from here to the 2xx."""
 
     @property
     def sid(self) -> str:
@@ -220,6 +225,12 @@ class SipRecorderLinks:
         self._warned: set[tuple[str, str]] = set()
         self._senders: set[asyncio.Task[None]] = set()
         self._closed = False
+        # Not registered anywhere: the daemon's collector yields it with the other metrics,
+        # so several links (tests, embedders) can live in one process.
+        self.setup_seconds = Histogram(
+            "mediafork_siprec_setup_seconds",
+            "From a Siprec's create to the recorder's 2xx, per connector.", ["connector"],
+            buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0), registry=None)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -261,6 +272,31 @@ class SipRecorderLinks:
 
     def usable_edge_count(self) -> int:
         return len(self._edges) - len(self._unusable)
+
+    def edge_states(self) -> dict[str, bool]:
+        """Edge name -> whether its SIP sockets are bound (the edge can carry sessions)."""
+        return {name: name not in self._unusable for name in self._edges}
+
+    def recorder_reports(self) -> dict[str, tuple[int, float]]:
+        """Per connector, over its live sessions' forked streams, what the recorders' RTCP
+        receiver reports say: (packets lost in all, the worst interarrival jitter in
+        seconds). Connectors without a live session are absent."""
+        out: dict[str, tuple[int, float]] = {}
+        for link in self._links.values():
+            if link.reported:
+                continue
+            lost, jitter = out.get(link.request.connector.unique_name, (0, 0.0))
+            for stream in link.streams.values():
+                fork = stream.fork
+                if fork.closed:
+                    continue
+                counters = fork.counters()
+                if not counters.get("rr_last_ns"):
+                    continue  # no report yet
+                lost += max(0, int(counters.get("rr_cumulative_lost", 0)))
+                jitter = max(jitter, counters.get("rr_jitter", 0) / fork.call.clock_rate)
+            out[link.request.connector.unique_name] = (lost, jitter)
+        return out
 
     @property
     def transport(self) -> SipTransport:
@@ -797,6 +833,8 @@ class SipRecorderLinks:
                 record = link.session.dialog_record()
                 if record is not None:
                     record["edge"] = link.edge.name
+                self.setup_seconds.labels(link.request.connector.unique_name).observe(
+                    time.monotonic() - link.created)
                 self._emit(LinkEvent(link.sid, "started", dialog=record))
         elif isinstance(event, ev.MediaUpdated):
             if not link.reported:

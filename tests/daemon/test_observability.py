@@ -30,7 +30,10 @@ from .harness import (
 
 DASHBOARD = TREE / "docs" / "grafana" / "mediafork-dashboard.json"
 # Every label the exporter may use: engine-level dimensions only, never a call or fork.
-ALLOWED_LABELS = {"state", "reason", "class", "outcome", "status", "worker"}  # all bounded
+# "connector" and "edge" are bounded by the config file; "le" is a histogram's bucket;
+# build_info's labels are constant for a process.
+ALLOWED_LABELS = {"state", "reason", "class", "outcome", "status", "worker", "connector",
+                  "edge", "le", "version", "python", "pylibsrtp"}
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -61,7 +64,7 @@ def busy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Busy]:
     """A daemon that recorded one call to a working recorder and was refused (486) by a
     second one; metrics scraped before and after the traffic. The call stays live."""
     tmp = tmp_path_factory.mktemp("busy")
-    recorder = Recorder(tmp / "srs")
+    recorder = Recorder(tmp / "srs")  # receiver reports every 0.5 s
     refusing = Recorder(tmp / "srs-486", answer=486)
     sink = CallbackSink()
     config = write_config(tmp, connectors=[
@@ -95,6 +98,8 @@ def busy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Busy]:
                                timeout=5).status_code == 204
         wait_until(lambda: value(samples(daemon.metrics()), "mediafork_callback_deliveries_total",
                                  outcome="delivered") >= 2, 10, "delivered callbacks counted")
+        wait_until(lambda: "mediafork_recorder_jitter_seconds{" in daemon.metrics(), 10,
+                   "a receiver report from the recorder")
         yield Busy(daemon, before, daemon.metrics(), sid, siprec, rejected, sent)
     finally:
         try:
@@ -128,6 +133,24 @@ def test_metrics_parse_and_counters_move_with_traffic(busy: Busy) -> None:
     assert value(after, "mediafork_worker_cpu_seconds_total", worker="0") > 0
     assert value(after, "mediafork_packets_dropped_total", reason="ring_full") == 0
     assert value(after, "mediafork_srtp_errors_total") == 0
+
+
+def test_operator_metrics_build_edges_setup_callbacks_and_recorder_reports(busy: Busy) -> None:
+    after = samples(busy.after)
+    import mediafork
+
+    [info] = [labels for (name, labels) in after if name == "mediafork_build_info"]
+    assert dict(info)["version"] == mediafork.__version__
+    assert value(after, "mediafork_edge_up", edge="default") == 1
+    # One session set up through "Default"; the refused one never got a 2xx.
+    assert value(after, "mediafork_siprec_setup_seconds_count", connector="Default") == 1
+    assert 0 < value(after, "mediafork_siprec_setup_seconds_sum", connector="Default") < 10
+    assert ("mediafork_siprec_setup_seconds_count", (("connector", "Busy"),)) not in after
+    assert value(after, "mediafork_callback_delivery_seconds_count") >= 2
+    assert value(after, "mediafork_callback_delivery_seconds_bucket", le="+Inf") >= 2
+    # The recorder's RTCP receiver reports for the live session: nothing lost on loopback.
+    assert value(after, "mediafork_recorder_packets_lost", connector="Default") == 0
+    assert 0 <= value(after, "mediafork_recorder_jitter_seconds", connector="Default") < 0.05
 
 
 def test_metrics_have_no_per_call_labels_and_no_secrets(busy: Busy) -> None:
@@ -239,6 +262,7 @@ def test_dashboard_queries_only_metrics_the_daemon_exposes(busy: Busy) -> None:
 
 def test_operations_guide_documents_every_exposed_metric(busy: Busy) -> None:
     guide = (TREE / "docs" / "operations.md").read_text()
-    families = {name.removesuffix("_total") for name, _ in samples(busy.after)}
+    # Family names (a histogram's _bucket/_count/_sum samples belong to one family).
+    families = {family.name for family in text_string_to_metric_families(busy.after)}
     missing = [name for name in sorted(families) if name not in guide]
     assert not missing, f"docs/operations.md does not describe {missing}"
