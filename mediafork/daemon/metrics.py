@@ -8,11 +8,12 @@ forwarding path does no metrics work of its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from ..admission import REASONS, Admission
 from ..engine import Engine
 
 # engine total -> (metric suffix, label value) for packets dropped, by reason
@@ -42,6 +43,7 @@ class EngineCollector(Collector):
         callbacks: StatsSource | None = None,
         siprecs: Callable[[], Mapping[str, int]] | None = None,
         sip_malformed: Callable[[], int] | None = None,
+        listeners: Callable[[], Iterable[Admission]] | None = None,
     ) -> None:
         self.engine = engine
         self.fork_states = fork_states or (lambda: _fork_states(engine))
@@ -49,6 +51,7 @@ class EngineCollector(Collector):
         self.callbacks = callbacks
         self.siprecs = siprecs
         self.sip_malformed = sip_malformed
+        self.listeners = listeners
 
     def collect(self) -> Iterator[Metric]:
         totals = self.engine.totals()
@@ -128,12 +131,29 @@ class EngineCollector(Collector):
             yield _counter("mediafork_sip_malformed",
                            "SIP datagrams dropped and SIP streams closed as malformed.",
                            self.sip_malformed())
+        if self.listeners:
+            yield from _listener_metrics(list(self.listeners()))
         if self.callbacks:
             c = CounterMetricFamily("mediafork_callback_deliveries",
                                     "Status callback deliveries, by outcome.", labels=["outcome"])
             for outcome, n in sorted(self.callbacks().items()):
                 c.add_metric([outcome], n)
             yield c
+
+
+def _listener_metrics(admissions: list[Admission]) -> Iterator[Metric]:
+    open_now = GaugeMetricFamily("mediafork_listener_connections",
+                                 "Connections open on a listener.", labels=["listener"])
+    rejected = CounterMetricFamily("mediafork_listener_rejected",
+                                   "Connections a listener refused (over a cap) or closed "
+                                   "(a timeout), by reason.", labels=["listener", "reason"])
+    for admission in admissions:
+        open_now.add_metric([admission.listener], admission.active)
+        counts = admission.rejected
+        for reason in REASONS:
+            rejected.add_metric([admission.listener, reason], counts[reason])
+    yield open_now
+    yield rejected
 
 
 def _fork_states(engine: Engine) -> dict[str, int]:

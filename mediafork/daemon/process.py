@@ -19,8 +19,10 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..admission import Admission, make_admission
 from ..api import build_app
 from ..api.control_socket import ControlSocketServer
+from ..api.http_admission import admitted_factory, request_bounds
 from ..control.store import AsyncStore
 from ..engine import Engine
 from ..recorder_api import Connector
@@ -52,6 +54,9 @@ class Daemon:
         self.links: SipRecorderLinks | None = None
         self.recorder: Any = None  # mediafork.srs.ReferenceRecorder when embedded
         self._runner: web.AppRunner | None = None
+        self._http_server: asyncio.Server | None = None
+        self.admissions: dict[str, Admission] = {}
+        """Connection bookkeeping of every listener, by name (for /metrics)."""
         self._control_socket: ControlSocketServer | None = None
         self._ready = False
         self._stopping = asyncio.Event()
@@ -71,6 +76,8 @@ class Daemon:
         self.store = await AsyncStore.open(config.storage.path)
         self.service = ControlService(config, engine=self.engine, store=self.store)
         sip = config.sip
+        self.admissions["sip"] = make_admission("sip", sip.max_connections,
+                                                sip.max_connections_per_peer)
         self.links = SipRecorderLinks(
             self.service.on_link_event,
             config.edges,
@@ -83,6 +90,9 @@ class Daemon:
                 cert_file=str(sip.tls_cert_file) if sip.tls_cert_file else None,
                 key_file=str(sip.tls_key_file) if sip.tls_key_file else None,
             ),
+            listener_options={"admission": self.admissions["sip"],
+                              "idle_timeout": sip.idle_timeout,
+                              "tls_handshake_timeout": sip.tls_handshake_timeout},
         )
         await self.links.open()  # bind SIP on every edge now: bind errors surface at start
         self.service.set_links(self.links)
@@ -97,21 +107,39 @@ class Daemon:
             loop.add_reader(fd, self._on_engine_events)
 
         app = build_app(self.service, max_request_bytes=config.api.max_request_bytes)
+        app.middlewares.insert(0, request_bounds)  # outermost: it must see every request
         self._add_operations_routes(app)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, config.api.host, config.api.port, reuse_address=True)
-        await site.start()
+        self._http_server = await self._serve_http(config)
         if config.api.port == 0:  # report the port the OS picked
-            sock = site._server.sockets[0]  # type: ignore[union-attr]
+            sock = self._http_server.sockets[0]
             host, port = sock.getsockname()[:2]
             self.base_url = f"http://{host}:{port}"
         if config.control_socket:
-            self._control_socket = ControlSocketServer(self.service, config.control_socket)
+            limits = config.control_socket_limits
+            self.admissions["control_socket"] = make_admission(
+                "control_socket", limits.max_connections, per_peer=False)
+            self._control_socket = ControlSocketServer(
+                self.service, config.control_socket,
+                admission=self.admissions["control_socket"], idle_timeout=limits.idle_timeout)
             await self._control_socket.start()
         self._ready = True
         log.info("mediafork listening on %s (media %s, ports %d-%d)", self.base_url,
                  config.media.address, *config.media.port_range)
+
+    async def _serve_http(self, config: Config) -> asyncio.Server:
+        """The API's listening socket. Not aiohttp's TCPSite: every connection goes through
+        the API's admission and timers first (mediafork.api.http_admission)."""
+        assert self._runner is not None and self._runner.server is not None
+        api = config.api
+        self.admissions["api"] = make_admission("api", api.max_connections,
+                                                api.max_connections_per_client)
+        factory = admitted_factory(self._runner.server, self.admissions["api"],
+                                   header_timeout=api.header_timeout,
+                                   idle_timeout=api.idle_timeout)
+        return await asyncio.get_running_loop().create_server(
+            factory, api.host, api.port, reuse_address=True, backlog=128)
 
     async def _start_recorder(self, config: Config) -> Config:
         """The embedded reference recorder, and `Default` / `Secure` connectors to it
@@ -161,6 +189,7 @@ class Daemon:
             sip_responses=getattr(self.links, "response_counts", None),
             siprecs=getattr(self.service, "siprec_counts", None),
             sip_malformed=getattr(self.links, "malformed_messages", None),
+            listeners=lambda: self.admissions.values(),
         )
         registry = build_registry(collector)
 
@@ -213,6 +242,8 @@ class Daemon:
             if kept:
                 log.warning("%d status callbacks not delivered within the shutdown bound; "
                             "kept in the database and replayed at the next start", kept)
+        if self._http_server is not None:
+            self._http_server.close()  # stop accepting; the runner closes the connections
         if self._runner is not None:
             await self._runner.cleanup()
         if self.engine is not None:

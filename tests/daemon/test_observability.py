@@ -30,7 +30,8 @@ from .harness import (
 
 DASHBOARD = TREE / "docs" / "grafana" / "mediafork-dashboard.json"
 # Every label the exporter may use: engine-level dimensions only, never a call or fork.
-ALLOWED_LABELS = {"state", "reason", "class", "outcome", "status", "worker"}  # all bounded
+ALLOWED_LABELS = {"state", "reason", "class", "outcome", "status", "worker",
+                  "listener"}  # all bounded (listener: api, sip, srs, control_socket)
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
