@@ -154,6 +154,7 @@ class Daemon:
             tls_cert=str(cert), tls_key=str(key), out_dir=data / "srs",
         ))
         await self.recorder.start()
+        self.admissions["srs"] = self.recorder.admission  # same process: same descriptors
         host, port = self.recorder.address
         tls_host, tls_port = self.recorder.tls_address
         connectors = list(config.connectors)
