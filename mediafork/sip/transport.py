@@ -280,6 +280,7 @@ class _StreamListener:
         self.sock = sock
         self.tls_context = tls_context
         self._pending: set[asyncio.Task[None]] = set()
+        self._warned_at = -60.0
         self._accepting = owner.loop.create_task(self._accept_loop())
 
     async def _accept_loop(self) -> None:
@@ -289,9 +290,13 @@ class _StreamListener:
                 sock, peer = await loop.sock_accept(self.sock)
             except OSError as exc:
                 # EMFILE and friends: the caps should make this rare; back off briefly
-                # instead of spinning on a listener that stays readable.
-                log.warning("SIP %s listener on %s cannot accept: %s", self.transport_name,
-                            self.address, exc.strerror or exc)
+                # instead of spinning on a listener that stays readable, and say so at
+                # most once a minute.
+                now = loop.time()
+                if now - self._warned_at >= 60.0:
+                    self._warned_at = now
+                    log.warning("SIP %s listener on %s cannot accept: %s",
+                                self.transport_name, self.address, exc.strerror or exc)
                 await asyncio.sleep(0.5)
                 continue
             ip = str(peer[0])
