@@ -11,7 +11,7 @@ Default caps follow the process's descriptor limit (``RLIMIT_NOFILE``): half of 
 least 128 descriptors) is kept in reserve for media sockets, the store and outbound
 connections, and the rest is shared between the listeners (:data:`SHARES`). A flood of
 connections therefore ends at a cap, counted, instead of at ``EMFILE`` where every
-socket of the process fails. A single peer gets at most an eighth of a listener's cap, so
+socket of the process fails. A single peer gets at most a quarter of a listener's cap, so
 one address cannot take the whole listener.
 
 While a listener sheds connections it writes one WARNING line per ``log_interval`` with the
@@ -61,7 +61,7 @@ def listener_caps(listener: str, limit: int | None = None) -> tuple[int, int]:
     reserve = max(_MIN_RESERVE, limit // 2)
     budget = max(limit - reserve, 16)
     total = max(4, int(budget * SHARES[listener]))
-    return total, max(2, total // 8)
+    return total, max(2, total // 4)
 
 
 @dataclass
@@ -155,11 +155,11 @@ class Admission:
 def make_admission(listener: str, max_connections: int | None = None,
                    max_per_peer: int | None = None, *, per_peer: bool = True) -> Admission:
     """The :class:`Admission` of ``listener`` with configured caps where given (None:
-    derived from the descriptor limit; a configured total alone gets an eighth of it per
+    derived from the descriptor limit; a configured total alone gets a quarter of it per
     peer). ``per_peer=False`` for listeners without peer addresses (Unix sockets)."""
     total, peer = listener_caps(listener)
     if max_connections is not None:
-        total, peer = max_connections, max(1, max_connections // 8)
+        total, peer = max_connections, max(1, max_connections // 4)
     if not per_peer:
         return Admission(listener, total)
     return Admission(listener, total, max_per_peer if max_per_peer is not None else peer)
