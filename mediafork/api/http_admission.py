@@ -7,7 +7,8 @@ connection first passes :class:`~mediafork.admission.Admission` (over a cap it i
 at once, before aiohttp sees it), then gets a timer:
 
 * from accept, and from the first byte after an idle period, the request head must be
-  complete within ``header_timeout`` (a slowloris sending half a head is closed);
+  complete within ``header_timeout`` (a slowloris sending half a head is closed), and a body
+  announced by ``Content-Length`` must follow within ``header_timeout`` too;
 * between requests, a keep-alive connection may stay silent for ``idle_timeout``.
 
 The wrapper learns where a request begins and ends from :func:`request_bounds`, a
@@ -91,6 +92,24 @@ class AdmittedConnection(asyncio.Protocol):
         self._state = _REQUEST
         self._cancel()  # the handler's own work is not bounded here
 
+    async def body_arrives(self, request: web.Request) -> bool:
+        """Read the announced body within ``header_timeout``; False (and the connection
+        closed) when it does not come. Bodies the handler refuses anyway (over the size
+        limit) or streams itself (multipart) are left to it."""
+        length = request.content_length
+        if (not length or length > request.client_max_size
+                or request.content_type.startswith("multipart/")):
+            return True
+        try:
+            # read() keeps the body: the handler's post()/json() get it from there.
+            await asyncio.wait_for(request.read(), self._header_timeout)
+        except TimeoutError:
+            if self._transport is not None:
+                self._admission.closed("header_timeout")
+                self._transport.abort()
+            return False
+        return True
+
     def request_finished(self) -> None:
         if self._transport is None:
             return
@@ -146,6 +165,8 @@ async def request_bounds(request: web.Request, handler: Handler) -> web.StreamRe
         return await handler(request)
     connection.request_started()
     try:
+        if not await connection.body_arrives(request):
+            raise web.HTTPRequestTimeout()  # the connection is closed already
         return await handler(request)
     finally:
         connection.request_finished()

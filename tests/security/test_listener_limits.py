@@ -293,6 +293,10 @@ def test_slow_and_silent_connections_are_closed_on_their_timers(
     assert seconds_until_closed(half, 1.0 + margin) >= 0.8
     silent = tcp_client(api_port, "127.0.0.2")
     assert seconds_until_closed(silent, 1.0 + margin) >= 0.8
+    # A body announced and never sent in full: the same bound.
+    slow_body = tcp_client(api_port, "127.0.0.2", b"POST /v1/Calls HTTP/1.1\r\nHost: x\r\n"
+                           b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+    assert seconds_until_closed(slow_body, 1.0 + margin) >= 0.8
     kept = tcp_client(api_port, "127.0.0.2", b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     assert kept.recv(4096).startswith(b"HTTP/1.1 200")
     assert seconds_until_closed(kept, 1.5 + margin) >= 1.2
@@ -314,13 +318,18 @@ def test_slow_and_silent_connections_are_closed_on_their_timers(
 
     text = daemon.metrics()
     assert metric(text, "mediafork_listener_rejected_total", listener="api",
-                  reason="header_timeout") == 2
+                  reason="header_timeout") == 3
     assert metric(text, "mediafork_listener_rejected_total", listener="api",
                   reason="idle_timeout") == 1
     assert metric(text, "mediafork_listener_rejected_total", listener="sip",
                   reason="idle_timeout") == 3
     assert metric(text, "mediafork_listener_rejected_total", listener="control_socket",
                   reason="idle_timeout") == 1
+    # Closing is routine: no traceback, no error line, no shedding note for timeouts alone
+    # (three header timeouts are one note at most).
+    log = daemon.stderr
+    assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
+    assert log.count("is shedding connections") <= 1, log[-3000:]
     assert daemon.stop() == 0
 
 
