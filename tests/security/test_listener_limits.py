@@ -13,6 +13,7 @@ timeouts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
 import socket
@@ -425,3 +426,77 @@ async def _until(predicate: Callable[[], object]) -> None:
 async def _answer_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await reader.read(65536)
     writer.close()
+
+
+# -- the reference recorder's listener (it runs inside the daemon with the embedded defaults) --
+
+
+def test_reference_recorder_listener_refuses_over_its_caps(tmp_path: Path) -> None:
+    from mediafork.srs.server import ReferenceRecorder
+
+    async def scenario() -> None:
+        recorder = ReferenceRecorder(port=0, tcp=True, out_dir=tmp_path / "srs")
+        recorder.admission = Admission("srs", max_connections=3, max_per_peer=2)
+        await recorder.start()
+        assert recorder.tcp_address is not None
+        host, port = recorder.tcp_address
+        loop = asyncio.get_running_loop()
+        try:
+            held = [await asyncio.open_connection(host, port, local_addr=("127.0.0.2", 0))
+                    for _ in range(3)]
+            other = await asyncio.open_connection(host, port, local_addr=("127.0.0.3", 0))
+            full = await asyncio.open_connection(host, port, local_addr=("127.0.0.4", 0))
+            # The third from one address and the one over the total are reset at once.
+            for reader, _ in (held[2], full):
+                start = loop.time()
+                with contextlib.suppress(ConnectionResetError):
+                    assert await asyncio.wait_for(reader.read(100), 2.0) == b""
+                assert loop.time() - start < 1.0
+            assert recorder.admission.rejected["peer_cap"] == 1
+            assert recorder.admission.rejected["total_cap"] == 1
+            assert recorder.admission.active == 3
+            for _, writer in [*held, other, full]:
+                writer.close()
+            await asyncio.wait_for(_until(lambda: recorder.admission.active == 0), 5)
+        finally:
+            await recorder.stop()
+
+    uvloop.run(asyncio.wait_for(scenario(), 20))
+
+
+# -- the bookkeeping itself (sans-I/O) --------------------------------------------------------
+
+
+def test_admission_counts_caps_and_writes_one_note_per_interval(
+        caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    admission = Admission("api", max_connections=3, max_per_peer=2, log_interval=60.0,
+                          clock=lambda: now[0])
+    with caplog.at_level("WARNING", logger="mediafork.admission"):
+        assert admission.admit("a") is None and admission.admit("a") is None
+        assert admission.admit("a") == "peer_cap"
+        assert admission.admit("b") is None
+        assert admission.admit("c") == "total_cap"
+        for _ in range(100):
+            admission.admit("d")
+        admission.closed("idle_timeout")
+        assert len(caplog.records) == 1  # the first rejection; the rest wait for the next
+        admission.release("a")
+        assert admission.admit("c") is None  # a slot came back
+        now[0] += 61.0
+        admission.closed("header_timeout")
+    assert len(caplog.records) == 2
+    assert "total_cap 101, header_timeout 1, idle_timeout 1" in caplog.records[1].getMessage()
+    assert admission.rejected == {"total_cap": 101, "peer_cap": 1, "header_timeout": 1,
+                                  "idle_timeout": 1, "handshake_timeout": 0}
+    admission.release("nobody")  # never admitted: nothing to give back
+    assert admission.active == 3
+
+
+def test_default_caps_keep_half_the_descriptors_in_reserve() -> None:
+    for limit in (256, 1024, 65536):
+        caps = {name: listener_caps(name, limit) for name in ("api", "sip", "srs",
+                                                              "control_socket")}
+        assert sum(total for total, _ in caps.values()) <= limit - max(128, limit // 2)
+        assert all(2 <= peer < total for total, peer in caps.values())
+    assert listener_caps("api", 65536) == (13107, 3276)
