@@ -2,7 +2,9 @@
 
 Keys (ARCHITECTURE.md, "External contracts"; docs/api.md has the full list)::
 
-    [api]        listen = "127.0.0.1:8080", public_base_url = "http://…" (optional)
+    [api]        listen = "127.0.0.1:8080", public_base_url = "http://…" (optional),
+                 max_request_bytes, max_connections, max_connections_per_client,
+                 header_timeout = 10.0, idle_timeout = 60.0
     [storage]    path = "data/mediafork.db"             # relative to the config file
     [media]      address = "127.0.0.1", port_range = [30000, 39999], workers = 1
     [[accounts]] sid, auth_token | auth_token_env
@@ -11,9 +13,12 @@ Keys (ARCHITECTURE.md, "External contracts"; docs/api.md has the full list)::
                  credentials | credentials_env | credentials_encrypted,
                  digest_username, digest_password | digest_password_env | digest_password_encrypted
     [callbacks]  timeout = 10.0, max_attempts = 4
-    [sip]        port = 5060, [sip.tls] ca_file, cert_file, key_file
+    [sip]        port = 5060, max_connections, max_connections_per_peer,
+                 tls_handshake_timeout = 10.0, idle_timeout = 30.0,
+                 [sip.tls] ca_file, cert_file, key_file
     [secrets]    key_file | key_env                      # Fernet key for *_encrypted values
     [control_socket] path = "…/mediafork.sock"           # optional msgpack host socket
+                 max_connections, idle_timeout = 300.0
 
 Every problem raises :class:`ConfigError` whose message starts with the key path
 (``connectors[1].srs: not a SIP URI``). Messages never contain a secret's value: for secret

@@ -500,3 +500,43 @@ def test_default_caps_keep_half_the_descriptors_in_reserve() -> None:
         assert sum(total for total, _ in caps.values()) <= limit - max(128, limit // 2)
         assert all(2 <= peer < total for total, peer in caps.values())
     assert listener_caps("api", 65536) == (13107, 3276)
+
+
+@pytest.mark.parametrize(("table", "key", "value", "message"), [
+    ("api", "header_timeout", 0, "api.header_timeout: must be between 0.1 and 60 seconds"),
+    ("api", "idle_timeout", "60", "api.idle_timeout: must be a number"),
+    ("api", "max_connections", 0, "api.max_connections: must be between 1 and 1000000"),
+    ("api", "max_connections_per_client", True,
+     "api.max_connections_per_client: must be an integer"),
+    ("sip", "tls_handshake_timeout", 61, "sip.tls_handshake_timeout: must be between"),
+    ("sip", "idle_timeout", 120, "sip.idle_timeout: must be between 0.1 and 60 seconds"),
+    ("sip", "max_connections_per_peer", -1, "sip.max_connections_per_peer: must be between"),
+    ("control_socket", "idle_timeout", 0, "control_socket.idle_timeout: must be between"),
+])
+def test_bad_listener_limits_are_refused_by_name(table: str, key: str, value: object,
+                                                  message: str) -> None:
+    from mediafork.daemon.config import ConfigError, parse_config
+
+    root: dict[str, dict[str, object]] = {table: {key: value}}
+    if table == "control_socket":
+        root[table]["path"] = "run/mediafork.sock"
+    with pytest.raises(ConfigError) as raised:
+        parse_config(root)
+    assert str(raised.value).startswith(message)
+
+
+def test_listener_limits_are_read_from_the_config() -> None:
+    from mediafork.daemon.config import parse_config
+
+    config = parse_config({
+        "api": {"max_connections": 100, "max_connections_per_client": 10,
+                "header_timeout": 5, "idle_timeout": 30.5},
+        "sip": {"max_connections": 50, "tls_handshake_timeout": 2.5, "idle_timeout": 20},
+        "control_socket": {"path": "x.sock", "max_connections": 4, "idle_timeout": 10},
+    })
+    assert (config.api.max_connections, config.api.max_connections_per_client,
+            config.api.header_timeout, config.api.idle_timeout) == (100, 10, 5.0, 30.5)
+    assert (config.sip.max_connections, config.sip.max_connections_per_peer,
+            config.sip.tls_handshake_timeout, config.sip.idle_timeout) == (50, None, 2.5, 20.0)
+    assert config.control_socket_limits.max_connections == 4
+    assert config.control_socket_limits.idle_timeout == 10.0
