@@ -20,6 +20,10 @@ message, more_info, status}}`` (the REST error shape). Events: ``{"event": TYPE,
 ``call-ended`` or a status-callback event (``siprec-started``…, recording statuses) and data
 its parameters. Only the authenticated account's events are sent. The socket file is created
 with mode 0600: the credentials are still required, so a shared host is not a weakness.
+
+Connections are bounded like every listener's (:mod:`mediafork.admission`): over the cap a new
+connection is closed at once, and one that has not subscribed to events is closed after
+``idle_timeout`` seconds without a complete frame (a subscriber only listens, so it may stay).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any
 
 import msgpack
 
+from ..admission import Admission, make_admission
 from ..control import errors
 from ..control.errors import ApiError
 from ..daemon.service import ControlService, ServiceEvent
@@ -83,8 +88,11 @@ async def write_frame(writer: asyncio.StreamWriter, message: Any) -> None:
 
 class _Connection:
     def __init__(self, service: ControlService, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
+                 writer: asyncio.StreamWriter, admission: Admission,
+                 idle_timeout: float) -> None:
         self.service = service
+        self.admission = admission
+        self.idle_timeout = idle_timeout
         self.reader = reader
         self.writer = writer
         self.account: str | None = None
@@ -99,7 +107,7 @@ class _Connection:
     async def run(self) -> None:
         try:
             while True:
-                message = await read_frame(self.reader)
+                message = await self.next_frame()
                 if message is None:
                     return
                 await self.send(await self.handle(message))
@@ -112,6 +120,17 @@ class _Connection:
             return
         finally:
             await self.close()
+
+    async def next_frame(self) -> Any:
+        """The next request; None at the end of the stream or after ``idle_timeout``
+        without one on a connection that has not subscribed."""
+        if self.events is not None:
+            return await read_frame(self.reader)
+        try:
+            return await asyncio.wait_for(read_frame(self.reader), self.idle_timeout)
+        except TimeoutError:
+            self.admission.closed("idle_timeout")
+            return None
 
     async def close(self) -> None:
         if self.events is not None:
@@ -195,9 +214,14 @@ class _Connection:
 class ControlSocketServer:
     """``await ControlSocketServer(service, path).start()``; ``await close()`` at the end."""
 
-    def __init__(self, service: ControlService, path: str | os.PathLike[str]) -> None:
+    def __init__(self, service: ControlService, path: str | os.PathLike[str], *,
+                 admission: Admission | None = None, idle_timeout: float = 300.0) -> None:
+        """``admission`` caps the open connections (default: derived from the descriptor
+        limit; a Unix socket has no peer address, so only the total cap applies)."""
         self.service = service
         self.path = Path(path)
+        self.admission = admission or make_admission("control_socket", per_peer=False)
+        self.idle_timeout = idle_timeout
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
@@ -215,12 +239,17 @@ class ControlSocketServer:
             os.umask(old)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.admission.admit(None) is not None:
+            writer.transport.abort()  # over the cap: the descriptor goes at once
+            return
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)
         try:
-            await _Connection(self.service, reader, writer).run()
+            await _Connection(self.service, reader, writer, self.admission,
+                              self.idle_timeout).run()
         finally:
+            self.admission.release(None)
             if task is not None:
                 self._connections.discard(task)
 

@@ -2,7 +2,9 @@
 
 Keys (ARCHITECTURE.md, "External contracts"; docs/api.md has the full list)::
 
-    [api]        listen = "127.0.0.1:8080", public_base_url = "http://…" (optional)
+    [api]        listen = "127.0.0.1:8080", public_base_url = "http://…" (optional),
+                 max_request_bytes, max_connections, max_connections_per_client,
+                 header_timeout = 10.0, idle_timeout = 60.0
     [storage]    path = "data/mediafork.db"             # relative to the config file
     [media]      address = "127.0.0.1", port_range = [30000, 39999], workers = 1
     [[accounts]] sid, auth_token | auth_token_env
@@ -10,10 +12,14 @@ Keys (ARCHITECTURE.md, "External contracts"; docs/api.md has the full list)::
     [[connectors]] account_sid, unique_name, srs, standby_srs, credentials_header,
                  credentials | credentials_env | credentials_encrypted,
                  digest_username, digest_password | digest_password_env | digest_password_encrypted
-    [callbacks]  timeout = 10.0, max_attempts = 4, allow = [], deny = []   # CIDRs, host names
-    [sip]        port = 5060, [sip.tls] ca_file, cert_file, key_file
+    [callbacks]  timeout = 10.0, retry_for = 3600, backoff_max = 60, max_attempts = 0,
+                 allow = [], deny = []   # CIDRs, host names
+    [sip]        port = 5060, start_degraded = false, max_connections, max_connections_per_peer,
+                 tls_handshake_timeout = 10.0, idle_timeout = 30.0,
+                 [sip.tls] ca_file, cert_file, key_file
     [secrets]    key_file | key_env                      # Fernet key for *_encrypted values
     [control_socket] path = "…/mediafork.sock"           # optional msgpack host socket
+                 max_connections, idle_timeout = 300.0
 
 Every problem raises :class:`ConfigError` whose message starts with the key path
 (``connectors[1].srs: not a SIP URI``). Messages never contain a secret's value: for secret
@@ -41,6 +47,7 @@ __all__ = [
     "CallbackConfig",
     "Config",
     "ConfigError",
+    "ControlSocketLimits",
     "MediaConfig",
     "SipConfig",
     "StorageConfig",
@@ -72,6 +79,14 @@ class ApiConfig:
     public_base_url: str | None = None
     """Base URL clients reach the API on (used in RecordingUrl); None → built from listen."""
     max_request_bytes: int = 64 * 1024
+    # Listener bounds (mediafork.admission): None = derived from the descriptor limit.
+    max_connections: int | None = None
+    max_connections_per_client: int | None = None
+    header_timeout: float = 10.0
+    """Seconds a client has to send a complete request head (from connect, or from the
+    first byte of a keep-alive connection's next request)."""
+    idle_timeout: float = 60.0
+    """Seconds a keep-alive connection may stay silent between requests."""
 
     @property
     def base_url(self) -> str:
@@ -133,6 +148,21 @@ class SipConfig:
     start_degraded: bool = False
     """Start even when an edge's SIP port cannot be bound (/readyz then answers 503
     naming it); by default such a start fails."""
+    # Inbound TCP/TLS listener bounds (mediafork.admission): None = derived from the
+    # descriptor limit. Connections we open to recorders are not counted.
+    max_connections: int | None = None
+    max_connections_per_peer: int | None = None
+    tls_handshake_timeout: float = 10.0
+    idle_timeout: float = 30.0
+    """Seconds an inbound connection may go without a complete SIP message either way."""
+
+
+@dataclass(frozen=True)
+class ControlSocketLimits:
+    max_connections: int | None = None
+    """None = derived from the descriptor limit."""
+    idle_timeout: float = 300.0
+    """Seconds a connection that has not subscribed to events may stay silent."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +176,7 @@ class Config:
     callbacks: CallbackConfig = CallbackConfig()
     sip: SipConfig = SipConfig()
     control_socket: Path | None = None
+    control_socket_limits: ControlSocketLimits = ControlSocketLimits()
     source: Path | None = None
     """The file the config was read from (None for embedded defaults)."""
     generated_token_file: Path | None = None
@@ -343,6 +374,21 @@ def _listen(value: str, where: str) -> tuple[str, int]:
     return _ip(host, where), _port(int(port_text), where, allow_zero=True)
 
 
+def _cap(reader: _Reader, name: str) -> int | None:
+    """A connection cap (absent: None, derived from the descriptor limit at start)."""
+    value = reader.get(name, int)
+    if value is not None and not 1 <= value <= 1_000_000:
+        raise ConfigError(f"{reader.key(name)}: must be between 1 and 1000000")
+    return value
+
+
+def _seconds(reader: _Reader, name: str, default: float, low: float, high: float) -> float:
+    value = float(reader.get(name, (int, float), default, what="a number"))
+    if not low <= value <= high:
+        raise ConfigError(f"{reader.key(name)}: must be between {low:g} and {high:g} seconds")
+    return value
+
+
 def _sip_uri(value: str, where: str, edges: set[str]) -> str:
     from ..sip.uri import SipUri, split_connector_uri
 
@@ -414,7 +460,9 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
     key = _secrets_key(root, base)
 
     api_r = _Reader(_table(root, "api"), "api", {"listen", "public_base_url",
-                                                 "max_request_bytes"})
+                                                 "max_request_bytes", "max_connections",
+                                                 "max_connections_per_client",
+                                                 "header_timeout", "idle_timeout"})
     host, port = _listen(api_r.get("listen", str, "127.0.0.1:8080"), "api.listen")
     public = api_r.get("public_base_url", str)
     if public is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", public):
@@ -422,7 +470,11 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
     max_request = api_r.get("max_request_bytes", int, 64 * 1024)
     if not 1024 <= max_request <= 16 * 1024 * 1024:
         raise ConfigError("api.max_request_bytes: must be between 1024 and 16777216")
-    api = ApiConfig(host=host, port=port, public_base_url=public, max_request_bytes=max_request)
+    api = ApiConfig(host=host, port=port, public_base_url=public, max_request_bytes=max_request,
+                    max_connections=_cap(api_r, "max_connections"),
+                    max_connections_per_client=_cap(api_r, "max_connections_per_client"),
+                    header_timeout=_seconds(api_r, "header_timeout", 10.0, 0.1, 60.0),
+                    idle_timeout=_seconds(api_r, "idle_timeout", 60.0, 0.1, 3600.0))
 
     storage_r = _Reader(_table(root, "storage"), "storage", {"path"})
     storage = StorageConfig(path=(base / storage_r.get("path", str, "data/mediafork.db")))
@@ -534,7 +586,9 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
     tls_table = sip_table.pop("tls", {})
     if not isinstance(tls_table, dict):
         raise ConfigError("sip.tls: must be a table")
-    sip_r = _Reader(sip_table, "sip", {"port", "start_degraded"})
+    sip_r = _Reader(sip_table, "sip", {"port", "start_degraded", "max_connections",
+                                       "max_connections_per_peer", "tls_handshake_timeout",
+                                       "idle_timeout"})
     tls_r = _Reader(tls_table, "sip.tls", {"ca_file", "cert_file", "key_file"})
 
     def tls_path(name: str) -> Path | None:
@@ -549,7 +603,11 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
     sip = SipConfig(port=_port(sip_r.get("port", int, 5060), "sip.port", allow_zero=True),
                     tls_ca_file=tls_path("ca_file"), tls_cert_file=tls_path("cert_file"),
                     tls_key_file=tls_path("key_file"),
-                    start_degraded=sip_r.get("start_degraded", bool, False))
+                    start_degraded=sip_r.get("start_degraded", bool, False),
+                    max_connections=_cap(sip_r, "max_connections"),
+                    max_connections_per_peer=_cap(sip_r, "max_connections_per_peer"),
+                    tls_handshake_timeout=_seconds(sip_r, "tls_handshake_timeout", 10.0, 0.1, 60.0),
+                    idle_timeout=_seconds(sip_r, "idle_timeout", 30.0, 0.1, 60.0))
     if (sip.tls_cert_file is None) != (sip.tls_key_file is None):
         raise ConfigError("sip.tls.key_file: cert_file and key_file go together")
 
@@ -559,16 +617,22 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
         raise ConfigError(f"logging.level: must be one of {', '.join(LOG_LEVELS)}")
 
     socket_path = None
+    socket_limits = ControlSocketLimits()
     if "control_socket" in root:
-        cs_r = _Reader(_table(root, "control_socket"), "control_socket", {"path"})
+        cs_r = _Reader(_table(root, "control_socket"), "control_socket",
+                       {"path", "max_connections", "idle_timeout"})
         socket_path = base / cs_r.get("path", str, required=True)
+        socket_limits = ControlSocketLimits(
+            max_connections=_cap(cs_r, "max_connections"),
+            idle_timeout=_seconds(cs_r, "idle_timeout", 300.0, 0.1, 86400.0))
 
     return Config(api=api, storage=storage, media=media, accounts=tuple(accounts),
                   edges=tuple(edges), connectors=tuple(connectors),
                   callbacks=CallbackConfig(timeout=timeout, max_attempts=attempts,
                                            retry_for=retry_for, backoff_max=backoff_max,
                                            **egress),
-                  sip=sip, control_socket=socket_path, source=source, log_level=log_level)
+                  sip=sip, control_socket=socket_path, control_socket_limits=socket_limits,
+                  source=source, log_level=log_level)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from ..admission import REASONS, Admission
 from ..engine import Engine
 
 # engine total -> (metric suffix, label value) for packets dropped, by reason
@@ -44,6 +45,7 @@ class EngineCollector(Collector):
         siprecs: Callable[[], Mapping[str, int]] | None = None,
         sip_malformed: Callable[[], int] | None = None,
         more: Sequence[Callable[[], Iterable[Metric]]] = (),
+        listeners: Callable[[], Iterable[Admission]] | None = None,
     ) -> None:
         self.engine = engine
         self.fork_states = fork_states or (lambda: _fork_states(engine))
@@ -53,6 +55,7 @@ class EngineCollector(Collector):
         self.sip_malformed = sip_malformed
         self.more = more
         """Further metric sources (the recorder links' and callbacks' histograms and gauges)."""
+        self.listeners = listeners
 
     def collect(self) -> Iterator[Metric]:
         totals = self.engine.totals()
@@ -135,6 +138,8 @@ class EngineCollector(Collector):
             yield _counter("mediafork_sip_malformed",
                            "SIP datagrams dropped and SIP streams closed as malformed.",
                            self.sip_malformed())
+        if self.listeners:
+            yield from _listener_metrics(list(self.listeners()))
         if self.callbacks:
             outcomes = dict(self.callbacks())
             # A refusal is not a delivery outcome: it gets its own counter (the alert differs).
@@ -204,6 +209,21 @@ def without_created(families: Iterable[Metric]) -> Iterator[Metric]:
     for family in families:
         family.samples = [s for s in family.samples if not s.name.endswith("_created")]
         yield family
+
+
+def _listener_metrics(admissions: list[Admission]) -> Iterator[Metric]:
+    open_now = GaugeMetricFamily("mediafork_listener_connections",
+                                 "Connections open on a listener.", labels=["listener"])
+    rejected = CounterMetricFamily("mediafork_listener_rejected",
+                                   "Connections a listener refused (over a cap) or closed "
+                                   "(a timeout), by reason.", labels=["listener", "reason"])
+    for admission in admissions:
+        open_now.add_metric([admission.listener], admission.active)
+        counts = admission.rejected
+        for reason in REASONS:
+            rejected.add_metric([admission.listener, reason], counts[reason])
+    yield open_now
+    yield rejected
 
 
 def _fork_states(engine: Engine) -> dict[str, int]:

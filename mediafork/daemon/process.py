@@ -20,8 +20,10 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..admission import Admission, make_admission
 from ..api import build_app
 from ..api.control_socket import ControlSocketServer
+from ..api.http_admission import admitted_factory, request_bounds
 from ..control.callbacks import is_local_address
 from ..control.egress import Listener
 from ..control.store import AsyncStore
@@ -62,6 +64,9 @@ class Daemon:
         self.links: SipRecorderLinks | None = None
         self.recorder: Any = None  # mediafork.srs.ReferenceRecorder when embedded
         self._runner: web.AppRunner | None = None
+        self._http_server: asyncio.Server | None = None
+        self.admissions: dict[str, Admission] = {}
+        """Connection bookkeeping of every listener, by name (for /metrics)."""
         self._control_socket: ControlSocketServer | None = None
         self._ready = False
         self._readiness: tuple[float, list[str]] | None = None
@@ -83,6 +88,8 @@ class Daemon:
         self.service = ControlService(config, engine=self.engine, store=self.store,
                                       callback_options={"egress": config.callbacks.egress_policy()})
         sip = config.sip
+        self.admissions["sip"] = make_admission("sip", sip.max_connections,
+                                                sip.max_connections_per_peer)
         self.links = SipRecorderLinks(
             self.service.on_link_event,
             config.edges,
@@ -95,6 +102,9 @@ class Daemon:
                 cert_file=str(sip.tls_cert_file) if sip.tls_cert_file else None,
                 key_file=str(sip.tls_key_file) if sip.tls_key_file else None,
             ),
+            listener_options={"admission": self.admissions["sip"],
+                              "idle_timeout": sip.idle_timeout,
+                              "tls_handshake_timeout": sip.tls_handshake_timeout},
         )
         await self.links.open()  # bind SIP on every edge now: bind errors surface at start
         unusable = self.links.unusable_edges()
@@ -116,22 +126,40 @@ class Daemon:
             loop.add_reader(fd, self._on_engine_events)
 
         app = build_app(self.service, max_request_bytes=config.api.max_request_bytes)
+        app.middlewares.insert(0, request_bounds)  # outermost: it must see every request
         self._add_operations_routes(app)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, config.api.host, config.api.port, reuse_address=True)
-        await site.start()
+        self._http_server = await self._serve_http(config)
         if config.api.port == 0:  # report the port the OS picked
-            sock = site._server.sockets[0]  # type: ignore[union-attr]
+            sock = self._http_server.sockets[0]
             host, port = sock.getsockname()[:2]
             self.base_url = f"http://{host}:{port}"
         self._refuse_own_listeners()
         if config.control_socket:
-            self._control_socket = ControlSocketServer(self.service, config.control_socket)
+            limits = config.control_socket_limits
+            self.admissions["control_socket"] = make_admission(
+                "control_socket", limits.max_connections, per_peer=False)
+            self._control_socket = ControlSocketServer(
+                self.service, config.control_socket,
+                admission=self.admissions["control_socket"], idle_timeout=limits.idle_timeout)
             await self._control_socket.start()
         self._ready = True
         log.info("mediafork listening on %s (media %s, ports %d-%d)", self.base_url,
                  config.media.address, *config.media.port_range)
+
+    async def _serve_http(self, config: Config) -> asyncio.Server:
+        """The API's listening socket. Not aiohttp's TCPSite: every connection goes through
+        the API's admission and timers first (mediafork.api.http_admission)."""
+        assert self._runner is not None and self._runner.server is not None
+        api = config.api
+        self.admissions["api"] = make_admission("api", api.max_connections,
+                                                api.max_connections_per_client)
+        factory = admitted_factory(self._runner.server, self.admissions["api"],
+                                   header_timeout=api.header_timeout,
+                                   idle_timeout=api.idle_timeout)
+        return await asyncio.get_running_loop().create_server(
+            factory, api.host, api.port, reuse_address=True, backlog=128)
 
     async def _start_recorder(self, config: Config) -> Config:
         """The embedded reference recorder, and `Default` / `Secure` connectors to it
@@ -153,6 +181,7 @@ class Daemon:
                 f"embedded reference recorder ({config.media.address}:{self.recorder_port}): "
                 f"cannot bind: {exc.strerror or exc} (use --recorder-port, or --no-recorder)"
             ) from None
+        self.admissions["srs"] = self.recorder.admission  # same process: same descriptors
         host, port = self.recorder.address
         tls_host, tls_port = self.recorder.tls_address
         connectors = list(config.connectors)
@@ -176,8 +205,8 @@ class Daemon:
         assert self.service is not None
         config = self.config
         bound: list[tuple[str, int]] = []
-        if self._runner is not None:
-            bound += [address[:2] for address in self._runner.addresses]
+        if self._http_server is not None:  # served by our own admitted server, not a site
+            bound += [sock.getsockname()[:2] for sock in self._http_server.sockets]
         elif config.api.port:
             bound.append((config.api.host, config.api.port))
         if self.links is not None:
@@ -214,6 +243,7 @@ class Daemon:
             sip_malformed=getattr(self.links, "malformed_messages", None),
             more=[link_metrics(self.links),
                   lambda: without_created(outbox.dispatcher.delivery_seconds.collect())],
+            listeners=lambda: self.admissions.values(),
         )
         registry = build_registry(collector)
 
@@ -292,6 +322,8 @@ class Daemon:
             if kept:
                 log.warning("%d status callbacks not delivered within the shutdown bound; "
                             "kept in the database and replayed at the next start", kept)
+        if self._http_server is not None:
+            self._http_server.close()  # stop accepting; the runner closes the connections
         if self._runner is not None:
             await self._runner.cleanup()
         if self.engine is not None:

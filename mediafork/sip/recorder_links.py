@@ -187,11 +187,14 @@ class SipRecorderLinks:
         probe_timeout: float = 1.0,
         connect_timeout: float = 5.0,
         user_agent: str = "mediafork",
+        listener_options: Mapping[str, Any] | None = None,
     ) -> None:
         """``edges``: named local addresses (none: one edge ``default`` on
         ``default_address``). ``sip_port``: the SIP port on every edge address (UDP and
         TCP; 0 = a free one per edge). TLS to SRSes verifies against ``tls_ca_file`` (else
-        the system CAs) unless ``tls_context`` is given. The other arguments tune every
+        the system CAs) unless ``tls_context`` is given. ``listener_options`` bound the
+        inbound TCP/TLS listener (``admission``, ``idle_timeout``, ``tls_handshake_timeout``
+        of :class:`~mediafork.sip.transport.SipTransport`). The other arguments tune every
         session (see :class:`~mediafork.sip.session.SessionConfig`)."""
         self._sink = sink
         self._response_counts: dict[str, int] = {}
@@ -214,6 +217,7 @@ class SipRecorderLinks:
         self._probe_timeout = probe_timeout
         self._connect_timeout = connect_timeout
         self._user_agent = user_agent
+        self._listener_options = dict(listener_options or {})
         self._transport: SipTransport | None = None
         self._ports: dict[str, int] = {}
         self._unusable: dict[str, str] = {}
@@ -252,6 +256,7 @@ class SipRecorderLinks:
             self._on_transport_error,
             tls_context=self._tls_context,
             connect_timeout=self._connect_timeout,
+            **self._listener_options,
         )
         for edge in self._edges.values():
             try:

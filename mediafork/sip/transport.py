@@ -25,7 +25,6 @@ may set ``tap`` to see every message (it is never set in production).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import ipaddress
 import logging
@@ -37,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..admission import Admission, make_admission
 from .errors import SipParseError
 from .message import Message, StreamFramer, parse_message
 from .session import Destination
@@ -160,21 +160,36 @@ class _UdpEndpoint(asyncio.DatagramProtocol):
 
 
 class _StreamConnection(asyncio.Protocol):
-    """One TCP or TLS connection carrying SIP, framed by Content-Length."""
+    """One TCP or TLS connection carrying SIP, framed by Content-Length.
 
-    def __init__(self, owner: SipTransport, transport_name: str, address: str) -> None:
+    ``inbound`` connections (accepted by our listener) hold a slot of the transport's
+    :class:`~mediafork.admission.Admission` and are closed when no complete SIP message
+    has gone either way for ``idle_timeout`` (idle, only garbage or only keepalive pings):
+    requests we send always go over connections we open ourselves, so closing an inbound one
+    never cuts a dialog off. Connections we open are not subject to any of this.
+    """
+
+    def __init__(self, owner: SipTransport, transport_name: str, address: str,
+                 *, inbound: bool = False) -> None:
         self.owner = owner
         self.transport_name = transport_name
         self.address = address
+        self.inbound = inbound
         self.framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] | None = None
         self.closed = asyncio.get_running_loop().create_future()
+        self._admitted = False  # holds a slot of owner.admission (inbound only)
+        self._slot: str | None = None  # the peer address that slot is counted under
+        self._last_useful = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
+        self.transport = transport  # type: ignore[assignment]
         self.peer = (peer[0], peer[1]) if peer else None
+        if self.inbound:
+            self._useful()
         if self.peer is not None:
             self.owner._register(self)
 
@@ -194,10 +209,26 @@ class _StreamConnection(asyncio.Protocol):
             return
         if self.framer.keepalives > pings and self.transport is not None:
             self.transport.write(b"\r\n")  # pong
+        if messages and self.inbound:
+            self._useful()
         for message in messages:
             self.owner._deliver(message, self.peer, self.transport_name, self.address, None)
 
+    def take_slot(self, ip: str) -> None:
+        """Mark this (inbound) connection as holding the admission slot of ``ip``."""
+        self._admitted, self._slot = True, ip
+
+    def give_back_slot(self) -> None:
+        """Release the admission slot, once, whichever way the connection ends."""
+        if self._admitted:
+            self._admitted = False
+            self.owner.admission.release(self._slot)
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        self.give_back_slot()
         self.owner._unregister(self)
         if not self.closed.done():
             self.closed.set_result(None)
@@ -208,12 +239,115 @@ class _StreamConnection(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             raise TransportError(f"{self.transport_name} connection is closed")
         self.transport.write(data)
+        if self.inbound:
+            self._useful()
+
+    def _useful(self) -> None:
+        """A complete SIP message went one way or the other: the idle clock restarts."""
+        loop = self.owner.loop
+        self._last_useful = loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = loop.call_at(self._last_useful + self.owner.idle_timeout,
+                                            self._check_idle)
+
+    def _check_idle(self) -> None:
+        # One timer per connection, moved on lazily: re-arming on every message would
+        # cost a timer handle per message.
+        loop = self.owner.loop
+        deadline = self._last_useful + self.owner.idle_timeout
+        if loop.time() < deadline:
+            self._idle_timer = loop.call_at(deadline, self._check_idle)
+            return
+        self._idle_timer = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.owner.admission.closed("idle_timeout")
+            self.transport.abort()
+
+
+class _StreamListener:
+    """A listening TCP socket (SIP over TCP, or TLS with ``tls_context``) whose connections
+    are accepted here rather than by ``loop.create_server``, so that each one is admitted
+    (:class:`~mediafork.admission.Admission`) before anything is read from it, and a TLS
+    handshake is bounded by ``tls_handshake_timeout`` and counted while it runs (a server
+    only shows the application connections whose handshake is over).
+    """
+
+    def __init__(self, owner: SipTransport, transport_name: str, address: str,
+                 sock: socket.socket, tls_context: ssl.SSLContext | None) -> None:
+        self.owner = owner
+        self.transport_name = transport_name
+        self.address = address
+        self.sock = sock
+        self.tls_context = tls_context
+        self._pending: set[asyncio.Task[None]] = set()
+        self._warned_at = -60.0
+        self._accepting = owner.loop.create_task(self._accept_loop())
+
+    async def _accept_loop(self) -> None:
+        loop = self.owner.loop
+        while True:
+            try:
+                sock, peer = await loop.sock_accept(self.sock)
+            except OSError as exc:
+                # EMFILE and friends: the caps should make this rare; back off briefly
+                # instead of spinning on a listener that stays readable, and say so at
+                # most once a minute.
+                now = loop.time()
+                if now - self._warned_at >= 60.0:
+                    self._warned_at = now
+                    log.warning("SIP %s listener on %s cannot accept: %s",
+                                self.transport_name, self.address, exc.strerror or exc)
+                await asyncio.sleep(0.5)
+                continue
+            ip = str(peer[0])
+            if self.owner.admission.admit(ip) is not None:
+                # Linger 0: close with a reset, so the descriptor and port are free at once.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+                continue
+            task = loop.create_task(self._establish(sock, ip))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _establish(self, sock: socket.socket, ip: str) -> None:
+        owner = self.owner
+        connection = _StreamConnection(owner, self.transport_name, self.address, inbound=True)
+        connection.take_slot(ip)
+        tls = self.tls_context is not None
+        try:
+            # Our own bound on the handshake (the loop's is a backstop): asyncio and uvloop
+            # report their own timeouts as different exceptions.
+            await asyncio.wait_for(
+                owner.loop.connect_accepted_socket(
+                    lambda: connection, sock, ssl=self.tls_context,
+                    ssl_handshake_timeout=owner.tls_handshake_timeout + 5.0 if tls else None,
+                ),
+                owner.tls_handshake_timeout if tls else None,
+            )
+        except TimeoutError:
+            owner.admission.closed("handshake_timeout")
+            connection.give_back_slot()
+            sock.close()
+        except (OSError, ssl.SSLError) as exc:
+            log.debug("%s connection from %s failed: %s", self.transport_name, ip, exc)
+            connection.give_back_slot()
+            sock.close()
+        except asyncio.CancelledError:
+            connection.give_back_slot()
+            sock.close()
+            raise
+
+    def close(self) -> None:
+        self._accepting.cancel()
+        for task in list(self._pending):
+            task.cancel()
+        self.sock.close()
 
 
 @dataclass
 class _Listener:
     udp: _UdpEndpoint
-    servers: list[asyncio.AbstractServer]
+    servers: list[_StreamListener]
 
 
 class SipTransport:
@@ -228,7 +362,14 @@ class SipTransport:
         tls_server_context: ssl.SSLContext | None = None,
         connect_timeout: float = 5.0,
         dns_ttl: float = 30.0,
+        admission: Admission | None = None,
+        idle_timeout: float = 30.0,
+        tls_handshake_timeout: float = 10.0,
     ) -> None:
+        """``admission`` bounds the connections our listeners accept (default: caps
+        derived from the descriptor limit); ``idle_timeout`` closes inbound connections
+        without a complete SIP message either way for that long; ``tls_handshake_timeout``
+        bounds an inbound TLS handshake."""
         self.loop = asyncio.get_running_loop()
         self.on_message = on_message
         self.on_error = on_error
@@ -236,6 +377,9 @@ class SipTransport:
         self.tls_server_context = tls_server_context
         self.connect_timeout = connect_timeout
         self.dns_ttl = dns_ttl
+        self.admission = admission or make_admission("sip")
+        self.idle_timeout = idle_timeout
+        self.tls_handshake_timeout = tls_handshake_timeout
         self.tap: Tap | None = None
         self._listeners: dict[str, _Listener] = {}
         self._pool: dict[tuple[str, str, str, int], _StreamConnection] = {}
@@ -257,6 +401,7 @@ class SipTransport:
         last: OSError | None = None
         for _ in range(1 if port else 20):
             sock = socket.socket(family, socket.SOCK_DGRAM)
+            servers: list[_StreamListener] = []
             try:
                 sock.setblocking(False)
                 sock.bind((address, port))
@@ -266,28 +411,14 @@ class SipTransport:
                 else:
                     sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
                 bound = sock.getsockname()[1]
-                servers: list[asyncio.AbstractServer] = []
                 if tcp:
-                    servers.append(
-                        await self.loop.create_server(
-                            lambda: _StreamConnection(self, "tcp", address),
-                            host=address,
-                            port=bound,
-                            reuse_address=True,
-                        )
-                    )
+                    servers.append(self._stream_listener("tcp", address, bound, family))
                 if self.tls_server_context is not None:
-                    servers.append(
-                        await self.loop.create_server(
-                            lambda: _StreamConnection(self, "tls", address),
-                            host=address,
-                            port=bound + 1,
-                            ssl=self.tls_server_context,
-                            reuse_address=True,
-                        )
-                    )
+                    servers.append(self._stream_listener("tls", address, bound + 1, family))
             except OSError as exc:
                 sock.close()
+                for server in servers:
+                    server.close()
                 last = exc
                 continue
             endpoint = _UdpEndpoint(self, sock, address)
@@ -304,6 +435,20 @@ class SipTransport:
         raise OSError(
             last.errno if last else errno.EADDRINUSE, f"cannot listen on {address}: {last}"
         )
+
+    def _stream_listener(self, name: str, address: str, port: int, family: int
+                         ) -> _StreamListener:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((address, port))
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return _StreamListener(self, name, address, sock,
+                               self.tls_server_context if name == "tls" else None)
 
     def local_port(self, address: str) -> int | None:
         listener = self._listeners.get(address)
@@ -490,10 +635,6 @@ class SipTransport:
             listener.udp.close()
             for server in listener.servers:
                 server.close()
-        for listener in self._listeners.values():
-            for server in listener.servers:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(server.wait_closed(), 0.2)
         if connections:
             await asyncio.wait([c.closed for c in connections], timeout=0.2)
         self._listeners.clear()

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
+from ..admission import make_admission
 from ..sip.dialog import build_response
 from ..sip.digest import DigestVerifier
 from ..sip.errors import SipParseError
@@ -52,6 +53,8 @@ ACCEPT = "application/sdp, application/rs-metadata+xml, application/rs-metadata,
 SUPPORTED_TAGS = {"siprec", "timer"}
 _TICK = 0.02
 """How often transaction timers are checked (s): far below T1, cheap for a test tool."""
+_TLS_HANDSHAKE_TIMEOUT = 10.0
+"""Seconds a TLS client has to finish its handshake (a half ClientHello holds a socket)."""
 
 
 @dataclass
@@ -224,6 +227,9 @@ class ReferenceRecorder:
         self._tcp: asyncio.Server | None = None
         self._tls: asyncio.Server | None = None
         self._conns: set[_StreamConn] = set()
+        self.admission = make_admission("srs")
+        """Caps on the TCP/TLS connections accepted (it may run inside the daemon, whose
+        descriptors it then shares)."""
         self._server_txs: dict[tuple[str, str], _ServerTx] = {}
         self._client_txs: dict[str, _ClientTx] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -272,7 +278,8 @@ class ReferenceRecorder:
                     cfg.tls_port if cfg.tls_port is not None else (port + 1 if cfg.port else 0)
                 )
                 self._tls = await asyncio.start_server(
-                    lambda r, w: self._accept(r, w, "TLS"), cfg.host, tls_port, ssl=context
+                    lambda r, w: self._accept(r, w, "TLS"), cfg.host, tls_port, ssl=context,
+                    ssl_handshake_timeout=_TLS_HANDSHAKE_TIMEOUT,
                 )
             except (OSError, ssl.SSLError):
                 # Do not leave the UDP/TCP listeners behind a failed start.
@@ -380,9 +387,17 @@ class ReferenceRecorder:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       transport: str) -> None:
+        peer = writer.get_extra_info("peername")
+        ip = str(peer[0]) if peer else None
+        if self.admission.admit(ip) is not None:
+            writer.transport.abort()  # over a cap: the descriptor goes at once
+            return
         conn = _StreamConn(self, transport, reader, writer)
         self._conns.add(conn)
-        await conn.run()
+        try:
+            await conn.run()
+        finally:
+            self.admission.release(ip)
 
     async def _tick(self) -> None:
         """Drive transaction timers: retransmit responses/requests, expire transactions."""

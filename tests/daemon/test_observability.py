@@ -30,10 +30,10 @@ from .harness import (
 
 DASHBOARD = TREE / "docs" / "grafana" / "mediafork-dashboard.json"
 # Every label the exporter may use: engine-level dimensions only, never a call or fork.
-# "connector" and "edge" are bounded by the config file; "le" is a histogram's bucket;
-# build_info's labels are constant for a process.
+# "connector" and "edge" are bounded by the config file; "listener" is api, sip, srs or
+# control_socket; "le" is a histogram's bucket; build_info's labels are constant.
 ALLOWED_LABELS = {"state", "reason", "class", "outcome", "status", "worker", "connector",
-                  "edge", "le", "version", "python", "pylibsrtp"}
+                  "edge", "le", "version", "python", "pylibsrtp", "listener"}
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
