@@ -27,6 +27,9 @@ _DROP_REASONS = {
     "ingress_record_dropped": "recording_ring_full",
 }
 
+# Every label value, so a limit never hit still shows (as 0) and alerts can be written on it.
+_QUOTA_LIMITS = ("max_calls", "max_siprecs", "max_recordings", "port_reserve")
+
 StatsSource = Callable[[], Mapping[str, int | float]]
 
 
@@ -42,6 +45,8 @@ class EngineCollector(Collector):
         callbacks: StatsSource | None = None,
         siprecs: Callable[[], Mapping[str, int]] | None = None,
         sip_malformed: Callable[[], int] | None = None,
+        quota_rejections: Callable[[], Mapping[str, int]] | None = None,
+        idle_calls_ended: Callable[[], int] | None = None,
     ) -> None:
         self.engine = engine
         self.fork_states = fork_states or (lambda: _fork_states(engine))
@@ -49,6 +54,8 @@ class EngineCollector(Collector):
         self.callbacks = callbacks
         self.siprecs = siprecs
         self.sip_malformed = sip_malformed
+        self.quota_rejections = quota_rejections
+        self.idle_calls_ended = idle_calls_ended
 
     def collect(self) -> Iterator[Metric]:
         totals = self.engine.totals()
@@ -128,6 +135,18 @@ class EngineCollector(Collector):
             yield _counter("mediafork_sip_malformed",
                            "SIP datagrams dropped and SIP streams closed as malformed.",
                            self.sip_malformed())
+        if self.quota_rejections:
+            c = CounterMetricFamily("mediafork_quota_rejected",
+                                    "Requests refused with 429 by a per-account limit, by the "
+                                    "limit.s config key.", labels=["reason"])
+            rejected = self.quota_rejections()
+            for limit in _QUOTA_LIMITS:
+                c.add_metric([limit], rejected.get(limit, 0))
+            yield c
+        if self.idle_calls_ended:
+            yield _counter("mediafork_calls_idle_ended",
+                           "Calls ended after [media] call_idle_timeout without ingress media "
+                           "or API activity.", self.idle_calls_ended())
         if self.callbacks:
             c = CounterMetricFamily("mediafork_callback_deliveries",
                                     "Status callback deliveries, by outcome.", labels=["outcome"])

@@ -161,6 +161,8 @@ class Daemon:
             sip_responses=getattr(self.links, "response_counts", None),
             siprecs=getattr(self.service, "siprec_counts", None),
             sip_malformed=getattr(self.links, "malformed_messages", None),
+            quota_rejections=getattr(self.service, "quota_counts", None),
+            idle_calls_ended=getattr(self.service, "idle_count", None),
         )
         registry = build_registry(collector)
 
