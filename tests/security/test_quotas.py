@@ -9,6 +9,7 @@ HTTP server, the store is the daemon's SQLite file.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import socket
 import sqlite3
@@ -20,6 +21,8 @@ from typing import Any
 import mfstack
 import pytest
 from mfstack import ACCOUNT_A, ACCOUNT_B, API, Stack, metric, run, with_stack
+
+from mediafork.daemon.config import ConfigError, parse_config
 
 CALLER = "sip:+15551230000@pbx.example"
 
@@ -62,6 +65,30 @@ def siprec_path(account: str, call_sid: str) -> str:
 
 def recordings_path(account: str, call_sid: str) -> str:
     return f"{API}/Accounts/{account}/Calls/{call_sid}/Recordings.json"
+
+
+def test_limit_keys_defaults_and_bounds() -> None:
+    def parse(account: dict[str, Any] | None = None, media: dict[str, Any] | None = None) -> Any:
+        return parse_config({"accounts": [{"sid": ACCOUNT_A, "auth_token": "t" * 32,
+                                           **(account or {})}],
+                             "media": {"port_range": [30000, 30999], **(media or {})}})
+
+    config = parse()
+    [account] = config.accounts
+    assert (account.max_calls, account.max_siprecs, account.max_recordings) == (2000, 8000, 2000)
+    assert config.media.port_capacity == 1000 and config.media.reserved_ports == 100
+    assert config.media.call_idle_timeout == 600
+    config = parse({"max_calls": 5}, {"port_reserve": 0, "call_idle_timeout": 0})
+    assert config.accounts[0].max_calls == 5 and config.media.reserved_ports == 0
+    for account, media, where in (
+            ({"max_calls": 0}, None, "accounts[0].max_calls"),
+            ({"max_siprecs": "10"}, None, "accounts[0].max_siprecs"),
+            ({"max_recordings": True}, None, "accounts[0].max_recordings"),
+            (None, {"port_reserve": 501}, "media.port_reserve"),
+            (None, {"call_idle_timeout": -1}, "media.call_idle_timeout"),
+            (None, {"call_idle_timeout": 0.5}, "media.call_idle_timeout")):
+        with pytest.raises(ConfigError, match=re.escape(where)):
+            parse(account, media)
 
 
 def test_account_limits_answer_429_change_nothing_and_spare_other_accounts(
