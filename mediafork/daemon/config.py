@@ -59,6 +59,7 @@ _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,256}")
 _HEADER_NAME = re.compile(r"[A-Za-z0-9\-!#$%&'*+.^_`|~]{1,128}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 TOKEN_FILE_NAME = "auth_token"
+DEFAULT_CALL_IDLE_TIMEOUT = 600.0
 
 
 class ConfigError(Exception):
@@ -100,7 +101,7 @@ class MediaConfig:
     """Media worker threads; each call (with its forks) lives on one of them."""
     port_reserve: int | None = None
     """Ports kept for accounts within their fair share (control.quotas); None: a tenth."""
-    call_idle_timeout: float = 600.0
+    call_idle_timeout: float = DEFAULT_CALL_IDLE_TIMEOUT
     """Seconds without ingress media or API activity after which a call is ended; 0: never."""
 
     @property
@@ -417,7 +418,8 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
     reserve = media_r.get("port_reserve", int)
     if reserve is not None and not 0 <= reserve <= media.port_capacity // 2:
         raise ConfigError("media.port_reserve: must be between 0 and half the port range")
-    idle = float(media_r.get("call_idle_timeout", (int, float), 600.0, what="a number"))
+    idle = float(media_r.get("call_idle_timeout", (int, float), DEFAULT_CALL_IDLE_TIMEOUT,
+                             what="a number"))
     if idle != 0 and not 1 <= idle <= 86400:
         raise ConfigError("media.call_idle_timeout: must be 0 (off) or 1-86400 seconds")
     media = dataclasses.replace(media, port_reserve=reserve, call_idle_timeout=idle)
