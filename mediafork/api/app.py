@@ -80,14 +80,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         reason = reasons.get(exc.status, "the request was rejected")
         return _error_response(ApiError(errors.HTTP_REQUEST_REJECTED, reason,
                                         status=exc.status))
-    except (UnicodeError, ValueError, LookupError, HttpProcessingError):
-        # Undecodable form bodies and the like: the client's fault, never a 500. LookupError:
-        # a form declaring an unknown charset; HttpProcessingError: a multipart body whose
-        # part headers aiohttp cannot parse.
-        return _error_response(ApiError(errors.HTTP_REQUEST_REJECTED,
-                                        "the request body could not be decoded"))
     except Exception:
-        # The traceback names code, not request contents; the client gets no detail.
+        # Anything else is a server bug, however ordinary its type: a ValueError here used to
+        # be answered 400 and hid exactly such bugs. Client faults are ApiError by the time
+        # they leave a handler (the body decoders below convert theirs). The traceback names
+        # code, not request contents; the client gets no detail.
         log.exception("unhandled error on %s %s", request.method, request.rel_url.path)
         return _error_response(ApiError(errors.INTERNAL, "internal server error"))
 
@@ -125,14 +122,24 @@ def _call_sid(request: web.Request) -> str:
     return call_sid
 
 
+_UNDECODABLE_BODY = (UnicodeError, ValueError, LookupError, HttpProcessingError)
+"""What decoding a client's body can raise: invalid UTF-8, a malformed form, LookupError for a
+declared charset Python does not know, HttpProcessingError for multipart part headers aiohttp
+cannot parse. Caught around the decoding only, where it can only be the client's fault."""
+
+
 async def _form(request: web.Request) -> Any:
-    return await request.post()
+    try:
+        return await request.post()
+    except _UNDECODABLE_BODY:
+        raise ApiError(errors.HTTP_REQUEST_REJECTED,
+                       "the request body could not be decoded") from None
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json(loads=json.loads) if await request.read() else {}
-    except (ValueError, UnicodeDecodeError, RecursionError):
+    except (*_UNDECODABLE_BODY, RecursionError):
         # RecursionError: deeply nested arrays/objects ("[[[[…") fit easily under the size
         # limit and exhaust json's recursion depth; that is the client's fault, not a 500.
         raise ApiError(errors.HTTP_REQUEST_REJECTED, "the body must be a JSON object") from None
@@ -205,8 +212,10 @@ def _recording_sid(request: web.Request) -> str:
 async def create_recording(request: web.Request) -> web.Response:
     account = _account(request)
     call_sid = _call_sid(request)
-    parsed = parse_recording_create(await _form(request))
-    result = await request.app[SERVICE_KEY].create_recording(account, call_sid, parsed)
+    service = request.app[SERVICE_KEY]
+    # The daemon's own policy, so the refusal reads as it does for Siprecs and TwiML.
+    parsed = parse_recording_create(await _form(request), service.outbox.dispatcher.egress)
+    result = await service.create_recording(account, call_sid, parsed)
     return _json(result, status=201)
 
 

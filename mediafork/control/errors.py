@@ -129,3 +129,6 @@ SESSION_NOT_STARTED = _register(900014, 503, "Recording session could not be sta
 # One code for what the HTTP layer refuses before any handler runs; the response's HTTP
 # status says which case it is (405 method not allowed, 413 body too large, 400 otherwise).
 HTTP_REQUEST_REJECTED = _register(900015, 400, "Request rejected by the HTTP layer")
+# Per-account limits (mediafork.control.quotas): 429 like the platform's "too many requests",
+# but a limit on live resources, not a rate: ending a call or a Siprec frees room at once.
+QUOTA_EXCEEDED = _register(900429, 429, "Account limit reached")

@@ -71,9 +71,11 @@ MAX_URL_LENGTH = 4000
 
 # Custom parameter names may end up as SIP header names or metadata element names, so they
 # are restricted to RFC 3261 ``token`` characters. Values may be any text except control
-# characters (CR/LF in a value would let a client inject SIP headers).
+# characters (CR/LF in a value would let a client inject SIP headers) and lone surrogates
+# (JSON's "\ud800" decodes to one; it cannot be encoded as UTF-8, so SQLite, SIP and the JSON
+# answer would each fail on it after the request was accepted).
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 # ``Parameter<N>.Name`` / ``Parameter<N>.Value`` with N written without leading zeros, so
 # that Parameter1 and Parameter01 cannot both name slot 1.
 _PARAMETER_FIELD = re.compile(r"Parameter([1-9][0-9]*)\.(Name|Value)")
@@ -119,6 +121,15 @@ def _single(form: dict[str, list[str]], key: str) -> str | None:
 
 
 # -- field validators, shared with the TwiML parser (which passes its attribute names) ----
+
+
+def check_text(value: object, field: str, max_length: int) -> str:
+    """A string of at most *max_length* characters with no control characters and no lone
+    surrogates (text that can be stored, put in SIP and answered), else 400 naming *field*."""
+    if not isinstance(value, str) or len(value) > max_length or _CONTROL.search(value):
+        raise ApiError(INVALID_PARAMETER,
+                       f"{field} must be a string of at most {max_length} printable characters")
+    return value
 
 
 def validate_track(value: str | None, field: str = "Track") -> Track:
@@ -478,7 +489,9 @@ def _recording_events(fields: dict[str, list[str]]) -> frozenset[RecordingEvent]
     return frozenset(events)
 
 
-def parse_recording_create(form: FormInput) -> RecordingRequest:
+def parse_recording_create(form: FormInput, egress: EgressPolicy | None = None
+                           ) -> RecordingRequest:
+    """*egress*: the daemon's callback policy (None: the built-in rules only)."""
     fields = normalize_form(form)
     return RecordingRequest(
         channels=cast(
@@ -492,7 +505,7 @@ def parse_recording_create(form: FormInput) -> RecordingRequest:
         ),
         trim=cast(Trim, _enum(_single(fields, "Trim"), TRIMS, "do-not-trim", "Trim")),
         status_callback=validate_callback_url(
-            _single(fields, "RecordingStatusCallback"), "RecordingStatusCallback"
+            _single(fields, "RecordingStatusCallback"), "RecordingStatusCallback", egress
         ),
         status_callback_method=validate_method(
             _single(fields, "RecordingStatusCallbackMethod"), "RecordingStatusCallbackMethod"

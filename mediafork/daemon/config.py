@@ -6,8 +6,9 @@ Keys (ARCHITECTURE.md, "External contracts"; docs/api.md has the full list)::
                  max_request_bytes, max_connections, max_connections_per_client,
                  header_timeout = 10.0, idle_timeout = 60.0
     [storage]    path = "data/mediafork.db"             # relative to the config file
-    [media]      address = "127.0.0.1", port_range = [30000, 39999], workers = 1
-    [[accounts]] sid, auth_token | auth_token_env
+    [media]      address = "127.0.0.1", port_range = [30000, 39999], workers = 1,
+                 port_reserve (a tenth of the range), call_idle_timeout = 600
+    [[accounts]] sid, auth_token | auth_token_env, max_calls, max_siprecs, max_recordings
     [[edges]]    name, address, default
     [[connectors]] account_sid, unique_name, srs, standby_srs, credentials_header,
                  credentials | credentials_env | credentials_encrypted,
@@ -28,6 +29,7 @@ keys only the key path and the kind of problem are reported.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -39,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ..control.egress import EgressPolicy
+from ..control.quotas import DEFAULT_MAX_CALLS, DEFAULT_MAX_RECORDINGS, DEFAULT_MAX_SIPRECS
 from ..recorder_api import Connector, Edge
 
 __all__ = [
@@ -66,6 +69,7 @@ _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,256}")
 _HEADER_NAME = re.compile(r"[A-Za-z0-9\-!#$%&'*+.^_`|~]{1,128}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 TOKEN_FILE_NAME = "auth_token"
+DEFAULT_CALL_IDLE_TIMEOUT = 600.0
 
 
 class ConfigError(Exception):
@@ -113,12 +117,32 @@ class MediaConfig:
     port_range: tuple[int, int] = (30000, 39999)
     workers: int = 1
     """Media worker threads; each call (with its forks) lives on one of them."""
+    port_reserve: int | None = None
+    """Ports kept for accounts within their fair share (control.quotas); None: a tenth."""
+    call_idle_timeout: float = DEFAULT_CALL_IDLE_TIMEOUT
+    """Seconds without ingress media or API activity after which a call is ended; 0: never."""
+
+    @property
+    def port_capacity(self) -> int:
+        """Port numbers the engine can hand out (its allocator starts on an even port)."""
+        first, last = self.port_range
+        return last - (first + (first & 1)) + 1
+
+    @property
+    def reserved_ports(self) -> int:
+        return self.port_capacity // 10 if self.port_reserve is None else self.port_reserve
 
 
 @dataclass(frozen=True)
 class AccountConfig:
     sid: str
     auth_token: str = field(repr=False)
+    max_calls: int = DEFAULT_MAX_CALLS
+    """Live calls at once (control.quotas); more get 429."""
+    max_siprecs: int = DEFAULT_MAX_SIPRECS
+    """Live (starting or in-progress) Siprecs at once, over all the account's calls."""
+    max_recordings: int = DEFAULT_MAX_RECORDINGS
+    """Live (not yet completed) local recordings at once."""
 
 
 @dataclass(frozen=True)
@@ -450,6 +474,17 @@ def _array(root: Mapping[str, Any], name: str) -> list[Mapping[str, Any]]:
     return value
 
 
+_ACCOUNT_LIMITS = {"max_calls": DEFAULT_MAX_CALLS, "max_siprecs": DEFAULT_MAX_SIPRECS,
+                   "max_recordings": DEFAULT_MAX_RECORDINGS}
+
+
+def _account_limit(r: _Reader, key: str, default: int) -> int:
+    value = r.get(key, int, default)
+    if not 1 <= value <= 1_000_000:
+        raise ConfigError(f"{r.key(key)}: must be between 1 and 1000000")
+    return value
+
+
 def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
                  source: Path | None = None) -> Config:
     """Validate an already-parsed TOML document. Relative paths are relative to *base_dir*."""
@@ -479,7 +514,8 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
     storage_r = _Reader(_table(root, "storage"), "storage", {"path"})
     storage = StorageConfig(path=(base / storage_r.get("path", str, "data/mediafork.db")))
 
-    media_r = _Reader(_table(root, "media"), "media", {"address", "port_range", "workers"})
+    media_r = _Reader(_table(root, "media"), "media", {"address", "port_range", "workers",
+                                                       "port_reserve", "call_idle_timeout"})
     address = _ip(media_r.get("address", str, "127.0.0.1"), "media.address")
     first, last = _port_range(media_r.get("port_range", list, [30000, 39999]),
                               "media.port_range")
@@ -487,12 +523,20 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
     if not 1 <= workers <= 64:
         raise ConfigError("media.workers: must be between 1 and 64")
     media = MediaConfig(address=address, port_range=(first, last), workers=workers)
+    reserve = media_r.get("port_reserve", int)
+    if reserve is not None and not 0 <= reserve <= media.port_capacity // 2:
+        raise ConfigError("media.port_reserve: must be between 0 and half the port range")
+    idle = float(media_r.get("call_idle_timeout", (int, float), DEFAULT_CALL_IDLE_TIMEOUT,
+                             what="a number"))
+    if idle != 0 and not 1 <= idle <= 86400:
+        raise ConfigError("media.call_idle_timeout: must be 0 (off) or 1-86400 seconds")
+    media = dataclasses.replace(media, port_reserve=reserve, call_idle_timeout=idle)
 
     accounts: list[AccountConfig] = []
     seen_accounts: set[str] = set()
     for i, table in enumerate(_array(root, "accounts")):
         r = _Reader(table, f"accounts[{i}]", {"sid", "auth_token", "auth_token_env",
-                                              "auth_token_encrypted"})
+                                              "auth_token_encrypted", *_ACCOUNT_LIMITS})
         sid = r.get("sid", str, required=True)
         if not _ACCOUNT_SID.fullmatch(sid):
             raise ConfigError(f"accounts[{i}].sid: must be 'AC' followed by 32 hex digits")
@@ -503,7 +547,9 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
         assert token is not None
         if len(token) < 16:
             raise ConfigError(f"accounts[{i}].auth_token: must be at least 16 characters")
-        accounts.append(AccountConfig(sid=sid, auth_token=token))
+        limits = {key: _account_limit(r, key, default)
+                  for key, default in _ACCOUNT_LIMITS.items()}
+        accounts.append(AccountConfig(sid=sid, auth_token=token, **limits))
 
     edges: list[Edge] = []
     for i, table in enumerate(_array(root, "edges")):

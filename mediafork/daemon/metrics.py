@@ -29,6 +29,9 @@ _DROP_REASONS = {
     "ingress_record_dropped": "recording_ring_full",
 }
 
+# Every label value, so a limit never hit still shows (as 0) and alerts can be written on it.
+_QUOTA_LIMITS = ("max_calls", "max_siprecs", "max_recordings", "port_reserve")
+
 StatsSource = Callable[[], Mapping[str, int | float]]
 
 
@@ -46,6 +49,8 @@ class EngineCollector(Collector):
         sip_malformed: Callable[[], int] | None = None,
         more: Sequence[Callable[[], Iterable[Metric]]] = (),
         listeners: Callable[[], Iterable[Admission]] | None = None,
+        quota_rejections: Callable[[], Mapping[str, int]] | None = None,
+        idle_calls_ended: Callable[[], int] | None = None,
     ) -> None:
         self.engine = engine
         self.fork_states = fork_states or (lambda: _fork_states(engine))
@@ -56,6 +61,8 @@ class EngineCollector(Collector):
         self.more = more
         """Further metric sources (the recorder links' and callbacks' histograms and gauges)."""
         self.listeners = listeners
+        self.quota_rejections = quota_rejections
+        self.idle_calls_ended = idle_calls_ended
 
     def collect(self) -> Iterator[Metric]:
         totals = self.engine.totals()
@@ -140,6 +147,18 @@ class EngineCollector(Collector):
                            self.sip_malformed())
         if self.listeners:
             yield from _listener_metrics(list(self.listeners()))
+        if self.quota_rejections:
+            c = CounterMetricFamily("mediafork_quota_rejected",
+                                    "Requests refused with 429 by a per-account limit, by the "
+                                    "limit.s config key.", labels=["reason"])
+            rejected = self.quota_rejections()
+            for limit in _QUOTA_LIMITS:
+                c.add_metric([limit], rejected.get(limit, 0))
+            yield c
+        if self.idle_calls_ended:
+            yield _counter("mediafork_calls_idle_ended",
+                           "Calls ended after [media] call_idle_timeout without ingress media "
+                           "or API activity.", self.idle_calls_ended())
         if self.callbacks:
             outcomes = dict(self.callbacks())
             # A refusal is not a delivery outcome: it gets its own counter (the alert differs).

@@ -244,6 +244,8 @@ class Daemon:
             more=[link_metrics(self.links),
                   lambda: without_created(outbox.dispatcher.delivery_seconds.collect())],
             listeners=lambda: self.admissions.values(),
+            quota_rejections=getattr(self.service, "quota_counts", None),
+            idle_calls_ended=getattr(self.service, "idle_count", None),
         )
         registry = build_registry(collector)
 

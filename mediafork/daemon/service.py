@@ -19,6 +19,13 @@ Concurrency rules, and why:
   ``siprec-stopped`` / ``siprec-error``, whichever comes first (an API stop followed by the
   recorder's BYE, say, reports once).
 * Engine calls that wait for the media worker run in a thread so the loop never blocks.
+* Validate, then change: a handler checks the whole request (and the account's limits,
+  :mod:`mediafork.control.quotas`) before it changes anything, so a 4xx leaves the store, the
+  engine and the in-memory state as they were. Quota checks and the reservation they guard
+  happen in one synchronous step (no await between them), so concurrent requests cannot
+  overshoot a limit.
+* Calls nobody looks after end by themselves: a periodic sweep ends, as ``DELETE`` would, a
+  call with no ingress media and no API activity for ``[media] call_idle_timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import hmac
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -44,10 +52,12 @@ from ..control.forms import (
     SiprecRequest,
     Track,
     check_stream_budget,
+    check_text,
     parse_siprec_create,
     parse_siprec_update,
 )
 from ..control.outbox import Outbox
+from ..control.quotas import CALL_PORTS, PortReserve, check_live_limit, siprec_ports
 from ..control.resources import (
     list_page,
     page_request,
@@ -66,7 +76,7 @@ from ..control.store import (
     SiprecRecord,
 )
 from ..control.timefmt import rfc2822, utcnow
-from ..control.twiml import ActiveSiprec, StartSiprec, check_program, parse_twiml
+from ..control.twiml import ActiveSiprec, StartSiprec, StopSiprec, check_program, parse_twiml
 from ..engine import Engine, EngineError
 from ..engine import Track as EngineTrack
 from ..recorder_api import CallCodec, Connector, LinkError, LinkEvent, RecorderLinks, SiprecStart
@@ -79,6 +89,8 @@ __all__ = ["ControlService", "PublishingOutbox", "RecordingManagerLike", "Servic
 STOP_TIMEOUT = 10.0
 """Upper bound on waiting for a recorder session to stop (links.stop has its own, shorter)."""
 
+_SWEEP_BATCH = 200
+"""Calls the idle sweep checks between two yields to the event loop (~2 ms of work)."""
 _CODEC_NAMES = re.compile(r"[A-Za-z0-9\-_.]{1,32}")
 _MAX_PARTICIPANT = 1024
 
@@ -86,8 +98,8 @@ _MAX_PARTICIPANT = 1024
 class RecordingManagerLike(Protocol):
     """The interface of mediafork.recording.manager.RecordingManager that we call."""
 
-    async def create(self, *, account_sid: str, call: CallHandle,
-                     request: RecordingRequest) -> dict[str, Any]: ...
+    async def create(self, *, account_sid: str, call: CallHandle, request: RecordingRequest,
+                     max_live: int | None = None) -> dict[str, Any]: ...
 
     async def update(self, *, account_sid: str, call_sid: str, sid: str,
                      update: RecordingUpdate) -> dict[str, Any]: ...
@@ -154,9 +166,26 @@ class _Siprec:
 
 @dataclass
 class _LiveCall:
-    handle: CallHandle
+    account_sid: str
+    handle: CallHandle | None = None
+    """None while ``POST /v1/Calls`` is still allocating it: such a call is not found yet."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     ended: bool = False
+    last_activity: float = field(default_factory=time.monotonic)
+    """When the API last named this call, or the idle sweep last saw new ingress packets."""
+    ingress_seen: int = 0
+    """Ingress packets (accepted, well-formed) counted at the previous sweep."""
+    ended_idle: bool = False
+    """The idle sweep is ending it (so the next sweep does not start a second end)."""
+
+
+@dataclass
+class _Usage:
+    """What one account holds, for the quota checks (counted on demand, never cached)."""
+
+    calls: int = 0
+    siprecs: int = 0
+    ports: int = 0
 
 
 class ControlService:
@@ -196,6 +225,15 @@ class ControlService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self.started = False
+        self._ports = PortReserve(capacity=config.media.port_capacity,
+                                  reserve=config.media.reserved_ports,
+                                  accounts=len(config.accounts))
+        self.quota_rejections: dict[str, int] = {}
+        """Requests refused with 429, by the limit's config key (for the metrics)."""
+        self._quota_logged: dict[tuple[str, str], float] = {}
+        self.idle_calls_ended = 0
+        self._idle_sweep: asyncio.Task[None] | None = None
+        self._idle_ends: set[asyncio.Task[None]] = set()
         # A constant-time comparison needs something to compare with for unknown accounts.
         self._dummy_token = new_sid(ACCOUNT)
 
@@ -207,6 +245,14 @@ class ControlService:
             if not state.final_sent:
                 counts["in-progress" if state.started_sent else "starting"] += 1
         return counts
+
+    def quota_counts(self) -> dict[str, int]:
+        """Requests refused with 429, by limit, for the metrics counter."""
+        return dict(self.quota_rejections)
+
+    def idle_count(self) -> int:
+        """Calls the idle sweep has ended, for the metrics counter."""
+        return self.idle_calls_ended
 
     def set_links(self, links: RecorderLinks) -> None:
         self.links = links
@@ -243,6 +289,9 @@ class ControlService:
             task = asyncio.ensure_future(self._hang_up_orphans(report))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        if self.config.media.call_idle_timeout > 0:
+            self._idle_sweep = asyncio.ensure_future(
+                self._sweep_idle_calls(self.config.media.call_idle_timeout))
         self.started = True
 
     async def _hang_up_orphans(self, report: CrashReport) -> None:
@@ -278,12 +327,17 @@ class ControlService:
         if self._closed:
             return
         self._closed = True
+        if self._idle_sweep is not None:
+            self._idle_sweep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._idle_sweep
         # All calls at once: one whose recorder has not answered yet (an INVITE with no
         # provisional may not be CANCELled, so its stop waits the links' stop timeout) must
         # not hold up the BYEs of every other call until the daemon's shutdown bound
         # abandons them.
         ends = [asyncio.ensure_future(self._end_quietly(live.handle.account_sid, call_sid))
                 for call_sid, live in list(self._calls.items()) if live.handle is not None]
+        ends.extend(self._idle_ends)  # calls the sweep is ending: wait for those too
         if ends:
             await asyncio.wait(ends, timeout=timeout)
         chains = [s.chain for s in self._siprecs.values() if s.chain is not None]
@@ -333,13 +387,81 @@ class ControlService:
     # -- calls --------------------------------------------------------------------------
 
     def _live_call(self, account_sid: str, call_sid: str) -> _LiveCall:
+        """The account's registered call, or 404 (also while its registration is running).
+        A request naming the call counts as activity for the idle timeout."""
         live = self._calls.get(call_sid)
-        if live is None or live.handle.account_sid != account_sid:
+        if live is None or live.handle is None or live.account_sid != account_sid:
             raise errors.not_found("resource")
+        live.last_activity = time.monotonic()
         return live
 
+    def _touch(self, account_sid: str, call_sid: str) -> None:
+        """Count a request about the call (a Siprec or Recording of it) as activity."""
+        live = self._calls.get(call_sid)
+        if live is not None and live.account_sid == account_sid:
+            live.last_activity = time.monotonic()
+
     def get_call_handle(self, account_sid: str, call_sid: str) -> CallHandle:
-        return self._live_call(account_sid, call_sid).handle
+        handle = self._live_call(account_sid, call_sid).handle
+        assert handle is not None  # _live_call only returns registered calls
+        return handle
+
+    # -- quotas -------------------------------------------------------------------------
+
+    def _usage(self, account_sid: str) -> tuple[_Usage, int]:
+        """The account's live calls, Siprecs and media ports, and the ports of all accounts.
+
+        Counted from the live state on each check (a few thousand objects at most), so the
+        numbers can never drift from what is really held.
+        """
+        mine = _Usage()
+        total = 0
+        for live in self._calls.values():
+            total += CALL_PORTS
+            if live.account_sid == account_sid:
+                mine.calls += 1
+                mine.ports += CALL_PORTS
+        for state in self._siprecs.values():
+            if state.final_sent:
+                continue
+            ports = siprec_ports(state.track)
+            total += ports
+            if state.account_sid == account_sid:
+                mine.siprecs += 1
+                mine.ports += ports
+        return mine, total
+
+    def _check_quota(self, account_sid: str, *, calls: int = 0, siprecs: int = 0,
+                     ports: int = 0) -> None:
+        """Raise 429 if the account may not take this much more. The caller must reserve
+        what it checked before its next await, or concurrent requests could overshoot."""
+        account = self.config.account(account_sid)
+        if account is None:  # not a configured account: authentication refused it already
+            raise errors.authenticate()
+        usage, total = self._usage(account_sid)
+        limit = "max_calls"
+        try:
+            if calls:
+                check_live_limit("calls", limit, usage.calls, account.max_calls, calls)
+            limit = "max_siprecs"
+            if siprecs:
+                check_live_limit("Siprecs", limit, usage.siprecs, account.max_siprecs, siprecs)
+            limit = "port_reserve"
+            if ports:
+                self._ports.check(held_by_account=usage.ports, held_total=total, wanted=ports)
+        except ApiError as exc:
+            self._quota_refused(account_sid, limit, exc)
+            raise
+
+    def _quota_refused(self, account_sid: str, limit: str, exc: ApiError) -> None:
+        """Count a 429; log it at most once a minute per account and limit (a client
+        retrying in a loop must not flood the log)."""
+        self.quota_rejections[limit] = self.quota_rejections.get(limit, 0) + 1
+        now = time.monotonic()
+        key = (account_sid, limit)
+        if now - self._quota_logged.get(key, -60.0) >= 60.0:
+            self._quota_logged[key] = now
+            log.warning("account %s reached its limit: %s", account_sid, exc.message)
 
     async def register_call(self, account_sid: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """``POST /v1/Calls``: validate, allocate ingress ports, store. Returns the call view."""
@@ -368,11 +490,13 @@ class ControlService:
             raise ApiError(errors.CALL_ALREADY_REGISTERED,
                            "a call with this call_sid is already registered")
         existing = await self.store.get_call(call_sid)
-        if existing is not None:
-            # SIDs are global: a call SID used before (by any account) is not reused.
+        # SIDs are global: a call SID used before (by any account) is not reused. Checked
+        # again after the await: a concurrent registration of this SID may have reserved it.
+        if existing is not None or call_sid in self._calls:
             raise ApiError(errors.CALL_ALREADY_REGISTERED,
                            "a call with this call_sid is already registered")
-        live = _LiveCall(handle=None)  # type: ignore[arg-type]  # reserved before awaiting
+        self._check_quota(account_sid, calls=1, ports=CALL_PORTS)
+        live = _LiveCall(account_sid)  # reserved before awaiting; not found until registered
         self._calls[call_sid] = live
         try:
             engine_call = await asyncio.to_thread(
@@ -407,12 +531,18 @@ class ControlService:
         live = self._live_call(account_sid, call_sid)
         if "from" not in body and "to" not in body:
             raise ApiError(errors.MISSING_PARAMETER, "give from, to or both")
-        handle = live.handle
-        from_ = _participant(body["from"], "from") if "from" in body else handle.from_
-        to = _participant(body["to"], "to") if "to" in body else handle.to
+        new_from = _participant(body["from"], "from") if "from" in body else None
+        new_to = _participant(body["to"], "to") if "to" in body else None
         async with live.lock:
-            live.handle = handle.with_participants(from_, to)
+            if live.ended or live.handle is None:
+                raise errors.not_found("resource")
+            # Read under the lock: a concurrent update of the other field must not be undone.
+            handle = live.handle
+            from_ = handle.from_ if new_from is None else new_from
+            to = handle.to if new_to is None else new_to
+            # The store first: if it fails, the call in memory still matches it.
             await self.store.update_call_participants(call_sid, from_uri=from_, to_uri=to)
+            live.handle = handle.with_participants(from_, to)
             if self.links is not None and any(
                 s.call_sid == call_sid and not s.final_sent for s in self._siprecs.values()
             ):
@@ -426,8 +556,12 @@ class ControlService:
 
     async def call_view(self, account_sid: str, call_sid: str) -> dict[str, Any]:
         """The host API's view of a live call: ingress, counters, forks, Siprecs."""
-        live = self._live_call(account_sid, call_sid)
+        return await self._render_call(call_sid, self._live_call(account_sid, call_sid))
+
+    async def _render_call(self, call_sid: str, live: _LiveCall) -> dict[str, Any]:
         handle = live.handle
+        assert handle is not None  # only registered calls are rendered
+        account_sid = handle.account_sid
         call = handle.engine_call
         siprecs = await self.store.list_siprecs(account_sid, call_sid)
         forks = []
@@ -456,8 +590,10 @@ class ControlService:
         }
 
     async def list_calls(self, account_sid: str) -> dict[str, Any]:
-        views = [await self.call_view(account_sid, sid) for sid, live in list(self._calls.items())
-                 if live.handle is not None and live.handle.account_sid == account_sid]
+        # Listing is not activity on each call: a host polling the list must not keep
+        # abandoned calls alive past the idle timeout.
+        views = [await self._render_call(sid, live) for sid, live in list(self._calls.items())
+                 if live.handle is not None and live.account_sid == account_sid]
         return {"calls": views}
 
     async def end_call(self, account_sid: str, call_sid: str) -> None:
@@ -480,6 +616,44 @@ class ControlService:
             await self.store.set_call_state(call_sid, "ended")
             self._calls.pop(call_sid, None)
         self._publish(ServiceEvent(account_sid, "call-ended", {"CallSid": call_sid}))
+
+    async def _sweep_idle_calls(self, timeout: float) -> None:
+        """End the calls idle for *timeout* seconds: no new ingress packets and no request
+        naming them. A quarter of the timeout between sweeps (a call ends at most 25% late),
+        at most 10 s. A sweep reads two counter sets per call (about 10 µs): it yields to
+        the loop every _SWEEP_BATCH calls so thousands of calls never stall requests."""
+        interval = min(max(timeout / 4, 0.05), 10.0)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for index, (call_sid, live) in enumerate(list(self._calls.items())):
+                if index % _SWEEP_BATCH == _SWEEP_BATCH - 1:
+                    await asyncio.sleep(0)
+                if (live.handle is None or live.ended or live.ended_idle
+                        or live.handle.engine_call.closed):
+                    continue
+                seen = _ingress_packets(live.handle.engine_call)
+                if seen != live.ingress_seen:
+                    live.ingress_seen = seen
+                    live.last_activity = now
+                elif now - live.last_activity >= timeout:
+                    live.ended_idle = True
+                    task = asyncio.ensure_future(
+                        self._end_idle_call(live.account_sid, call_sid, now - live.last_activity))
+                    self._idle_ends.add(task)
+                    task.add_done_callback(self._idle_ends.discard)
+
+    async def _end_idle_call(self, account_sid: str, call_sid: str, idle_for: float) -> None:
+        log.info("call %s: no ingress media and no API activity for %.0f s: ending it",
+                 call_sid, idle_for)
+        try:
+            await self.end_call(account_sid, call_sid)
+        except ApiError:
+            return  # ended by a request meanwhile
+        except Exception:
+            log.exception("ending idle call %s failed", call_sid)
+            return
+        self.idle_calls_ended += 1
 
     # -- Siprec -------------------------------------------------------------------------
 
@@ -517,6 +691,8 @@ class ControlService:
                            f"a Siprec named {request.name!r} already exists on this call")
         active = await self.store.active_siprecs(handle.call_sid)
         check_stream_budget([s.track for s in active], request.track)  # type: ignore[misc]
+        # No await from here to the reservation in self._siprecs below.
+        self._check_quota(handle.account_sid, siprecs=1, ports=siprec_ports(request.track))
         sid = new_sid(SIPREC)
         state = _Siprec(sid=sid, account_sid=handle.account_sid, call_sid=handle.call_sid,
                         name=request.name, track=request.track, url=request.status_callback,
@@ -571,6 +747,7 @@ class ControlService:
     async def update_siprec(self, account_sid: str, call_sid: str, sid_or_name: str,
                             form: Any) -> dict[str, Any]:
         parse_siprec_update(form)
+        self._touch(account_sid, call_sid)
         record = await self.store.get_siprec(account_sid, call_sid, sid_or_name)
         if record is None:
             raise errors.not_found("resource")
@@ -602,6 +779,7 @@ class ControlService:
 
     async def fetch_siprec(self, account_sid: str, call_sid: str,
                            sid_or_name: str) -> dict[str, Any]:
+        self._touch(account_sid, call_sid)
         record = await self.store.get_siprec(account_sid, call_sid, sid_or_name)
         if record is None:
             raise errors.not_found("resource")
@@ -637,6 +815,7 @@ class ControlService:
                     self.connector(account_sid, action.request.connector_name, "connectorName")
             if program.actions and self.links is None:
                 raise ApiError(errors.ENGINE_UNAVAILABLE, "recorder sessions are not available")
+            self._check_program_quota(account_sid, program.actions, existing)
             started: list[str] = []
             stopped: list[str] = []
             for action in program.actions:
@@ -661,6 +840,20 @@ class ControlService:
             "siprec_started": started, "siprec_stopped": stopped,
             "ignored_verbs": list(program.ignored),
         }
+
+    def _check_program_quota(self, account_sid: str, actions: Any,
+                             existing: list[SiprecRecord]) -> None:
+        """The whole program's Siprecs against the account's limits, before any action runs
+        (each start checks again). Siprecs the program stops first make room."""
+        starts = [a.request for a in actions if isinstance(a, StartSiprec)]
+        running = {s.name: s for s in existing if s.status == "in-progress"}
+        stopped = [running[a.name] for a in actions
+                   if isinstance(a, StopSiprec) and a.name in running]
+        siprecs = len(starts) - len(stopped)
+        ports = (sum(siprec_ports(r.track) for r in starts)
+                 - sum(siprec_ports(s.track) for s in stopped))  # type: ignore[arg-type]
+        if siprecs > 0 or ports > 0:
+            self._check_quota(account_sid, siprecs=max(siprecs, 0), ports=max(ports, 0))
 
     # -- link events --------------------------------------------------------------------
 
@@ -754,13 +947,23 @@ class ControlService:
                                request: RecordingRequest) -> dict[str, Any]:
         manager = self._recordings()
         live = self._live_call(account_sid, call_sid)
-        if live.ended or live.handle.engine_call.closed:
+        handle = live.handle
+        assert handle is not None  # _live_call only returns registered calls
+        if live.ended or handle.engine_call.closed:
             raise ApiError(errors.CALL_NOT_LIVE, "the call has ended")
-        return await manager.create(account_sid=account_sid, call=live.handle, request=request)
+        account = self.config.account(account_sid)
+        try:
+            return await manager.create(account_sid=account_sid, call=handle, request=request,
+                                        max_live=account.max_recordings if account else None)
+        except ApiError as exc:
+            if exc.error is errors.QUOTA_EXCEEDED:
+                self._quota_refused(account_sid, "max_recordings", exc)
+            raise
 
     async def _recording_call_known(self, account_sid: str, call_sid: str) -> None:
         live = self._calls.get(call_sid)
-        if live is not None and live.handle is not None and live.handle.account_sid == account_sid:
+        if live is not None and live.handle is not None and live.account_sid == account_sid:
+            live.last_activity = time.monotonic()
             return
         if await self._stored_call(account_sid, call_sid) is None:
             raise errors.not_found("resource")
@@ -799,17 +1002,18 @@ class ControlService:
         return path
 
 
+def _ingress_packets(call: Any) -> int:
+    """Packets the call's tracks accepted, garbage excluded: a stranger's packets (refused by
+    the source check) or junk must not keep an abandoned call alive."""
+    return sum(c["received"] - c["malformed"] for c in call.counters().values())
+
+
 def _addr(address: tuple[str, int] | None) -> dict[str, Any] | None:
     return None if address is None else {"address": address[0], "port": address[1]}
 
 
 def _participant(value: Any, name: str) -> str:
-    if not isinstance(value, str) or len(value) > _MAX_PARTICIPANT or re.search(
-            r"[\x00-\x1f\x7f]", value):
-        raise ApiError(errors.INVALID_PARAMETER,
-                       f"{name} must be a string of at most {_MAX_PARTICIPANT} printable "
-                       "characters")
-    return value
+    return check_text(value, name, _MAX_PARTICIPANT)
 
 
 def _codec(value: Any) -> CallCodec:

@@ -46,6 +46,7 @@ from ..control import errors
 from ..control.errors import ApiError
 from ..control.events import recording_params, recording_url
 from ..control.forms import RecordingRequest, RecordingUpdate, validate_callback_url
+from ..control.quotas import check_live_limit
 from ..control.resources import (
     list_page,
     page_request,
@@ -158,6 +159,8 @@ class RecordingManager:
         )
         self._taps: dict[str, _Tap] = {}
         self._live: dict[str, _Live] = {}
+        self._starting: dict[str, str] = {}
+        """Recordings being created (SID -> account), for the max_recordings check."""
         self._background: set[asyncio.Task[Any]] = set()
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._closed = False
@@ -168,9 +171,13 @@ class RecordingManager:
     # ------------------------------------------------------------------ API
 
     async def create(
-        self, *, account_sid: str, call: CallHandle, request: RecordingRequest
+        self, *, account_sid: str, call: CallHandle, request: RecordingRequest,
+        max_live: int | None = None,
     ) -> dict[str, Any]:
-        """``POST …/Calls/{CallSid}/Recordings.json``: start recording; the 201 body."""
+        """``POST …/Calls/{CallSid}/Recordings.json``: start recording; the 201 body.
+
+        *max_live*: the account's ``max_recordings``; a create beyond it gets 429.
+        """
         self._check_open()
         # The form was parsed against the built-in rules only; the daemon's policy (its
         # [callbacks] allow/deny and own listeners) lives with the dispatcher that sends.
@@ -183,7 +190,26 @@ class RecordingManager:
         if call.call_sid in self._ended:
             raise ApiError(errors.CALL_NOT_LIVE, "The call has ended: it cannot be recorded")
         options = self._options(call, request)
+        if max_live is not None:
+            check_live_limit("recordings", "max_recordings", self.live_count(account_sid),
+                             max_live)
         sid = new_sid(RECORDING)
+        # Counted as live from here on (no await since the check): concurrent creates cannot
+        # overshoot max_live.
+        self._starting[sid] = account_sid
+        try:
+            return await self._start(account_sid, call, request, options, sid)
+        finally:
+            self._starting.pop(sid, None)
+
+    def live_count(self, account_sid: str) -> int:
+        """The account's recordings that are starting, live or being finalised."""
+        sids = {sid for sid, live in self._live.items() if live.record.account_sid == account_sid}
+        sids.update(sid for sid, account in self._starting.items() if account == account_sid)
+        return len(sids)
+
+    async def _start(self, account_sid: str, call: CallHandle, request: RecordingRequest,
+                     options: RecordingOptions, sid: str) -> dict[str, Any]:
         path = self.storage_dir / account_sid / call.call_sid / f"{sid}.wav"
         now = utcnow()
         record = RecordingRecord(
