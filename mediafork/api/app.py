@@ -258,6 +258,44 @@ async def recording_wav(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={"Content-Type": "audio/x-wav"})
 
 
+# -- the Call resource and account-level Recordings --------------------------------------------
+
+
+async def fetch_call(request: web.Request) -> web.Response:
+    account = _account(request)
+    call_sid = _call_sid(request)
+    return _json(await request.app[SERVICE_KEY].fetch_call(account, call_sid))
+
+
+async def list_account_recordings(request: web.Request) -> web.Response:
+    account = _account(request)
+    return _json(await request.app[SERVICE_KEY].list_account_recordings(account, request.query))
+
+
+async def _account_recording(request: web.Request) -> tuple[str, str, str]:
+    """(account, call, recording) of an account-level recording route; 404 if not its own."""
+    account = _account(request)
+    sid = _recording_sid(request)
+    return account, await request.app[SERVICE_KEY].recording_call(account, sid), sid
+
+
+async def fetch_account_recording(request: web.Request) -> web.Response:
+    account, call_sid, sid = await _account_recording(request)
+    return _json(await request.app[SERVICE_KEY].fetch_recording(account, call_sid, sid))
+
+
+async def delete_account_recording(request: web.Request) -> web.Response:
+    account, call_sid, sid = await _account_recording(request)
+    await request.app[SERVICE_KEY].delete_recording(account, call_sid, sid)
+    return web.Response(status=204)
+
+
+async def account_recording_wav(request: web.Request) -> web.StreamResponse:
+    account, call_sid, sid = await _account_recording(request)
+    path = await request.app[SERVICE_KEY].recording_wav(account, call_sid, sid)
+    return web.FileResponse(path, headers={"Content-Type": "audio/x-wav"})
+
+
 # -- host call API ------------------------------------------------------------------------------
 
 
@@ -316,6 +354,11 @@ _TABLE: list[tuple[str, str, Handler]] = [
     ("POST", CALL_PATH + "/Siprec/{Sid}.json", update_siprec),
     ("GET", CALL_PATH + "/Siprec/{Sid}.json", fetch_siprec),
     ("POST", CALL_PATH + ".json", update_call),
+    ("GET", CALL_PATH + ".json", fetch_call),
+    ("GET", API + "/Recordings.json", list_account_recordings),
+    ("GET", API + "/Recordings/{Sid}.json", fetch_account_recording),
+    ("DELETE", API + "/Recordings/{Sid}.json", delete_account_recording),
+    ("GET", API + "/Recordings/{Sid}.wav", account_recording_wav),
     ("POST", CALL_PATH + "/Recordings.json", create_recording),
     ("GET", CALL_PATH + "/Recordings.json", list_recordings),
     ("POST", CALL_PATH + "/Recordings/{Sid}.json", update_recording),

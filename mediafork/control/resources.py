@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from .events import API_VERSION
-from .store import RecordingRecord, SiprecRecord
+from .store import CallRecord, RecordingRecord, SiprecRecord
 from .timefmt import rfc2822
 
 T = TypeVar("T")
@@ -120,6 +120,50 @@ def list_page(
 
 def siprec_list_uri(account_sid: str, call_sid: str) -> str:
     return f"/{API_VERSION}/Accounts/{account_sid}/Calls/{call_sid}/Siprec.json"
+
+
+def account_recording_list_uri(account_sid: str) -> str:
+    return f"/{API_VERSION}/Accounts/{account_sid}/Recordings.json"
+
+
+def render_call(call: CallRecord) -> dict[str, Any]:
+    """A registered call as the platform's Call resource. mediafork knows only what the host
+    told it: the parties and when the call was registered and ended; what it cannot know
+    (price, direction, caller name, ...) is null, as the platform leaves unknown fields."""
+    base = f"/{API_VERSION}/Accounts/{call.account_sid}/Calls/{call.call_sid}"
+    ended = call.state == "ended"
+    duration = int((call.date_updated - call.date_created).total_seconds()) if ended else None
+    return {
+        "sid": call.call_sid,
+        "account_sid": call.account_sid,
+        "parent_call_sid": None,
+        "date_created": rfc2822(call.date_created),
+        "date_updated": rfc2822(call.date_updated),
+        "from": call.from_uri,
+        "from_formatted": call.from_uri,
+        "to": call.to_uri,
+        "to_formatted": call.to_uri,
+        "phone_number_sid": None,
+        "status": "completed" if ended else "in-progress",
+        "start_time": rfc2822(call.date_created),
+        "end_time": rfc2822(call.date_updated) if ended else None,
+        "duration": None if duration is None else str(duration),
+        "price": None,
+        "price_unit": None,
+        "direction": None,
+        "answered_by": None,
+        "api_version": API_VERSION,
+        "forwarded_from": None,
+        "group_sid": None,
+        "caller_name": None,
+        "queue_time": "0",
+        "trunk_sid": None,
+        "uri": f"{base}.json",
+        "subresource_uris": {
+            "siprec": f"{base}/Siprec.json",
+            "recordings": f"{base}/Recordings.json",
+        },
+    }
 
 
 def recording_list_uri(account_sid: str, call_sid: str) -> str:

@@ -563,6 +563,27 @@ class Store:
         ).fetchone()
         return None if row is None else _recording(row)
 
+    def find_recording(self, account_sid: str, sid: str) -> RecordingRecord | None:
+        """The account's recording by SID alone (the account-level Recordings resource)."""
+        row = self._db.execute(
+            "SELECT * FROM recordings WHERE account_sid = ? AND sid = ?", (account_sid, sid),
+        ).fetchone()
+        return None if row is None else _recording(row)
+
+    def list_account_recordings(self, account_sid: str, call_sid: str | None = None
+                                ) -> list[RecordingRecord]:
+        """Every recording of the account (optionally of one call), newest first, as the
+        platform lists them."""
+        if call_sid is None:
+            rows = self._db.execute(
+                "SELECT * FROM recordings WHERE account_sid = ? "
+                "ORDER BY date_created DESC, rowid DESC", (account_sid,)).fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM recordings WHERE account_sid = ? AND call_sid = ? "
+                "ORDER BY date_created DESC, rowid DESC", (account_sid, call_sid)).fetchall()
+        return [_recording(row) for row in rows]
+
     def list_recordings(self, account_sid: str, call_sid: str) -> list[RecordingRecord]:
         rows = self._db.execute(
             """SELECT * FROM recordings WHERE account_sid = ? AND call_sid = ?

@@ -61,6 +61,7 @@ from ..control.quotas import CALL_PORTS, PortReserve, check_live_limit, siprec_p
 from ..control.resources import (
     list_page,
     page_request,
+    render_call,
     render_siprec,
     siprec_list_uri,
 )
@@ -991,6 +992,23 @@ class ControlService:
         manager = self._recordings()
         await self._recording_call_known(account_sid, call_sid)
         await manager.delete(account_sid=account_sid, call_sid=call_sid, sid=sid)
+
+    # -- the account-level Recordings resource and the Call resource -------------------------
+
+    async def list_account_recordings(self, account_sid: str,
+                                      query: Mapping[str, str]) -> dict[str, Any]:
+        return await self._recordings().list_account(account_sid=account_sid, query=query)
+
+    async def recording_call(self, account_sid: str, sid: str) -> str:
+        """The CallSid of the account's recording *sid*, for the account-level routes."""
+        return await self._recordings().call_of(account_sid=account_sid, sid=sid)
+
+    async def fetch_call(self, account_sid: str, call_sid: str) -> dict[str, Any]:
+        """A call this account registered (live or ended), as the platform's Call resource."""
+        record = await self._stored_call(account_sid, call_sid)
+        if record is None:
+            raise errors.not_found("resource")
+        return render_call(record)
 
     async def recording_wav(self, account_sid: str, call_sid: str, sid: str) -> Any:
         """The finished WAV file's path; 404 until the recording is completed."""

@@ -48,6 +48,7 @@ from ..control.events import recording_params, recording_url
 from ..control.forms import RecordingRequest, RecordingUpdate, validate_callback_url
 from ..control.quotas import check_live_limit
 from ..control.resources import (
+    account_recording_list_uri,
     list_page,
     page_request,
     recording_list_uri,
@@ -318,6 +319,25 @@ class RecordingManager:
             recording_list_uri(account_sid, call_sid),
             page_request(dict(query or {})),
         )
+
+    async def list_account(self, *, account_sid: str,
+                           query: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """A page of the account's recordings, newest first (``CallSid``, ``Page``,
+        ``PageSize`` from ``query``), for ``/Accounts/{AccountSid}/Recordings.json``."""
+        query = dict(query or {})
+        call_sid = query.get("CallSid") or None
+        records = await self.store.list_account_recordings(account_sid, call_sid)
+        return list_page("recordings", records, render_recording,
+                         account_recording_list_uri(account_sid), page_request(query))
+
+    async def call_of(self, *, account_sid: str, sid: str) -> str:
+        """The call a recording of this account belongs to (404 if none)."""
+        record: RecordingRecord | None = await self.store.find_recording(account_sid, sid)
+        if record is None:
+            # The same 404 as for another account's SID or a malformed one: nothing tells
+            # "exists elsewhere" from "exists nowhere".
+            raise errors.not_found("resource")
+        return record.call_sid
 
     async def wav_path(self, *, account_sid: str, call_sid: str, sid: str) -> Path | None:
         """The finished WAV, or None until the recording is ``completed`` (404 if unknown)."""

@@ -143,3 +143,64 @@ def test_twilio_client_drives_a_dual_recording(daemon: DaemonThread) -> None:
                          f"Recordings/{recording.sid}.wav", auth=(account.sid, "wrong"),
                          timeout=10)
     assert other.status_code == 401
+
+
+def test_twilio_client_fetches_calls_and_account_level_recordings(daemon: DaemonThread) -> None:
+    """What users reach for next: client.calls(sid).fetch(), client.recordings.list(),
+    client.recordings(sid).fetch() / .delete(), and the account-level media URL."""
+    from twilio.base.exceptions import TwilioRestException
+
+    account = daemon.config.accounts[0]
+    auth = (account.sid, account.auth_token)
+    base = daemon.daemon.base_url
+    call_sid = "CA" + "6f" * 16
+    caller = "sip:Zoë Müller <+15551230000>@pbx.example"  # realistic: spaces, Unicode
+    registered = requests.post(f"{base}/v1/Calls", auth=auth, timeout=10, json={
+        "call_sid": call_sid, "account_sid": account.sid, "from": caller,
+        "to": "sip:+15559870000@pbx.example"})
+    assert registered.status_code == 201, registered.text
+    ingress = {t: (a["address"], a["port"]) for t, a in registered.json()["ingress"].items()}
+    client = Client(account.sid, account.auth_token, http_client=LocalHttpClient(base))
+
+    call = client.calls(call_sid).fetch()
+    assert (call.sid, call.account_sid, call.status) == (call_sid, account.sid, "in-progress")
+    assert call._from == caller and call.to == "sip:+15559870000@pbx.example"  # (its name)
+    assert call.subresource_uris["siprec"].endswith(f"/Calls/{call_sid}/Siprec.json")
+
+    stop = threading.Event()
+    player = threading.Thread(target=_play, args=(ingress, 3.0, stop))
+    player.start()
+    try:
+        recording = client.calls(call_sid).recordings.create()
+        time.sleep(1.5)
+        client.calls(call_sid).recordings(recording.sid).update(status="stopped")
+        deadline = time.monotonic() + 10
+        while (client.recordings(recording.sid).fetch().status != "completed"
+               and time.monotonic() < deadline):
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        player.join()
+    fetched = client.recordings(recording.sid).fetch()
+    assert fetched.status == "completed" and fetched.call_sid == call_sid
+    assert [r.sid for r in client.recordings.list()] == [recording.sid]
+    assert [r.sid for r in client.recordings.list(call_sid=call_sid)] == [recording.sid]
+    assert client.recordings.list(call_sid="CA" + "0" * 32) == []
+    media = requests.get(f"{base}/2010-04-01/Accounts/{account.sid}/Recordings/"
+                         f"{recording.sid}.wav", auth=auth, timeout=10)
+    assert media.status_code == 200
+    with wave.open(io.BytesIO(media.content)) as w:
+        assert w.getnframes() > 8000  # over a second of audio
+
+    # Ended calls stay fetchable, completed.
+    assert requests.delete(f"{base}/v1/Calls/{call_sid}", auth=auth, timeout=10).status_code == 204
+    ended = client.calls(call_sid).fetch()
+    assert ended.status == "completed" and ended.end_time is not None
+
+    assert client.recordings(recording.sid).delete() is True
+    with pytest.raises(TwilioRestException) as gone:
+        client.recordings(recording.sid).fetch()
+    assert gone.value.status == 404
+    with pytest.raises(TwilioRestException) as unknown:
+        client.calls("CA" + "1" * 32).fetch()
+    assert unknown.value.status == 404

@@ -62,6 +62,17 @@ def test_every_route_hides_other_accounts_resources(tmp_path: Path) -> None:
             if "{" not in canonical:
                 continue  # /v1/Calls: list and register, checked below
             which = "recording" if "/Recordings" in canonical else "siprec"
+            if canonical.endswith("/Recordings.json") and "{CallSid}" not in canonical:
+                # The account-level list: B's path is a 404; A's is A's list, without B's.
+                status, _, raw = await stack.request(
+                    method, _fill(canonical, {"AccountSid": ACCOUNT_B}))
+                assert status == 404, raw
+                status, listing, raw = await stack.request(
+                    method, _fill(canonical, {"AccountSid": ACCOUNT_A}))
+                assert status == 200 and b["recording"].encode() not in raw
+                assert b["call"].encode() not in raw
+                checked += 1
+                continue
             data = {"Status": "stopped", "Twiml": "<Response/>"} if method == "POST" else None
             answers = []
             # A's credentials against: B's path, A's path with B's ids, A's path with ids that
