@@ -2,6 +2,7 @@
 
     mediafork serve [--config FILE]     the sidecar daemon (embedded defaults without a file)
     mediafork check-config FILE         validate a config file without starting
+    mediafork reload                    make a running daemon re-read its config file
     mediafork srs [...]                 the reference Session Recording Server
     mediafork status                    live calls, forks and counters from a running daemon
     mediafork callbacks [--redeliver]   given-up status callbacks, and sending them again
@@ -51,7 +52,13 @@ def _serve(args: argparse.Namespace) -> int:
     from .daemon.process import serve
 
     extra = {} if args.recorder_port is None else {"recorder_port": args.recorder_port}
-    running = serve(config, embedded_recorder=embedded, announce=announce, **extra)
+
+    def overrides(loaded):  # applied again to every reloaded file
+        return with_overrides(loaded, listen=args.listen, sip_port=args.sip_port,
+                              media_ports=args.media_ports)
+
+    running = serve(config, embedded_recorder=embedded, announce=announce, **extra,
+                    overrides=overrides, log_level_flag=args.log_level)
     try:
         import uvloop
 
@@ -148,6 +155,17 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("srs", help="run the reference recorder (see `mediafork srs --help`)")
 
+    reload = sub.add_parser(
+        "reload", help="make a running daemon re-read its config file",
+        description="Through the control socket (waits for the outcome) or by SIGHUP to a "
+                    "pid. Credentials as for `mediafork status`.")
+    how = reload.add_mutually_exclusive_group(required=True)
+    how.add_argument("--control-socket", metavar="PATH", help="the daemon's [control_socket]")
+    how.add_argument("--pid", type=int, help="send SIGHUP to this process")
+    reload.add_argument("--account", help="account SID")
+    reload.add_argument("--token", help="auth token (prefer MEDIAFORK_AUTH_TOKEN)")
+    reload.add_argument("--data", default=env("MEDIAFORK_DATA", "data"))
+
     check = sub.add_parser("check-config", help="validate a config file without starting")
     check.add_argument("file", help="the TOML config file")
 
@@ -201,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         return _status(args)
     if args.command == "check-config":
         return _check_config(args)
+    if args.command == "reload":
+        from .daemon.reload_cli import main as reload_main
+
+        return reload_main(args)
     if args.command == "callbacks":
         from .daemon.callbacks_cli import main as callbacks_main
 

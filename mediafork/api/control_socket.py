@@ -13,6 +13,7 @@ Requests carry an ``op`` and an optional ``id`` echoed in the reply::
     {"id": 5, "op": "update", "call_sid": "CA…", "from": "…", "to": "…"}
     {"id": 6, "op": "end", "call_sid": "CA…"}
     {"id": 7, "op": "subscribe"}                    then events arrive as they happen
+    {"id": 8, "op": "reload"}                       re-read the config file (mediafork reload)
 
 Replies: ``{"id", "ok": true, "result": …}`` or ``{"id", "ok": false, "error": {code,
 message, more_info, status}}`` (the REST error shape). Events: ``{"event": TYPE,
@@ -33,6 +34,7 @@ import contextlib
 import logging
 import os
 import struct
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,11 +88,16 @@ async def write_frame(writer: asyncio.StreamWriter, message: Any) -> None:
     await writer.drain()
 
 
+Reload = Callable[[], Awaitable[Any]]
+"""The daemon's reload: returns a :class:`~mediafork.daemon.reload.ReloadPlan` or raises."""
+
+
 class _Connection:
     def __init__(self, service: ControlService, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter, admission: Admission,
-                 idle_timeout: float) -> None:
+                 idle_timeout: float, reload: Reload | None = None) -> None:
         self.service = service
+        self.reload = reload
         self.admission = admission
         self.idle_timeout = idle_timeout
         self.reader = reader
@@ -188,13 +195,29 @@ class _Connection:
         if op == "end":
             await service.end_call(account, call_sid)  # type: ignore[arg-type]
             return None
+        if op == "reload":
+            return await self._reload()
         if op == "subscribe":
             if self.events is None:
                 self.events = service.subscribe()
                 self.forwarder = asyncio.get_running_loop().create_task(self.forward(account))
             return {"subscribed": True}
-        raise ApiError(errors.INVALID_PARAMETER,
-                       "op must be one of auth, register, get, list, update, end, subscribe")
+        raise ApiError(errors.INVALID_PARAMETER, "op must be one of auth, register, get, "
+                       "list, update, end, subscribe, reload")
+
+    async def _reload(self) -> dict[str, Any]:
+        """Counts only: the plan names other accounts' SIDs and connectors, which an
+        account's credentials must not reveal (the log has the full summary)."""
+        from ..daemon.process import ReloadError
+
+        if self.reload is None:
+            raise ApiError(errors.INVALID_PARAMETER, "this daemon cannot reload")
+        try:
+            plan = await self.reload()
+        except ReloadError as exc:
+            raise ApiError(errors.INVALID_PARAMETER, f"reload refused: {exc}") from None
+        return {"reloaded": True, "added": len(plan.added), "changed": len(plan.changed),
+                "removed": len(plan.removed), "restart_required": list(plan.restart_required)}
 
     async def forward(self, account: str) -> None:
         assert self.events is not None
@@ -215,13 +238,15 @@ class ControlSocketServer:
     """``await ControlSocketServer(service, path).start()``; ``await close()`` at the end."""
 
     def __init__(self, service: ControlService, path: str | os.PathLike[str], *,
-                 admission: Admission | None = None, idle_timeout: float = 300.0) -> None:
+                 admission: Admission | None = None, idle_timeout: float = 300.0,
+                 reload: Reload | None = None) -> None:
         """``admission`` caps the open connections (default: derived from the descriptor
         limit; a Unix socket has no peer address, so only the total cap applies)."""
         self.service = service
         self.path = Path(path)
         self.admission = admission or make_admission("control_socket", per_peer=False)
         self.idle_timeout = idle_timeout
+        self.reload = reload
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
@@ -247,7 +272,7 @@ class ControlSocketServer:
             self._connections.add(task)
         try:
             await _Connection(self.service, reader, writer, self.admission,
-                              self.idle_timeout).run()
+                              self.idle_timeout, self.reload).run()
         finally:
             self.admission.release(None)
             if task is not None:

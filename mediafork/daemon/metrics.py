@@ -222,6 +222,18 @@ def link_metrics(links: object) -> Callable[[], Iterable[Metric]]:
     return collect
 
 
+def reload_metrics(counts: Callable[[], Mapping[str, int]]) -> Callable[[], Iterable[Metric]]:
+    def collect() -> Iterator[Metric]:
+        family = CounterMetricFamily("mediafork_config_reloads", "Configuration reloads "
+                                     "(SIGHUP, mediafork reload), by outcome.",
+                                     labels=["outcome"])
+        for outcome, n in sorted(counts().items()):
+            family.add_metric([outcome], n)
+        yield family
+
+    return collect
+
+
 def without_created(families: Iterable[Metric]) -> Iterator[Metric]:
     """prometheus_client's histograms add a ``*_created`` timestamp series; the daemon's
     other metrics have none, and dashboards do not use it."""

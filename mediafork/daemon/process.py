@@ -10,10 +10,12 @@ deliver (or persist) pending callbacks, then exit within a bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +35,15 @@ from ..recording.manager import RecordingManager
 from ..sip.recorder_links import SipRecorderLinks
 from ..sip.transport import client_tls_context
 from . import systemd
-from .config import Config
-from .metrics import EngineCollector, build_registry, link_metrics, without_created
+from .config import Config, ConfigError, load_config
+from .metrics import (
+    EngineCollector,
+    build_registry,
+    link_metrics,
+    reload_metrics,
+    without_created,
+)
+from .reload import ReloadPlan, plan_reload
 from .service import ControlService
 
 log = logging.getLogger("mediafork.daemon.process")
@@ -48,13 +57,26 @@ class StartupError(Exception):
     """The daemon cannot start as configured; the message says what and where."""
 
 
+class ReloadError(Exception):
+    """A reload was refused; the running configuration stays. The message says why."""
+
+
 class Daemon:
     """One running mediafork: ``await start()``, then ``await shutdown()``."""
 
     def __init__(self, config: Config, *, embedded_recorder: bool = False,
                  recorder_port: int = EMBEDDED_RECORDER_PORT,
-                 shutdown_timeout: float = 10.0) -> None:
+                 shutdown_timeout: float = 10.0,
+                 overrides: Callable[[Config], Config] | None = None,
+                 log_level_flag: str | None = None) -> None:
+        """``overrides``: what the command line changes in a loaded config (applied again to
+        each reloaded file); ``log_level_flag``: ``--log-level`` when given, which wins over
+        ``[logging] level`` at every reload."""
         self.config = config
+        self._overrides = overrides or (lambda c: c)
+        self._log_level_flag = log_level_flag
+        self._reload_lock = asyncio.Lock()
+        self.reloads = {"applied": 0, "refused": 0}
         self.embedded_recorder = embedded_recorder
         self.recorder_port = recorder_port
         self.shutdown_timeout = shutdown_timeout
@@ -141,7 +163,7 @@ class Daemon:
             self.admissions["control_socket"] = make_admission(
                 "control_socket", limits.max_connections, per_peer=False)
             self._control_socket = ControlSocketServer(
-                self.service, config.control_socket,
+                self.service, config.control_socket, reload=self.reload,
                 admission=self.admissions["control_socket"], idle_timeout=limits.idle_timeout)
             await self._control_socket.start()
         self._ready = True
@@ -241,7 +263,7 @@ class Daemon:
             sip_responses=getattr(self.links, "response_counts", None),
             siprecs=getattr(self.service, "siprec_counts", None),
             sip_malformed=getattr(self.links, "malformed_messages", None),
-            more=[link_metrics(self.links),
+            more=[link_metrics(self.links), reload_metrics(lambda: self.reloads),
                   lambda: without_created(outbox.dispatcher.delivery_seconds.collect())],
             listeners=lambda: self.admissions.values(),
             quota_rejections=getattr(self.service, "quota_counts", None),
@@ -293,6 +315,55 @@ class Daemon:
         self._readiness = (loop.time(), problems)
         return problems
 
+    # -- reload -----------------------------------------------------------------------------
+    async def reload(self) -> ReloadPlan:
+        """Re-read the config file and apply what changes live, while calls and Siprecs go
+        on: accounts, connectors, edges, callback settings and policy, log level. A file
+        that does not validate is refused whole (:class:`ReloadError`) and nothing changes;
+        what only a restart can change keeps its running value and is named in the plan."""
+        async with self._reload_lock:
+            source = self.config.source
+            if source is None:
+                self.reloads["refused"] += 1
+                why = ("running on the embedded defaults: there is no file to re-read (start "
+                       "with --config to reload)")
+                log.error("reload refused: %s", why)
+                raise ReloadError(why)
+            try:
+                # Reading and decrypting secrets touches the disk: off the event loop.
+                new = self._overrides(await asyncio.to_thread(load_config, source))
+            except ConfigError as exc:
+                self.reloads["refused"] += 1
+                log.error("reload refused: %s; the running configuration stays", exc)
+                raise ReloadError(str(exc)) from None
+            assert self.links is not None and self.service is not None
+            plan = plan_reload(self.config, new)
+            running = self.config
+            new = dataclasses.replace(
+                new, api=running.api, storage=running.storage, media=running.media,
+                sip=running.sip, control_socket=running.control_socket,
+                control_socket_limits=running.control_socket_limits,
+                generated_token_file=running.generated_token_file)
+            systemd.notify("RELOADING=1\nSTATUS=reloading the configuration")
+            await self.links.update_edges(new.edges)
+            self.service.apply_config(new)
+            self.service.outbox.dispatcher.egress = new.callbacks.egress_policy()
+            self.config = new
+            self._refuse_own_listeners()  # the new policy must refuse our own sockets too
+            level = self._log_level_flag or new.log_level
+            if level:
+                logging.getLogger().setLevel(level.upper())
+            self._readiness = None
+            self.reloads["applied"] += 1
+            log.info("configuration reloaded from %s: %s", source, plan.summary())
+            systemd.notify(f"READY=1\nSTATUS=serving on {self.base_url}")
+            return plan
+
+    async def reload_logged(self) -> None:
+        """For SIGHUP: a refused reload is logged and counted by :meth:`reload`."""
+        with contextlib.suppress(ReloadError):
+            await self.reload()
+
     # -- stop -------------------------------------------------------------------------------
     def request_shutdown(self) -> None:
         self._stopping.set()
@@ -340,12 +411,23 @@ class Daemon:
 
 
 async def serve(config: Config, *, embedded_recorder: bool = False,
-                announce: Any = None, recorder_port: int = EMBEDDED_RECORDER_PORT) -> int:
-    """Run until SIGTERM/SIGINT; returns the process exit code."""
-    daemon = Daemon(config, embedded_recorder=embedded_recorder, recorder_port=recorder_port)
+                announce: Any = None, recorder_port: int = EMBEDDED_RECORDER_PORT,
+                overrides: Callable[[Config], Config] | None = None,
+                log_level_flag: str | None = None) -> int:
+    """Run until SIGTERM/SIGINT, reloading the config on SIGHUP; returns the exit code."""
+    daemon = Daemon(config, embedded_recorder=embedded_recorder, recorder_port=recorder_port,
+                    overrides=overrides, log_level_flag=log_level_flag)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.request_shutdown)
+    reloads: set[asyncio.Task[None]] = set()  # kept until done: a task needs a reference
+
+    def on_sighup() -> None:
+        task = loop.create_task(daemon.reload_logged())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     try:
         await daemon.start()
     except StartupError as exc:

@@ -88,6 +88,7 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         ("media", old.media, new.media),
         ("sip", old.sip, new.sip),
         ("control_socket", old.control_socket, new.control_socket),
+        ("control_socket limits", old.control_socket_limits, new.control_socket_limits),
     ):
         if before != after:
             restart.append(label)

@@ -214,8 +214,9 @@ class ControlService:
                    "max_attempts": config.callbacks.max_attempts,
                    "retry_for": config.callbacks.retry_for,
                    "backoff_max": config.callbacks.backoff_max, **(callback_options or {})}
+        # Looked up at each delivery, not bound to this config: a reload may rotate a token.
         self.outbox = outbox if outbox is not None else PublishingOutbox(
-            store, config.auth_token_for, **options)
+            store, lambda sid: self.config.auth_token_for(sid), **options)
         if isinstance(self.outbox, PublishingOutbox):
             self.outbox.publish = self._publish
         self.links = links
@@ -254,6 +255,18 @@ class ControlService:
     def idle_count(self) -> int:
         """Calls the idle sweep has ended, for the metrics counter."""
         return self.idle_calls_ended
+
+    def apply_config(self, config: Config) -> None:
+        """Use a reloaded configuration from now on: accounts (tokens, limits), connectors
+        and callback settings. Live Siprecs keep the connector they started with (their
+        start request holds it); an account removed from the file can no longer
+        authenticate, while its live calls go on until they end."""
+        self.config = config
+        dispatcher = self.outbox.dispatcher
+        dispatcher.timeout = config.callbacks.timeout
+        dispatcher.max_attempts = config.callbacks.max_attempts
+        dispatcher.retry_for = config.callbacks.retry_for
+        dispatcher.backoff_max = config.callbacks.backoff_max
 
     def set_links(self, links: RecorderLinks) -> None:
         self.links = links

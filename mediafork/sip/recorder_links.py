@@ -204,6 +204,9 @@ class SipRecorderLinks:
         if len(self._edges) != len(edges) and edges:
             raise ValueError("edge names must be unique")
         self._sip_port = sip_port
+        self._default_address = default_address
+        self._retiring: set[str] = set()
+        """Addresses of edges a reload removed, still bound for sessions that use them."""
         self._tls_context = tls_context or (
             client_tls_context(tls_ca_file, verify=tls_verify)
             if tls_ca_file or not tls_verify
@@ -264,6 +267,47 @@ class SipRecorderLinks:
             except OSError as exc:
                 self._unusable[edge.name] = str(exc.strerror or exc)
                 log.error("edge %s (%s) is unusable: %s", edge.name, edge.address, exc)
+
+    async def update_edges(self, edges: Sequence[Edge]) -> list[str]:
+        """Take a reloaded edge list: new edges are bound now (an edge that cannot be is
+        kept as unusable, as at start), removed ones take no new session and their sockets
+        close once the last session using the address has ended. Live sessions keep the
+        edge they started on. Returns the unusable-edge lines, as :meth:`unusable_edges`."""
+        if self._transport is None:
+            raise RuntimeError("SipRecorderLinks.open() has not been awaited")
+        wanted = {e.name: e for e in edges} or {
+            "default": self._edges.get("default") or Edge("default", self._default_address,
+                                                          default=True)}
+        for name, edge in list(self._edges.items()):
+            if wanted.get(name, edge).address != edge.address or name not in wanted:
+                del self._edges[name]
+                self._ports.pop(name, None)
+                self._unusable.pop(name, None)
+                self._retiring.add(edge.address)
+        for name, edge in wanted.items():
+            known = self._edges.get(name)
+            self._edges[name] = edge  # a flag change (default) takes effect at once
+            if known is not None:
+                continue
+            self._retiring.discard(edge.address)
+            try:
+                self._ports[name] = await self._transport.listen(edge.address, self._sip_port)
+            except OSError as exc:
+                self._unusable[name] = str(exc.strerror or exc)
+                log.error("edge %s (%s) is unusable: %s", name, edge.address, exc)
+        self._close_retired_edges()
+        return self.unusable_edges()
+
+    def _close_retired_edges(self) -> None:
+        # A session that has reported its end only absorbs retransmissions from here on:
+        # it no longer keeps a removed edge's sockets open.
+        in_use = {link.edge.address for link in self._links.values() if not link.reported}
+        in_use |= {e.address for e in self._edges.values()}
+        for address in list(self._retiring):
+            if address not in in_use:
+                self._retiring.discard(address)
+                if self._transport is not None:
+                    self._transport.unlisten(address)
 
     def unusable_edges(self) -> list[str]:
         """One line per edge whose SIP sockets could not be bound at ``open()``, naming the
@@ -1012,6 +1056,8 @@ class SipRecorderLinks:
         self._close_forks(link)
         link.done.set()
         self._emit(event)
+        if self._retiring:  # a reload removed the edge this session was using
+            self._close_retired_edges()
 
     def _close_forks(self, link: _Link) -> None:
         for stream in link.streams.values():

@@ -450,6 +450,15 @@ class SipTransport:
         return _StreamListener(self, name, address, sock,
                                self.tls_server_context if name == "tls" else None)
 
+    def unlisten(self, address: str) -> None:
+        """Close the UDP, TCP and TLS listeners on ``address`` (an edge removed by a
+        reload). Connections already made stay until they end."""
+        listener = self._listeners.pop(address, None)
+        if listener is not None:
+            listener.udp.close()
+            for server in listener.servers:
+                server.close()
+
     def local_port(self, address: str) -> int | None:
         listener = self._listeners.get(address)
         return listener.udp.port if listener else None
