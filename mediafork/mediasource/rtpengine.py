@@ -214,29 +214,34 @@ class RtpengineSource:
 
     # -- liveness ----------------------------------------------------------------------------
     async def check(self) -> None:
-        """Return when the call and (while attached) our subscriptions are alive on
-        rtpengine; raise SourceRestarted, CallGone or SubscriptionLost otherwise (NgTimeout
-        when rtpengine does not answer).
+        """Return when both parties and (while attached) our subscriptions to them are alive
+        on rtpengine; raise SourceRestarted, CallGone or SubscriptionLost otherwise (NgTimeout
+        when rtpengine does not answer). Two ``query`` requests, one per party.
 
-        A call deleted with rtpengine's delete delay (``delete-delay``, 30 s by default) is
-        still listed until that delay has passed, so detection lags by up to that much."""
-        try:
-            reply = await self.client.request({"command": "query", "call-id": self.call_id})
-        except UnknownCall:
-            await self._raise_if_restarted()
-            raise CallGone(f"rtpengine no longer has call {self.call_id} "
-                           "(deleted or timed out)") from None
-        tags = reply.get("tags")
-        if not isinstance(tags, dict):
-            raise NgBadReply("rtpengine's query reply has no tags")
-        for track, tag in self.tags.items():
-            if tag not in tags:
+        Each query names the party's tag: a proxy's ``delete`` of a branch destroys both
+        parties, yet while our subscriptions exist the call itself stays listed, and a query
+        without a tag would still show the destroyed parties. A call deleted with a delete
+        delay (rtpengine's ``delete-delay``, 30 s by default) is found gone once that delay
+        has passed; a timed-out call is removed whole."""
+        for track in Track:
+            tag = self.tags[track]
+            try:
+                reply = await self.client.request(
+                    {"command": "query", "call-id": self.call_id, "from-tag": tag})
+            except UnknownCall:
+                await self._raise_if_restarted()
+                raise CallGone(f"rtpengine no longer has call {self.call_id} "
+                               "(deleted or timed out)") from None
+            tags = reply.get("tags")
+            if not isinstance(tags, dict):
+                raise NgBadReply("rtpengine's query reply has no tags")
+            party = tags.get(tag)
+            if not isinstance(party, dict):
                 await self._raise_if_restarted()
                 raise CallGone(f"rtpengine's call {self.call_id} no longer has the "
-                               f"{track.label} party {tag}")
-        for track in sorted(self._subscribed):
-            ours = tags.get(self.subscription_tags[track])
-            if not _subscribed_to(ours, self.tags[track]):
+                               f"{track.label} party {tag} (deleted)")
+            if track in self._subscribed and not _lists(party.get("subscribers"),
+                                                        self.subscription_tags[track]):
                 await self._raise_if_restarted()
                 raise SubscriptionLost(f"rtpengine's call {self.call_id} lost mediafork's "
                                        f"subscription to the {track.label} party")
@@ -270,10 +275,8 @@ class RtpengineSource:
                                        "to-tag": to_tag})
 
 
-def _subscribed_to(participant: object, tag: str) -> bool:
-    if not isinstance(participant, dict):
+def _lists(participants: object, tag: str) -> bool:
+    """True when a ``subscriptions``/``subscribers`` list of a query reply names ``tag``."""
+    if not isinstance(participants, list):
         return False
-    subscriptions = participant.get("subscriptions")
-    if not isinstance(subscriptions, list):
-        return False
-    return any(isinstance(s, dict) and s.get("tag") == tag for s in subscriptions)
+    return any(isinstance(p, dict) and p.get("tag") == tag for p in participants)
