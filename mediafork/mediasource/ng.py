@@ -258,6 +258,9 @@ class NgProtocol:
             return None
         return min(min(p.next_send, p.deadline) for p in self._pending.values())
 
+    def is_pending(self, cookie: str) -> bool:
+        return cookie in self._pending
+
     def cancel(self, cookie: str) -> None:
         """Forget a request (its caller gave up); a late reply is then ignored."""
         self._pending.pop(cookie, None)

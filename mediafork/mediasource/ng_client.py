@@ -36,7 +36,8 @@ class NgClient:
 
     ``await NgClient.connect(("127.0.0.1", 22222))``; ``await client.request({...})`` returns
     the reply dictionary or raises a :class:`~mediafork.mediasource.errors.MediaSourceError`;
-    ``close()`` closes the socket at once and fails every waiting request with NgClosed."""
+    ``close()`` fails every waiting request with NgClosed and closes the socket (on the
+    loop's next turn: never left to the garbage collector)."""
 
     def __init__(self, address: tuple[str, int], *, timing: NgTiming | None = None,
                  max_outstanding: int = 1024) -> None:
@@ -101,7 +102,7 @@ class NgClient:
             return await waiter
         finally:
             self._waiters.pop(cookie, None)
-            if not waiter.done():  # the caller was cancelled: stop retransmitting
+            if self._core.is_pending(cookie):  # the caller gave up: stop retransmitting
                 self._core.cancel(cookie)
                 self._reschedule()
 
@@ -124,7 +125,9 @@ class NgClient:
             if not waiter.done():
                 waiter.set_exception(NgClosed("the NG client was closed"))
         if self._transport is not None:
-            self._transport.abort()  # closes the socket now, not on a later loop turn
+            # Stops reading at once; the loop closes the descriptor on its next turn (closing
+            # it here as well could close a reused descriptor number twice under uvloop).
+            self._transport.abort()
 
     async def __aenter__(self) -> NgClient:
         if self._transport is None:
