@@ -14,6 +14,8 @@ Keys (ARCHITECTURE.md, "External contracts"; docs/api.md has the full list)::
     [sip]        port = 5060, [sip.tls] ca_file, cert_file, key_file
     [secrets]    key_file | key_env                      # Fernet key for *_encrypted values
     [control_socket] path = "…/mediafork.sock"           # optional msgpack host socket
+    [[media_sources]] name, kind = "rtpengine", ng = "HOST:PORT", timeout = 3.0,
+                 retransmit = 0.5, max_outstanding = 1024, check_interval = 5.0
 
 Every problem raises :class:`ConfigError` whose message starts with the key path
 (``connectors[1].srs: not a SIP URI``). Messages never contain a secret's value: for secret
@@ -41,6 +43,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "MediaConfig",
+    "MediaSourceConfig",
     "SipConfig",
     "StorageConfig",
     "decrypt_secret",
@@ -124,6 +127,29 @@ class SipConfig:
 
 
 @dataclass(frozen=True)
+class MediaSourceConfig:
+    """One ``[[media_sources]]`` entry: where calls registered with ``media_source`` get
+    their media from (mediafork/mediasource/)."""
+
+    name: str
+    kind: str
+    """``rtpengine`` (the only kind so far)."""
+    ng: tuple[str, int]
+    """rtpengine's ``listen-ng`` address (UDP)."""
+    timeout: float = 3.0
+    """Seconds an NG request may take, retransmissions included."""
+    retransmit: float = 0.5
+    """Seconds before the first retransmission (then doubled, at most 2 s apart)."""
+    max_outstanding: int = 1024
+    """NG requests waiting for an answer at once; more fail at once (code 900070)."""
+    check_interval: float = 5.0
+    """Seconds between liveness checks of each call attached to this source."""
+
+
+MEDIA_SOURCE_KINDS = ("rtpengine",)
+
+
+@dataclass(frozen=True)
 class Config:
     api: ApiConfig
     storage: StorageConfig
@@ -134,6 +160,7 @@ class Config:
     callbacks: CallbackConfig = CallbackConfig()
     sip: SipConfig = SipConfig()
     control_socket: Path | None = None
+    media_sources: tuple[MediaSourceConfig, ...] = ()
     source: Path | None = None
     """The file the config was read from (None for embedded defaults)."""
     generated_token_file: Path | None = None
@@ -151,6 +178,12 @@ class Config:
 
     def connectors_for(self, account_sid: str) -> dict[str, Connector]:
         return {c.unique_name: c for c in self.connectors if c.account_sid == account_sid}
+
+    def media_source(self, name: str) -> MediaSourceConfig | None:
+        for media_source in self.media_sources:
+            if media_source.name == name:
+                return media_source
+        return None
 
     def default_edge(self) -> Edge | None:
         for edge in self.edges:
@@ -372,7 +405,7 @@ def _secrets_key(root: Mapping[str, Any], base: Path) -> bytes | None:
 # -- parsing ----------------------------------------------------------------------------------
 
 _TOP_LEVEL = {"api", "storage", "media", "accounts", "edges", "connectors", "callbacks", "sip",
-              "secrets", "control_socket"}
+              "secrets", "control_socket", "media_sources"}
 
 
 def _table(root: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -534,7 +567,46 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
     return Config(api=api, storage=storage, media=media, accounts=tuple(accounts),
                   edges=tuple(edges), connectors=tuple(connectors),
                   callbacks=CallbackConfig(timeout=timeout, max_attempts=attempts), sip=sip,
-                  control_socket=socket_path, source=source)
+                  control_socket=socket_path, media_sources=_media_sources(root),
+                  source=source)
+
+
+def _media_sources(root: Mapping[str, Any]) -> tuple[MediaSourceConfig, ...]:
+    out: list[MediaSourceConfig] = []
+    for i, table in enumerate(_array(root, "media_sources")):
+        where = f"media_sources[{i}]"
+        r = _Reader(table, where, {"name", "kind", "ng", "timeout", "retransmit",
+                                   "max_outstanding", "check_interval"})
+        name = r.get("name", str, required=True)
+        if not _NAME.fullmatch(name):
+            raise ConfigError(f"{where}.name: must be letters, digits, '_', '.', '-'")
+        if any(m.name == name for m in out):
+            raise ConfigError(f"{where}.name: duplicate media source")
+        kind = r.get("kind", str, required=True)
+        if kind not in MEDIA_SOURCE_KINDS:
+            raise ConfigError(f"{where}.kind: must be one of {', '.join(MEDIA_SOURCE_KINDS)}")
+        host, port = _listen(r.get("ng", str, required=True), f"{where}.ng")
+        if port == 0:
+            raise ConfigError(f"{where}.ng: must be HOST:PORT with a port (1-65535)")
+        timeout = _seconds(r, "timeout", 3.0, 0.1, 60)
+        retransmit = _seconds(r, "retransmit", 0.5, 0.05, 10)
+        if retransmit > timeout:
+            raise ConfigError(f"{where}.retransmit: must not exceed timeout")
+        outstanding = r.get("max_outstanding", int, 1024)
+        if not 1 <= outstanding <= 65536:
+            raise ConfigError(f"{where}.max_outstanding: must be between 1 and 65536")
+        out.append(MediaSourceConfig(
+            name=name, kind=kind, ng=(host, port), timeout=timeout, retransmit=retransmit,
+            max_outstanding=outstanding,
+            check_interval=_seconds(r, "check_interval", 5.0, 0.5, 3600)))
+    return tuple(out)
+
+
+def _seconds(r: _Reader, key: str, default: float, low: float, high: float) -> float:
+    value = float(r.get(key, (int, float), default, what="a number"))
+    if not low <= value <= high:
+        raise ConfigError(f"{r.key(key)}: must be between {low:g} and {high:g} seconds")
+    return value
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
