@@ -4,6 +4,7 @@ pylibsrtp; and every failure the source reports."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Iterator
@@ -269,6 +270,58 @@ def test_restarted_rtpengine_is_detected(rtpengine, call):
                 await source.check()
             assert caught.value.code == 900065 and not source.attached
             assert not await endpoint.heartbeat()  # the new start is now the known one
+        finally:
+            endpoint.close()
+
+    run(scenario())
+
+
+def test_call_timed_out_on_rtpengine_is_detected(rtpengine_factory):
+    """No media for rtpengine's --timeout: rtpengine drops the call by itself."""
+    daemon = rtpengine_factory(extra=("--timeout=1", "--silent-timeout=1",
+                                      "--final-timeout=3"))
+    call = TwoLegCall(daemon.ng, "idle-call")
+
+    async def scenario() -> None:
+        endpoint = await RtpengineEndpoint.connect("rtpengine1", daemon.ng, timing=FAST)
+        try:
+            source = RtpengineSource(endpoint, call.call_id, "ta", "tb")
+            await source.attach({Track.INBOUND: ("127.0.0.1", 9),
+                                 Track.OUTBOUND: ("127.0.0.1", 11)})
+            deadline = time.monotonic() + 8
+            while True:
+                try:
+                    await source.check()
+                except CallGone as exc:
+                    assert exc.code == 900066
+                    break
+                assert time.monotonic() < deadline, "rtpengine never timed the call out"
+                await asyncio.sleep(0.5)
+        finally:
+            endpoint.close()
+
+    try:
+        run(scenario(), timeout=15)
+    finally:
+        call.close()
+
+
+def test_delete_with_a_delay_is_seen_once_the_delay_has_passed(rtpengine, call):
+    async def scenario() -> None:
+        endpoint = await RtpengineEndpoint.connect("rtpengine1", rtpengine.ng, timing=FAST)
+        try:
+            source = RtpengineSource(endpoint, call.call_id, "ta", "tb")
+            await source.attach({Track.INBOUND: ("127.0.0.1", 9),
+                                 Track.OUTBOUND: ("127.0.0.1", 11)})
+            reply = ng_request(rtpengine.ng, {"command": "delete", "call-id": call.call_id,
+                                              "from-tag": "ta", "delete delay": 2})
+            assert reply["result"] == "ok"
+            await source.check()  # still there during the delay
+            deadline = time.monotonic() + 6
+            with pytest.raises(CallGone):
+                while time.monotonic() < deadline:
+                    await source.check()
+                    await asyncio.sleep(0.25)
         finally:
             endpoint.close()
 
