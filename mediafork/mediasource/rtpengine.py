@@ -17,6 +17,7 @@ each with ``subscriptions``) and ``statistics`` (``totalstatistics.uptime``).
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import secrets
 import time
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..engine import Track
+from ..sip.sdp import SessionDescription
 from .errors import (
     CallGone,
     MediaSourceError,
@@ -100,6 +102,8 @@ class RtpengineEndpoint:
             uptime = float(reply["statistics"]["totalstatistics"]["uptime"])
         except (KeyError, TypeError, ValueError):
             raise NgBadReply("rtpengine's statistics reply has no totalstatistics.uptime") from None
+        if not math.isfinite(uptime) or uptime < 0:
+            raise NgBadReply("rtpengine's statistics reply has an impossible uptime")
         started = time.time() - uptime
         restarted = (self.started_at is not None
                      and abs(started - self.started_at) > RESTART_TOLERANCE)
@@ -259,7 +263,8 @@ class RtpengineSource:
             raise SourceRestarted(f"rtpengine {self.endpoint.name} restarted: the "
                                   f"subscriptions of call {self.call_id} are gone")
 
-    async def _request_subscription(self, track: Track) -> tuple[Any, int, TrackMedia]:
+    async def _request_subscription(
+            self, track: Track) -> tuple[SessionDescription, int, TrackMedia]:
         tag = self.tags[track]
         reply = await self.client.request({
             "command": "subscribe request", "call-id": self.call_id, "from-tag": tag,

@@ -170,3 +170,22 @@ def test_a_cancelled_request_stops_retransmitting():
         server.transport.close()
 
     run(scenario())
+
+
+@pytest.mark.parametrize("uptime", [None, "soon", "nan", "-5"])
+def test_endpoint_refuses_an_impossible_uptime(uptime):
+    from mediafork.mediasource.rtpengine import RtpengineEndpoint
+
+    async def scenario() -> None:
+        total = {} if uptime is None else {"uptime": uptime}
+        body = {"result": "ok", "statistics": {"totalstatistics": total}}
+        server, address = await peer(lambda c, d, n: ok(c, body))
+        endpoint = await RtpengineEndpoint.connect("fake", address, timing=FAST)
+        try:
+            with pytest.raises(NgBadReply, match="uptime"):
+                await endpoint.heartbeat()
+        finally:
+            endpoint.close()
+            server.transport.close()
+
+    run(scenario())

@@ -16,6 +16,7 @@ from pylibsrtp import Policy, Session
 from mediafork.engine import Engine, SrtpKey, Track, is_rtcp
 from mediafork.mediasource import (
     CallGone,
+    NgBadReply,
     NgErrorReply,
     NgTimeout,
     SourceRestarted,
@@ -322,6 +323,24 @@ def test_delete_with_a_delay_is_seen_once_the_delay_has_passed(rtpengine, call):
                 while time.monotonic() < deadline:
                     await source.check()
                     await asyncio.sleep(0.25)
+        finally:
+            endpoint.close()
+
+    run(scenario())
+
+
+def test_ok_without_sdp_is_a_bad_reply(rtpengine, call):
+    """Naming a subscription's tag as a party: the real rtpengine answers ok with no SDP."""
+    ng_request(rtpengine.ng, {"command": "subscribe request", "call-id": call.call_id,
+                              "from-tag": "ta", "to-tag": "someone-elses-subscription"})
+
+    async def scenario() -> None:
+        endpoint = await RtpengineEndpoint.connect("rtpengine1", rtpengine.ng, timing=FAST)
+        try:
+            source = RtpengineSource(endpoint, call.call_id, "someone-elses-subscription", "tb")
+            with pytest.raises(NgBadReply) as caught:
+                await source.probe()
+            assert caught.value.code == 900062 and "no SDP" in str(caught.value)
         finally:
             endpoint.close()
 
