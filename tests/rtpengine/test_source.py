@@ -37,7 +37,7 @@ FAST = NgTiming(timeout=1.0, retransmit=0.2, max_interval=0.4)
 
 @pytest.fixture
 def engine() -> Iterator[Engine]:
-    e = Engine(port_range=(37000, 37999))
+    e = Engine(port_range=(28000, 28999))
     yield e
     e.close()
 
