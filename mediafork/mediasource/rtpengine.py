@@ -31,6 +31,9 @@ from .errors import (
     CallGone,
     MediaSourceError,
     NgBadReply,
+    NgClosed,
+    NgOverloaded,
+    NgTimeout,
     SourceRestarted,
     SubscriptionLost,
     UnknownCall,
@@ -175,8 +178,14 @@ class RtpengineSource:
             tag = self.subscription_tags[track]
             try:
                 _, _, found[track] = await self._request_subscription(track)
-            finally:
+            except (NgTimeout, NgClosed, NgOverloaded):
+                # Unanswered, no media flows from it, and asking again would only double the
+                # wait of the request that registers the call: rtpengine drops it with the call.
+                raise
+            except BaseException:
                 await self._unsubscribe_quietly(tag)
+                raise
+            await self._unsubscribe_quietly(tag)
         self.media = SourceMedia(found[Track.INBOUND], found[Track.OUTBOUND])
         return self.media
 

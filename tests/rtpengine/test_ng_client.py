@@ -189,3 +189,25 @@ def test_endpoint_refuses_an_impossible_uptime(uptime):
             server.transport.close()
 
     run(scenario())
+
+
+def test_probe_that_times_out_waits_one_timeout_not_two():
+    """rtpengine answers statistics, then goes silent: the failed probe does not spend a
+    second timeout unsubscribing what was never answered."""
+    from mediafork.mediasource.rtpengine import RtpengineEndpoint, RtpengineSource
+
+    async def scenario() -> None:
+        stats = {"result": "ok", "statistics": {"totalstatistics": {"uptime": "100"}}}
+        server, address = await peer(lambda c, d, n: ok(c, stats) if b"statistics" in d else None)
+        endpoint = await RtpengineEndpoint.connect("fake", address, timing=FAST)
+        try:
+            started = time.monotonic()
+            with pytest.raises(NgTimeout):
+                await RtpengineSource(endpoint, "call", "ta", "tb").probe()
+            assert time.monotonic() - started < 1.5
+            assert not [d for d in server.got if b"unsubscribe" in d]
+        finally:
+            endpoint.close()
+            server.transport.close()
+
+    run(scenario())
