@@ -8,6 +8,7 @@ is stopped by its pid. No system service is touched.
 
 from __future__ import annotations
 
+import base64
 import os
 import random
 import re
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import bencodepy
+from pylibsrtp import Policy, Session
 
 from mediafork.synth import tone_packets
 
@@ -114,11 +116,15 @@ def ng_request(address: tuple[str, int], message: dict[str, Any],
                 return _CODEC.decode(body)
 
 
-def party_sdp(port: int, formats: str = "0 8 101") -> str:
+def party_sdp(port: int, formats: str = "0 8 101", srtp_key: bytes | None = None) -> str:
+    """A phone's SDP; with ``srtp_key`` it offers SDES-SRTP (RFC 4568) with that key."""
+    proto = "RTP/SAVP" if srtp_key else "RTP/AVP"
+    crypto = (f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{base64.b64encode(srtp_key).decode()}"
+              "\r\n" if srtp_key else "")
     return ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-            f"m=audio {port} RTP/AVP {formats}\r\na=rtpmap:0 PCMU/8000\r\n"
+            f"m=audio {port} {proto} {formats}\r\na=rtpmap:0 PCMU/8000\r\n"
             "a=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n"
-            "a=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n")
+            f"a=fmtp:101 0-16\r\na=ptime:20\r\n{crypto}a=sendrecv\r\n")
 
 
 def _media_port(sdp: str) -> int:
@@ -131,15 +137,21 @@ class TwoLegCall:
     """Caller A (from-tag ``ta``) and callee B (to-tag ``tb``) as two local UDP endpoints,
     signalled through rtpengine like a proxy would: offer with A's SDP, answer with B's."""
 
-    def __init__(self, ng: tuple[str, int], call_id: str) -> None:
+    def __init__(self, ng: tuple[str, int], call_id: str, *, caller_srtp: bool = False) -> None:
+        """With ``caller_srtp`` the caller talks SDES-SRTP to rtpengine (its packets are
+        protected with its own key), the callee plain RTP: rtpengine bridges the two."""
         self.ng = ng
         self.call_id = call_id
+        self.a_key = os.urandom(30) if caller_srtp else None
         self.a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.a.bind(("127.0.0.1", 0))
         self.b.bind(("127.0.0.1", 0))
-        offer = ng_request(ng, {"command": "offer", "call-id": call_id, "from-tag": "ta",
-                                "sdp": party_sdp(self.a.getsockname()[1])})
+        offer_message = {"command": "offer", "call-id": call_id, "from-tag": "ta",
+                         "sdp": party_sdp(self.a.getsockname()[1], srtp_key=self.a_key)}
+        if caller_srtp:
+            offer_message["transport-protocol"] = "RTP/AVP"  # the callee side is plain
+        offer = ng_request(ng, offer_message)
         assert offer["result"] == "ok", offer
         answer = ng_request(ng, {"command": "answer", "call-id": call_id, "from-tag": "ta",
                                  "to-tag": "tb",
@@ -153,9 +165,13 @@ class TwoLegCall:
 
     def start_tones(self, a_hz: float, b_hz: float, seconds: float = 10.0) -> None:
         """Each party sends its own tone, paced at 20 ms, until ``stop_tones()``."""
-        for sock, dest, hz, ssrc in ((self.a, self.a_sends_to, a_hz, 0xA0A0A0A0),
-                                     (self.b, self.b_sends_to, b_hz, 0xB0B0B0B0)):
+        for sock, dest, hz, ssrc, key in (
+                (self.a, self.a_sends_to, a_hz, 0xA0A0A0A0, self.a_key),
+                (self.b, self.b_sends_to, b_hz, 0xB0B0B0B0, None)):
             packets = list(tone_packets(hz, seconds, ssrc=ssrc))
+            if key is not None:
+                tx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+                packets = [tx.protect(p) for p in packets]
             thread = threading.Thread(target=self._pace, args=(sock, dest, packets), daemon=True)
             thread.start()
             self._threads.append(thread)

@@ -140,6 +140,36 @@ def test_each_track_carries_its_party_and_detach_stops_the_flow(rtpengine, call,
     run(scenario())
 
 
+def test_an_srtp_caller_reaches_mediafork_as_plain_rtp(rtpengine, engine, sinks):
+    """The caller talks SRTP to rtpengine; mediafork's subscription asks for RTP/AVP, so its
+    ingress gets plain RTP (decrypted by rtpengine) and the fork carries the caller's tone."""
+    call = TwoLegCall(rtpengine.ng, "srtp-caller", caller_srtp=True)
+
+    async def scenario() -> None:
+        endpoint = await RtpengineEndpoint.connect("rtpengine1", rtpengine.ng, timing=FAST)
+        try:
+            source = RtpengineSource(endpoint, call.call_id, "ta", "tb")
+            mf_call = engine.add_call("CA" + "2" * 32)
+            key = SrtpKey.generate()
+            mf_call.add_fork(Track.INBOUND, key=key,
+                             destination=sinks[Track.INBOUND].getsockname())
+            call.start_tones(A_HZ, B_HZ)
+            await source.attach(mf_call.ingress)
+            got = drain(sinks[Track.INBOUND], 1.0)
+            assert len(got) >= 25
+            assert abs(peak_hz(got, key) - A_HZ) < 15
+            assert mf_call.counters()["inbound"]["malformed"] == 0
+            await source.detach()
+        finally:
+            call.stop_tones()
+            endpoint.close()
+
+    try:
+        run(scenario())
+    finally:
+        call.close()
+
+
 def test_rtpengine_not_running_times_out(tmp_path):
     async def scenario() -> None:
         endpoint = await RtpengineEndpoint.connect("down", ("127.0.0.1", free_udp_port()),
