@@ -163,12 +163,15 @@ class TwoLegCall:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def start_tones(self, a_hz: float, b_hz: float, seconds: float = 10.0) -> None:
-        """Each party sends its own tone, paced at 20 ms, until ``stop_tones()``."""
+    def start_tones(self, a_hz: float, b_hz: float, seconds: float = 10.0,
+                    a_dtmf_every: int = 0) -> None:
+        """Each party sends its own tone, paced at 20 ms, until ``stop_tones()``; with
+        ``a_dtmf_every`` = N the caller adds an RFC 4733 event (PT 101) after every Nth."""
         for sock, dest, hz, ssrc, key in (
                 (self.a, self.a_sends_to, a_hz, 0xA0A0A0A0, self.a_key),
                 (self.b, self.b_sends_to, b_hz, 0xB0B0B0B0, None)):
-            packets = list(tone_packets(hz, seconds, ssrc=ssrc))
+            every = a_dtmf_every if sock is self.a else 0
+            packets = list(tone_packets(hz, seconds, ssrc=ssrc, dtmf_every=every))
             if key is not None:
                 tx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
                 packets = [tx.protect(p) for p in packets]

@@ -107,7 +107,7 @@ def test_each_track_carries_its_party_and_detach_stops_the_flow(rtpengine, call,
             keys = {t: SrtpKey.generate() for t in Track}
             for t in Track:
                 mf_call.add_fork(t, key=keys[t], destination=sinks[t].getsockname())
-            call.start_tones(A_HZ, B_HZ)
+            call.start_tones(A_HZ, B_HZ, a_dtmf_every=10)
             attached = await source.attach(mf_call.ingress)
             assert source.attached and attached.outbound.codec.name == "PCMU"
             # rtpengine sends each stream from the port its SDP names (symmetric RTP), so
@@ -123,6 +123,9 @@ def test_each_track_carries_its_party_and_detach_stops_the_flow(rtpengine, call,
             assert abs(peak_hz(got[Track.OUTBOUND], keys[Track.OUTBOUND]) - B_HZ) < 15
             counters = mf_call.counters()
             assert counters["inbound"]["source_rejected"] == 0
+            # The telephone-event type learned from rtpengine's offer is the one filtered.
+            assert counters["inbound"]["filtered_dtmf"] >= 3
+            assert counters["outbound"]["filtered_dtmf"] == 0
 
             await source.detach()
             assert not source.attached and our_tags(rtpengine.ng, call.call_id) == set()
