@@ -35,14 +35,18 @@ echo "[bootstrap] building the extension"
 (cd "$ROOT" && quietly python setup.py build_ext --inplace)
 
 # Debian packages used by interoperability tests (sipp, tshark, clang for the
-# fuzzer, sox). Installed when we are root and they are missing; tests that need
-# one skip with a reason when it could not be installed.
+# fuzzer, sox, rtpengine for tests/rtpengine, kamailio to check the routing script
+# in docs/integrations). Installed when we are root and they are missing; tests that
+# need one skip with a reason when it could not be installed. rtpengine-daemon's
+# service is never used: the tests start rtpengine by hand on loopback.
 want_debs() {
   local missing=()
   command -v sipp >/dev/null || missing+=(sip-tester)
   command -v clang >/dev/null || missing+=(clang libclang-rt-14-dev)
   command -v tshark >/dev/null || missing+=(tshark)
   command -v sox >/dev/null || missing+=(sox)
+  command -v rtpengine >/dev/null || missing+=(rtpengine-daemon)
+  command -v kamailio >/dev/null || missing+=(kamailio kamailio-utils-modules)
   if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "[bootstrap] apt-get install ${missing[*]}"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") \

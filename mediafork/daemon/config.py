@@ -21,6 +21,8 @@ Keys (ARCHITECTURE.md, "External contracts"; docs/api.md has the full list)::
     [secrets]    key_file | key_env                      # Fernet key for *_encrypted values
     [control_socket] path = "…/mediafork.sock"           # optional msgpack host socket
                  max_connections, idle_timeout = 300.0
+    [[media_sources]] name, kind = "rtpengine", ng = "HOST:PORT", timeout = 3.0,
+                 retransmit = 0.5, max_outstanding = 1024, check_interval = 5.0
 
 Every problem raises :class:`ConfigError` whose message starts with the key path
 (``connectors[1].srs: not a SIP URI``). Messages never contain a secret's value: for secret
@@ -52,6 +54,7 @@ __all__ = [
     "ConfigError",
     "ControlSocketLimits",
     "MediaConfig",
+    "MediaSourceConfig",
     "SipConfig",
     "StorageConfig",
     "decrypt_secret",
@@ -190,6 +193,29 @@ class ControlSocketLimits:
 
 
 @dataclass(frozen=True)
+class MediaSourceConfig:
+    """One ``[[media_sources]]`` entry: where calls registered with ``media_source`` get
+    their media from (mediafork/mediasource/)."""
+
+    name: str
+    kind: str
+    """``rtpengine`` (the only kind so far)."""
+    ng: tuple[str, int]
+    """rtpengine's ``listen-ng`` address (UDP)."""
+    timeout: float = 3.0
+    """Seconds an NG request may take, retransmissions included."""
+    retransmit: float = 0.5
+    """Seconds before the first retransmission (then doubled, at most 2 s apart)."""
+    max_outstanding: int = 1024
+    """NG requests waiting for an answer at once; more fail at once (code 900070)."""
+    check_interval: float = 5.0
+    """Seconds between liveness checks of each call attached to this source."""
+
+
+MEDIA_SOURCE_KINDS = ("rtpengine",)
+
+
+@dataclass(frozen=True)
 class Config:
     api: ApiConfig
     storage: StorageConfig
@@ -201,6 +227,7 @@ class Config:
     sip: SipConfig = SipConfig()
     control_socket: Path | None = None
     control_socket_limits: ControlSocketLimits = ControlSocketLimits()
+    media_sources: tuple[MediaSourceConfig, ...] = ()
     source: Path | None = None
     """The file the config was read from (None for embedded defaults)."""
     generated_token_file: Path | None = None
@@ -220,6 +247,12 @@ class Config:
 
     def connectors_for(self, account_sid: str) -> dict[str, Connector]:
         return {c.unique_name: c for c in self.connectors if c.account_sid == account_sid}
+
+    def media_source(self, name: str) -> MediaSourceConfig | None:
+        for media_source in self.media_sources:
+            if media_source.name == name:
+                return media_source
+        return None
 
     def default_edge(self) -> Edge | None:
         for edge in self.edges:
@@ -456,7 +489,7 @@ def _secrets_key(root: Mapping[str, Any], base: Path) -> bytes | None:
 # -- parsing ----------------------------------------------------------------------------------
 
 _TOP_LEVEL = {"api", "storage", "media", "accounts", "edges", "connectors", "callbacks", "sip",
-              "secrets", "control_socket", "logging"}
+              "secrets", "control_socket", "logging", "media_sources"}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -678,7 +711,38 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
                                            retry_for=retry_for, backoff_max=backoff_max,
                                            **egress),
                   sip=sip, control_socket=socket_path, control_socket_limits=socket_limits,
-                  source=source, log_level=log_level)
+                  media_sources=_media_sources(root), source=source, log_level=log_level)
+
+
+def _media_sources(root: Mapping[str, Any]) -> tuple[MediaSourceConfig, ...]:
+    out: list[MediaSourceConfig] = []
+    for i, table in enumerate(_array(root, "media_sources")):
+        where = f"media_sources[{i}]"
+        r = _Reader(table, where, {"name", "kind", "ng", "timeout", "retransmit",
+                                   "max_outstanding", "check_interval"})
+        name = r.get("name", str, required=True)
+        if not _NAME.fullmatch(name):
+            raise ConfigError(f"{where}.name: must be letters, digits, '_', '.', '-'")
+        if any(m.name == name for m in out):
+            raise ConfigError(f"{where}.name: duplicate media source")
+        kind = r.get("kind", str, required=True)
+        if kind not in MEDIA_SOURCE_KINDS:
+            raise ConfigError(f"{where}.kind: must be one of {', '.join(MEDIA_SOURCE_KINDS)}")
+        host, port = _listen(r.get("ng", str, required=True), f"{where}.ng")
+        if port == 0:
+            raise ConfigError(f"{where}.ng: must be HOST:PORT with a port (1-65535)")
+        timeout = _seconds(r, "timeout", 3.0, 0.1, 60)
+        retransmit = _seconds(r, "retransmit", 0.5, 0.05, 10)
+        if retransmit > timeout:
+            raise ConfigError(f"{where}.retransmit: must not exceed timeout")
+        outstanding = r.get("max_outstanding", int, 1024)
+        if not 1 <= outstanding <= 65536:
+            raise ConfigError(f"{where}.max_outstanding: must be between 1 and 65536")
+        out.append(MediaSourceConfig(
+            name=name, kind=kind, ng=(host, port), timeout=timeout, retransmit=retransmit,
+            max_outstanding=outstanding,
+            check_interval=_seconds(r, "check_interval", 5.0, 0.5, 3600)))
+    return tuple(out)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -343,6 +343,7 @@ class Daemon:
                 new, api=running.api, storage=running.storage, media=running.media,
                 sip=running.sip, control_socket=running.control_socket,
                 control_socket_limits=running.control_socket_limits,
+                media_sources=running.media_sources,
                 generated_token_file=running.generated_token_file)
             systemd.notify("RELOADING=1\nSTATUS=reloading the configuration")
             await self.links.update_edges(new.edges)

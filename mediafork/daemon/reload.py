@@ -89,6 +89,7 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         ("sip", old.sip, new.sip),
         ("control_socket", old.control_socket, new.control_socket),
         ("control_socket limits", old.control_socket_limits, new.control_socket_limits),
+        ("media_sources", old.media_sources, new.media_sources),
     ):
         if before != after:
             restart.append(label)
