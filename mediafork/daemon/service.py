@@ -82,6 +82,7 @@ from ..engine import Engine, EngineError
 from ..engine import Track as EngineTrack
 from ..recorder_api import CallCodec, Connector, LinkError, LinkEvent, RecorderLinks, SiprecStart
 from .config import Config
+from .logs import log_fields
 
 log = logging.getLogger("mediafork.daemon.service")
 
@@ -907,6 +908,13 @@ class ControlService:
         state = self._siprecs.get(event.siprec_sid)
         if state is None or state.final_sent:
             return
+        # Every line logged on the way, the callbacks' delivery task included (it inherits
+        # the context), names the Siprec and its call.
+        with log_fields(account_sid=state.account_sid, call_sid=state.call_sid,
+                        siprec_sid=state.sid):
+            await self._handle_state(state, event)
+
+    async def _handle_state(self, state: _Siprec, event: LinkEvent) -> None:
         if event.kind == "started":
             if state.started_sent:
                 return
