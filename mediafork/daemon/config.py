@@ -33,6 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from ..recorder_api import Connector, Edge
+from .secret_rules import (
+    ANY_SECRET,
+    AUTH_TOKEN,
+    CONTROL_CHARACTERS,
+    DIGEST_PASSWORD,
+    HEADER_VALUE,
+    SecretRule,
+)
 
 __all__ = [
     "AccountConfig",
@@ -133,6 +141,8 @@ class Config:
     """The file the config was read from (None for embedded defaults)."""
     generated_token_file: Path | None = None
     """Set by :func:`default_config` when it generated the account's token."""
+    clear_secrets: tuple[str, ...] = ()
+    """Key paths whose secret is written in clear in :attr:`source` (start-up warning)."""
 
     def account(self, sid: str) -> AccountConfig | None:
         for account in self.accounts:
@@ -198,6 +208,7 @@ class _Reader:
     def __init__(self, table: Mapping[str, Any], path: str, allowed: set[str]) -> None:
         self.table = table
         self.path = path
+        self.clear_secrets: list[str] = []
         unknown = sorted(set(table) - allowed)
         if unknown:
             raise ConfigError(f"{self.key(unknown[0])}: unknown key")
@@ -221,8 +232,14 @@ class _Reader:
             raise ConfigError(f"{self.key(name)}: must be {what or _kind_name(kind)}")
         return value
 
-    def secret(self, name: str, key: bytes | None, *, required: bool = False) -> str | None:
-        """``name``, ``name_env`` or ``name_encrypted``: at most one of them."""
+    def secret(self, name: str, key: bytes | None, rule: SecretRule = ANY_SECRET, *,
+               required: bool = False) -> str | None:
+        """``name``, ``name_env`` or ``name_encrypted``: at most one of them.
+
+        The resolved value is checked against *rule* whatever its source, so a CR/LF from an
+        environment variable or inside an encrypted value is refused at load like an inline
+        one. Key paths given in clear are recorded in :attr:`clear_secrets`.
+        """
         given = [k for k in (name, f"{name}_env", f"{name}_encrypted") if k in self.table]
         if len(given) > 1:
             raise ConfigError(f"{self.key(name)}: give only one of {', '.join(given)}")
@@ -240,17 +257,46 @@ class _Reader:
             resolved = os.environ.get(value)
             if not resolved:
                 raise ConfigError(f"{self.key(chosen)}: environment variable {value} is not set")
-            return resolved
-        if chosen.endswith("_encrypted"):
+            origin = f"the value of environment variable {value}"
+        elif chosen.endswith("_encrypted"):
             if key is None:
                 raise ConfigError(f"{self.key(chosen)}: needs [secrets] key_file or key_env")
-            return decrypt_secret(key, value, self.key(chosen))
-        if _CONTROL.search(value):
-            raise ConfigError(f"{self.key(chosen)}: must not contain control characters")
-        return value
+            resolved = decrypt_secret(key, value, self.key(chosen))
+            origin = "the decrypted value"
+        else:
+            resolved = value
+            origin = "the value"
+            self.clear_secrets.append(self.key(chosen))
+        problem = rule.problem(resolved)
+        if problem is not None:
+            raise ConfigError(f"{self.key(chosen)}: {origin} {problem}")
+        return resolved
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = CONTROL_CHARACTERS
+
+
+def _plain(value: str, where: str) -> str:
+    """A text key that ends up in a SIP header, a file path or a URL: no control characters
+    (a CR/LF would split a header, a NUL would truncate a path)."""
+    if _CONTROL.search(value):
+        raise ConfigError(f"{where}: must not contain control characters")
+    return value
+
+
+def _metadata_content_type(value: str, where: str) -> str:
+    """The Content-Type of the SIPREC metadata part: a media type the SIP layer speaks."""
+    from ..sip.headers import ContentType
+    from ..sip.metadata import CONTENT_TYPE, LEGACY_CONTENT_TYPE
+
+    _plain(value, where)  # before parsing: the parser strips a trailing CR/LF
+    try:
+        ContentType.parse(value)
+    except ValueError:
+        raise ConfigError(f"{where}: not a media type (type/subtype)") from None
+    if value not in (CONTENT_TYPE, LEGACY_CONTENT_TYPE):
+        raise ConfigError(f"{where}: must be {CONTENT_TYPE!r} or {LEGACY_CONTENT_TYPE!r}")
+    return value
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
@@ -315,12 +361,24 @@ def _secrets_key(root: Mapping[str, Any], base: Path) -> bytes | None:
         text = os.environ.get(key_env)
         if not text:
             raise ConfigError(f"secrets.key_env: environment variable {key_env} is not set")
-        return text.strip().encode("ascii", "replace")
-    path = (base / key_file).expanduser()
+        return _fernet_key(text.strip().encode("ascii", "replace"), "secrets.key_env")
+    path = (base / _plain(key_file, "secrets.key_file")).expanduser()
     try:
-        return path.read_bytes().strip()
+        return _fernet_key(path.read_bytes().strip(), "secrets.key_file")
     except OSError as exc:
         raise ConfigError(f"secrets.key_file: cannot read ({exc.strerror})") from None
+
+
+def _fernet_key(key: bytes, where: str) -> bytes:
+    """Checked at load even when no value is encrypted yet: a wrong key is found now, not
+    when the first ``*_encrypted`` value is added."""
+    from cryptography.fernet import Fernet
+
+    try:
+        Fernet(key)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{where}: not a valid Fernet key") from None
+    return key
 
 
 # -- parsing ----------------------------------------------------------------------------------
@@ -356,7 +414,8 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
                                                  "max_request_bytes"})
     host, port = _listen(api_r.get("listen", str, "127.0.0.1:8080"), "api.listen")
     public = api_r.get("public_base_url", str)
-    if public is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", public):
+    if public is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", _plain(
+            public, "api.public_base_url")):
         raise ConfigError("api.public_base_url: must be an absolute http(s) URL")
     max_request = api_r.get("max_request_bytes", int, 64 * 1024)
     if not 1024 <= max_request <= 16 * 1024 * 1024:
@@ -364,7 +423,8 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
     api = ApiConfig(host=host, port=port, public_base_url=public, max_request_bytes=max_request)
 
     storage_r = _Reader(_table(root, "storage"), "storage", {"path"})
-    storage = StorageConfig(path=(base / storage_r.get("path", str, "data/mediafork.db")))
+    storage = StorageConfig(path=(base / _plain(storage_r.get("path", str, "data/mediafork.db"),
+                                                "storage.path")))
 
     media_r = _Reader(_table(root, "media"), "media", {"address", "port_range", "workers"})
     address = _ip(media_r.get("address", str, "127.0.0.1"), "media.address")
@@ -381,6 +441,7 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
     media = MediaConfig(address=address, port_range=(first, last), workers=workers)
 
     accounts: list[AccountConfig] = []
+    clear_secrets: list[str] = []  # key paths of secrets given in clear (start-up warning)
     seen_accounts: set[str] = set()
     for i, table in enumerate(_array(root, "accounts")):
         r = _Reader(table, f"accounts[{i}]", {"sid", "auth_token", "auth_token_env",
@@ -391,10 +452,9 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
         if sid in seen_accounts:
             raise ConfigError(f"accounts[{i}].sid: duplicate account")
         seen_accounts.add(sid)
-        token = r.secret("auth_token", key, required=True)
+        token = r.secret("auth_token", key, AUTH_TOKEN, required=True)
         assert token is not None
-        if len(token) < 16:
-            raise ConfigError(f"accounts[{i}].auth_token: must be at least 16 characters")
+        clear_secrets += r.clear_secrets
         accounts.append(AccountConfig(sid=sid, auth_token=token))
 
     edges: list[Edge] = []
@@ -438,16 +498,22 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
         header = r.get("credentials_header", str)
         if header is not None and not _HEADER_NAME.fullmatch(header):
             raise ConfigError(f"{where}.credentials_header: not a SIP header name")
-        credentials = r.secret("credentials", key)
+        credentials = r.secret("credentials", key, HEADER_VALUE)
         if (header is None) != (credentials is None):
             raise ConfigError(f"{where}.credentials: credentials_header and credentials "
                               "go together")
         digest_user = r.get("digest_username", str)
-        digest_password = r.secret("digest_password", key)
+        if digest_user is not None and not 1 <= len(_plain(digest_user,
+                                                           f"{where}.digest_username")) <= 256:
+            raise ConfigError(f"{where}.digest_username: must be 1-256 characters")
+        digest_password = r.secret("digest_password", key, DIGEST_PASSWORD)
         if (digest_user is None) != (digest_password is None):
             raise ConfigError(f"{where}.digest_password: digest_username and digest_password "
                               "go together")
-        content_type = r.get("metadata_content_type", str, "application/rs-metadata+xml")
+        content_type = _metadata_content_type(
+            r.get("metadata_content_type", str, "application/rs-metadata+xml"),
+            f"{where}.metadata_content_type")
+        clear_secrets += r.clear_secrets
         connectors.append(Connector(
             account_sid=account_sid, unique_name=unique_name, srs=srs,
             standby_srs=tuple(standby), credentials_header=header, credentials=credentials,
@@ -473,7 +539,7 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
         value = tls_r.get(name, str)
         if value is None:
             return None
-        path = base / value
+        path = base / _plain(value, f"sip.tls.{name}")
         if not path.is_file():
             raise ConfigError(f"sip.tls.{name}: file not found")
         return path
@@ -487,12 +553,13 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
     socket_path = None
     if "control_socket" in root:
         cs_r = _Reader(_table(root, "control_socket"), "control_socket", {"path"})
-        socket_path = base / cs_r.get("path", str, required=True)
+        socket_path = base / _plain(cs_r.get("path", str, required=True), "control_socket.path")
 
     return Config(api=api, storage=storage, media=media, accounts=tuple(accounts),
                   edges=tuple(edges), connectors=tuple(connectors),
                   callbacks=CallbackConfig(timeout=timeout, max_attempts=attempts), sip=sip,
-                  control_socket=socket_path, source=source)
+                  control_socket=socket_path, source=source,
+                  clear_secrets=tuple(clear_secrets))
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
