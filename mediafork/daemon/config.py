@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..private_dirs import make_private_dir
 from ..recorder_api import Connector, Edge
 from .secret_rules import (
     ANY_SECRET,
@@ -583,8 +584,7 @@ def default_config(data_dir: str | os.PathLike[str]) -> Config:
     so the daemon keeps the same credentials across restarts; when this call created the file
     ``generated_token_file`` is set and the daemon prints the credentials once.
     """
-    data = Path(data_dir)
-    data.mkdir(parents=True, exist_ok=True)
+    data = make_private_dir(data_dir)
     token_file = data / TOKEN_FILE_NAME
     generated = False
     try:

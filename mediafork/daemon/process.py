@@ -23,6 +23,7 @@ from ..api import build_app
 from ..api.control_socket import ControlSocketServer
 from ..control.store import AsyncStore
 from ..engine import Engine
+from ..private_dirs import make_private_dir, warn_if_open
 from ..recorder_api import Connector
 from ..recording.manager import RecordingManager
 from ..sip.recorder_links import SipRecorderLinks
@@ -67,7 +68,9 @@ class Daemon:
         self.engine = Engine(media_address=config.media.address,
                              port_range=config.media.port_range,
                              workers=config.media.workers)
-        config.storage.path.parent.mkdir(parents=True, exist_ok=True)
+        data = make_private_dir(config.storage.data_dir)
+        warn_if_open(data, "the data folder")
+        make_private_dir(data / "recordings", tighten_below=data)
         self.store = await AsyncStore.open(config.storage.path)
         self.service = ControlService(config, engine=self.engine, store=self.store)
         sip = config.sip
@@ -119,8 +122,9 @@ class Daemon:
         from ..srs.server import RecorderConfig, ReferenceRecorder
         from ..tlsutil import self_signed
 
-        data = config.storage.data_dir
-        cert, key = self_signed(data / "tls", "recorder")
+        data = make_private_dir(config.storage.data_dir)
+        cert, key = self_signed(make_private_dir(data / "tls", tighten_below=data), "recorder")
+        make_private_dir(data / "srs", tighten_below=data)  # call audio the recorder writes
         self.recorder = ReferenceRecorder(RecorderConfig(
             host=config.media.address, port=self.recorder_port, tcp=True,
             tls_cert=str(cert), tls_key=str(key), out_dir=data / "srs",
