@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +235,7 @@ class Daemon:
 async def serve(config: Config, *, embedded_recorder: bool = False,
                 announce: Any = None) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit code."""
+    warn_about_exposure(config)
     daemon = Daemon(config, embedded_recorder=embedded_recorder)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -248,6 +251,28 @@ async def serve(config: Config, *, embedded_recorder: bool = False,
     await daemon.wait_for_shutdown_request()
     await daemon.shutdown()
     return 0
+
+
+def warn_about_exposure(config: Config) -> None:
+    """Start-up WARNINGs (once, never fatal) for setups that expose secrets: running as
+    root, and a config file with clear-text secrets that other users can read."""
+    if os.geteuid() == 0:
+        log.warning("running as root: a flaw in any part of the daemon would be root's; "
+                    "run it as its own unprivileged user (docs/systemd/)")
+    if config.source is None or not config.clear_secrets:
+        return
+    try:
+        st = os.stat(config.source)
+    except OSError:
+        return
+    mode = stat.S_IMODE(st.st_mode)
+    # Group access is the documented setup (root:mediafork, 0640) when the group is the
+    # daemon's own; any other group, or anyone at all, can read the secrets.
+    own_groups = {os.getegid(), *os.getgroups()}
+    if mode & 0o007 or (mode & 0o070 and st.st_gid not in own_groups):
+        log.warning("%s holds secrets in clear (%s) and other users can read it (mode %04o): "
+                    "chmod 600 (or 640 with the daemon's group), or use *_env / *_encrypted",
+                    config.source, ", ".join(config.clear_secrets), mode)
 
 
 def data_dir_default() -> Path:
