@@ -289,6 +289,7 @@ class CallbackSink:
 
     delay: float = 0.0
     received: list[dict[str, str]] = field(default_factory=list)
+    _closing: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         sink = self
@@ -298,7 +299,8 @@ class CallbackSink:
                 length = int(self.headers.get("Content-Length", 0))
                 form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
                 sink.received.append(form)
-                time.sleep(sink.delay)
+                if sink._closing.wait(sink.delay):
+                    return  # closing: drop the answer, release the connection now
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -307,7 +309,9 @@ class CallbackSink:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        # Not daemon threads: close() joins them, so no handler (a slow answer, the
+        # daemon's connection) outlives the sink.
+        self.server.daemon_threads = False
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/status"
 
@@ -316,5 +320,6 @@ class CallbackSink:
                 if c.get("SiprecSid") == siprec_sid]
 
     def close(self) -> None:
+        self._closing.set()  # wakes handlers waiting out a delay
         self.server.shutdown()
         self.server.server_close()

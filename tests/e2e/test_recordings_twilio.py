@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
+from fdcheck import DescriptorCheck
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
@@ -40,6 +41,7 @@ class DaemonThread:
     """The real daemon on its own event loop thread (the client is synchronous)."""
 
     def __init__(self, tmp_path) -> None:
+        self.descriptors = DescriptorCheck("daemon")  # before the loop: it is counted too
         config = default_config(tmp_path / "data")
         self.config = dataclasses.replace(
             config, api=dataclasses.replace(config.api, port=0),
@@ -58,6 +60,7 @@ class DaemonThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
+        self.descriptors.assert_released()
 
 
 @pytest.fixture
@@ -127,6 +130,7 @@ def test_twilio_client_drives_a_dual_recording(daemon: DaemonThread) -> None:
     finally:
         stop.set()
         player.join()
+        client.http_client.session.close()  # its keep-alive connection to the daemon
     # ~3 s recorded (1.5 + 1.5), the paused second skipped; whole seconds, as a string
     assert fetched.duration in {"2", "3"}, fetched.duration
     wav = requests.get(f"{base}/2010-04-01/Accounts/{account.sid}/Calls/{call_sid}/"
