@@ -20,7 +20,7 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["PRIVATE_DIR_MODE", "make_private_dir", "warn_if_open"]
+__all__ = ["PRIVATE_DIR_MODE", "make_private_dir", "open_to_other_users", "warn_if_open"]
 
 log = logging.getLogger("mediafork.private_dirs")
 
@@ -76,13 +76,26 @@ def _tighten(folder: Path) -> None:
                     stat.S_IMODE(st.st_mode))
 
 
+def open_to_other_users(st: os.stat_result) -> bool:
+    """Whether users other than the daemon's can access the file or folder.
+
+    Access by the daemon's own group is not counted: that is the documented setup (the
+    config owned ``root:mediafork`` 0640, ``/var/lib/mediafork`` ``mediafork:mediafork``
+    0750). Any other group, or anyone at all, is.
+    """
+    mode = stat.S_IMODE(st.st_mode)
+    own_groups = {os.getegid(), *os.getgroups()}
+    return bool(mode & 0o007 or (mode & 0o070 and st.st_gid not in own_groups))
+
+
 def warn_if_open(folder: str | os.PathLike[str], what: str) -> bool:
-    """Log one WARNING when *folder* is accessible by group or others; True if it is."""
+    """Log one WARNING when other users can access *folder*; True if they can."""
     try:
-        mode = stat.S_IMODE(os.stat(folder).st_mode)
+        st = os.stat(folder)
     except OSError:
         return False
-    if mode & 0o077:
+    mode = stat.S_IMODE(st.st_mode)
+    if open_to_other_users(st):
         log.warning("%s %s is accessible by other users (mode %04o): the files the daemon "
                     "keeps there are private, but consider chmod 700", what, folder, mode)
         return True

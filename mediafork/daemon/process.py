@@ -25,7 +25,7 @@ from ..api import build_app
 from ..api.control_socket import ControlSocketServer
 from ..control.store import AsyncStore
 from ..engine import Engine
-from ..private_dirs import make_private_dir, warn_if_open
+from ..private_dirs import make_private_dir, open_to_other_users, warn_if_open
 from ..recorder_api import Connector
 from ..recording.manager import RecordingManager
 from ..sip.recorder_links import SipRecorderLinks
@@ -265,14 +265,10 @@ def warn_about_exposure(config: Config) -> None:
         st = os.stat(config.source)
     except OSError:
         return
-    mode = stat.S_IMODE(st.st_mode)
-    # Group access is the documented setup (root:mediafork, 0640) when the group is the
-    # daemon's own; any other group, or anyone at all, can read the secrets.
-    own_groups = {os.getegid(), *os.getgroups()}
-    if mode & 0o007 or (mode & 0o070 and st.st_gid not in own_groups):
+    if open_to_other_users(st):
         log.warning("%s holds secrets in clear (%s) and other users can read it (mode %04o): "
                     "chmod 600 (or 640 with the daemon's group), or use *_env / *_encrypted",
-                    config.source, ", ".join(config.clear_secrets), mode)
+                    config.source, ", ".join(config.clear_secrets), stat.S_IMODE(st.st_mode))
 
 
 def data_dir_default() -> Path:

@@ -259,20 +259,39 @@ def _run_daemon(tmp_path: Path, config: Path, env: dict[str, str] | None = None)
     return daemon.stderr
 
 
-def test_world_readable_config_with_a_clear_token_is_warned_about_once(tmp_path: Path) -> None:
+def _foreign_group() -> int:
+    """A group the daemon (this user) is not in."""
+    own = {os.getegid(), *os.getgroups()}
+    return next(gid for gid in (65534, 65533, 4242, 31337) if gid not in own)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640], ids=["world-readable",
+                                                      "readable by another group"])
+def test_config_with_a_clear_token_readable_by_others_is_warned_about_once(
+        tmp_path: Path, mode: int) -> None:
     config = write_config(tmp_path)  # the account's token in clear
-    config.chmod(0o644)
+    config.chmod(mode)
+    if mode == 0o640:
+        if os.geteuid() != 0:
+            pytest.skip("giving a file to a group one is not in needs root")
+        os.chown(config, -1, _foreign_group())
     log = _run_daemon(tmp_path, config)
     warnings = [line for line in log.splitlines() if CLEAR_WARNING in line]
     assert len(warnings) == 1, log
     assert "WARNING" in warnings[0] and "accounts[0].auth_token" in warnings[0]
-    assert "0644" in warnings[0] and TOKEN not in log
+    assert f"{mode:04o}" in warnings[0] and TOKEN not in log
 
 
 def test_no_clear_secret_warning_for_a_private_file_or_env_secrets(tmp_path: Path) -> None:
     private = write_config(tmp_path, name="private.toml")
     private.chmod(0o600)
     assert CLEAR_WARNING not in _run_daemon(tmp_path, private)
+
+    # The documented root:mediafork 0640: the group is the daemon's own.
+    own_group = write_config(tmp_path, name="group.toml")
+    os.chown(own_group, -1, os.getegid())
+    own_group.chmod(0o640)
+    assert CLEAR_WARNING not in _run_daemon(tmp_path, own_group)
 
     from_env = write_config(tmp_path, name="env.toml")
     from_env.write_text(from_env.read_text().replace(f'auth_token = "{TOKEN}"',
