@@ -17,7 +17,9 @@ Keys (ARCHITECTURE.md, "External contracts"; docs/api.md has the full list)::
 
 Every problem raises :class:`ConfigError` whose message starts with the key path
 (``connectors[1].srs: not a SIP URI``). Messages never contain a secret's value: for secret
-keys only the key path and the kind of problem are reported.
+keys only the key path and the kind of problem are reported. A secret is checked after it is
+resolved, with the same rules whether it was inline, ``_env`` or ``_encrypted``
+(:mod:`.secret_rules`).
 """
 
 from __future__ import annotations
@@ -176,7 +178,7 @@ def generate_secret_key() -> bytes:
 
 
 def encrypt_secret(key: bytes | str, plaintext: str) -> str:
-    """Encrypt *plaintext* for a ``*_encrypted`` config value (``mediafork config encrypt``)."""
+    """Encrypt *plaintext* for a ``*_encrypted`` config value (``mediafork secret encrypt``)."""
     from cryptography.fernet import Fernet
 
     try:
