@@ -506,9 +506,10 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
             raise ConfigError(f"{where}.credentials: credentials_header and credentials "
                               "go together")
         digest_user = r.get("digest_username", str)
-        if digest_user is not None and not 1 <= len(_plain(digest_user,
-                                                           f"{where}.digest_username")) <= 256:
-            raise ConfigError(f"{where}.digest_username: must be 1-256 characters")
+        if digest_user is not None:  # sent in the Authorization header
+            _plain(digest_user, f"{where}.digest_username")
+            if not 1 <= len(digest_user) <= 256:
+                raise ConfigError(f"{where}.digest_username: must be 1-256 characters")
         digest_password = r.secret("digest_password", key, DIGEST_PASSWORD)
         if (digest_user is None) != (digest_password is None):
             raise ConfigError(f"{where}.digest_password: digest_username and digest_password "
