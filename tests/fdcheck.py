@@ -13,7 +13,14 @@ import functools
 import os
 from pathlib import Path
 
-__all__ = ["DescriptorCheck", "open_descriptors"]
+__all__ = ["ONE_SHOT_HEADERS", "DescriptorCheck", "open_descriptors"]
+
+ONE_SHOT_HEADERS = {"Connection": "close"}
+"""For one-shot ``requests`` calls in tests that count descriptors. With urllib3 2 the
+connection of ``requests.get()`` stays open as long as its Response object lives (closing the
+session does not close it), and a test frame kept by an exception's traceback (``pytest.raises``
+keeps one) holds its Responses until garbage collection. With ``Connection: close`` no
+connection outlives its request."""
 
 
 def open_descriptors() -> dict[int, str]:

@@ -24,7 +24,7 @@ from typing import Any
 import requests
 import uvloop
 from aiohttp import web
-from fdcheck import DescriptorCheck
+from fdcheck import ONE_SHOT_HEADERS, DescriptorCheck
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
@@ -368,11 +368,12 @@ class Server:
 
     def host(self, method: str, path: str, json: Any = None, auth: tuple[str, str] | None =
              (ACCOUNT, TOKEN)) -> requests.Response:
-        return requests.request(method, self.base_url + path, json=json, auth=auth, timeout=30)
+        return requests.request(method, self.base_url + path, json=json, auth=auth, timeout=30,
+                                headers=ONE_SHOT_HEADERS)
 
     def host_form(self, method: str, path: str, data: dict[str, str]) -> requests.Response:
         return requests.request(method, self.base_url + path, data=data, auth=(ACCOUNT, TOKEN),
-                                timeout=30)
+                                timeout=30, headers=ONE_SHOT_HEADERS)
 
     def register(self, call_sid: str | None = None, **extra: Any) -> dict[str, Any]:
         call_sid = call_sid or "CA" + secrets.token_hex(16)

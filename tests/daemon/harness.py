@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from fdcheck import ONE_SHOT_HEADERS
 
 from mediafork.srs import ReferenceRecorder
 from mediafork.synth import tone_packets
@@ -171,14 +172,16 @@ class DaemonProcess:
 
     def get(self, path: str, auth: tuple[str, str] | None = (ACCOUNT, TOKEN)
             ) -> requests.Response:
-        return requests.get(self.base_url + path, auth=auth, timeout=5)
+        return requests.get(self.base_url + path, auth=auth, timeout=5, headers=ONE_SHOT_HEADERS)
 
     def post_json(self, path: str, body: Mapping[str, Any]) -> requests.Response:
-        return requests.post(self.base_url + path, json=body, auth=(ACCOUNT, TOKEN), timeout=5)
+        return requests.post(self.base_url + path, json=body, auth=(ACCOUNT, TOKEN), timeout=5,
+                             headers=ONE_SHOT_HEADERS)
 
     def post_form(self, path: str, form: Mapping[str, str],
                   auth: tuple[str, str] = (ACCOUNT, TOKEN)) -> requests.Response:
-        return requests.post(self.base_url + path, data=form, auth=auth, timeout=10)
+        return requests.post(self.base_url + path, data=form, auth=auth, timeout=10,
+                             headers=ONE_SHOT_HEADERS)
 
     def register_call(self, call_sid: str) -> dict[str, tuple[str, int]]:
         """``POST /v1/Calls``; returns the ingress address of each track."""
@@ -200,7 +203,7 @@ class DaemonProcess:
         })
 
     def metrics(self) -> str:
-        response = requests.get(self.base_url + "/metrics", timeout=5)
+        response = requests.get(self.base_url + "/metrics", timeout=5, headers=ONE_SHOT_HEADERS)
         assert response.status_code == 200
         return response.text
 
