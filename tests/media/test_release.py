@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from mediafork.engine import Engine, EngineError, SrtpKey, Track
+from mediafork.media.sockets import PortAllocator, PortsExhausted
 
 from .conftest import open_descriptors, recv_all, rtp
 
@@ -107,3 +108,18 @@ def test_engine_close_releases_every_call(no_gc) -> None:
     engine.close()
     assert Engine.open_media_sockets() == start_sockets
     assert open_descriptors() == start_fds
+
+
+def test_rtcp_pairs_stay_inside_the_port_range() -> None:
+    first = small_range()[0]
+    ports = PortAllocator(first, first + 4)  # even ports first, +2, +4; +5 is outside
+    held = []
+    try:
+        held += ports.bind("127.0.0.1", 1, rtcp_pairs=True)
+        held += ports.bind("127.0.0.1", 1, rtcp_pairs=True)
+        with pytest.raises(PortsExhausted):
+            held += ports.bind("127.0.0.1", 1, rtcp_pairs=True)
+        assert sorted(s.getsockname()[1] for s in held) == list(range(first, first + 4))
+    finally:
+        for sock in held:
+            sock.close()
