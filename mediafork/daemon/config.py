@@ -4,7 +4,8 @@ Keys (ARCHITECTURE.md, "External contracts"; docs/api.md has the full list)::
 
     [api]        listen = "127.0.0.1:8080", public_base_url = "http://…" (optional)
     [storage]    path = "data/mediafork.db"             # relative to the config file
-    [media]      address = "127.0.0.1", port_range = [30000, 39999], workers = 1
+    [media]      address = "127.0.0.1", port_range = [30000, 39999], workers = 1,
+                 latch = true, relatch_after = 3.0
     [[accounts]] sid, auth_token | auth_token_env
     [[edges]]    name, address, default
     [[connectors]] account_sid, unique_name, srs, standby_srs, credentials_header,
@@ -95,6 +96,11 @@ class MediaConfig:
     port_range: tuple[int, int] = (30000, 39999)
     workers: int = 1
     """Media worker threads; each call (with its forks) lives on one of them."""
+    latch: bool = True
+    """A track without configured ``sources`` takes RTP only from the first address:port
+    that sends it valid RTP (false: from anyone)."""
+    relatch_after: float = 3.0
+    """Seconds the latched source must be silent before another sender may take over."""
 
 
 @dataclass(frozen=True)
@@ -366,7 +372,8 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
     storage_r = _Reader(_table(root, "storage"), "storage", {"path"})
     storage = StorageConfig(path=(base / storage_r.get("path", str, "data/mediafork.db")))
 
-    media_r = _Reader(_table(root, "media"), "media", {"address", "port_range", "workers"})
+    media_r = _Reader(_table(root, "media"), "media", {"address", "port_range", "workers",
+                                                       "latch", "relatch_after"})
     address = _ip(media_r.get("address", str, "127.0.0.1"), "media.address")
     pr = media_r.get("port_range", list, [30000, 39999])
     if len(pr) != 2:
@@ -378,7 +385,12 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
     workers = media_r.get("workers", int, 1)
     if not 1 <= workers <= 64:
         raise ConfigError("media.workers: must be between 1 and 64")
-    media = MediaConfig(address=address, port_range=(first, last), workers=workers)
+    latch = media_r.get("latch", bool, True)
+    relatch_after = float(media_r.get("relatch_after", (int, float), 3.0, what="a number"))
+    if not 0 <= relatch_after <= 3600:
+        raise ConfigError("media.relatch_after: must be between 0 and 3600 seconds")
+    media = MediaConfig(address=address, port_range=(first, last), workers=workers,
+                        latch=latch, relatch_after=relatch_after)
 
     accounts: list[AccountConfig] = []
     seen_accounts: set[str] = set()
