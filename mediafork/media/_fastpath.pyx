@@ -13,6 +13,7 @@ from libc.errno cimport errno
 cimport cython
 
 from mediafork.media._cengine cimport *
+from posix.unistd cimport usleep
 
 import numpy as np
 
@@ -164,11 +165,26 @@ cdef void close_session(object s):
         (<SrtpSession>s).close()
 
 
+cdef void wait_idle(int *busy):
+    """Wait (without the GIL) until no other thread uses a call's or fork's memory
+    outside the GIL: a drain copying out of a ring, a push copying into the engine.
+    Those take microseconds, and the caller has already barred new ones; the counters
+    and flags are read and written only with the GIL held."""
+    while busy[0] > 0:
+        with nogil:
+            usleep(50)
+
+
 cdef class CCall:
     cdef mf_call *ptr
     cdef readonly uint64_t id
     cdef readonly bint linked
     cdef mf_track_counters final_counters[2]  # as they were when released
+    # Threads using ptr without the GIL count themselves: pushes (remove_call bars new
+    # ones with `ending` and waits for the rest), recording drains (release() bars new
+    # ones with `releasing` and waits for the rest).
+    cdef int pushing, draining
+    cdef bint ending, releasing
 
     def __cinit__(self, uint64_t id, int dtmf_pt, uint32_t clock_rate, uint32_t record_slots,
                   uint32_t max_packet, int inbound_fd, int outbound_fd, bint latch=True,
@@ -197,6 +213,8 @@ cdef class CCall:
             return
         if self.linked:
             raise RuntimeError("the media worker still holds this call")
+        self.releasing = True
+        wait_idle(&self.draining)  # a recording drain on another thread finishes first
         mf_track_counters_read(self.ptr, 0, &self.final_counters[0])
         mf_track_counters_read(self.ptr, 1, &self.final_counters[1])
         mf_call_free(self.ptr)
@@ -230,12 +248,15 @@ cdef class CCall:
         cdef uint16_t[::1] sq = seqs
         cdef uint64_t[::1] ar = arrival
         cdef uint32_t n = 0
-        if self.ptr == NULL:
-            max_packets = 0  # released: nothing left to drain
-        with nogil:
-            if max_packets:
-                n = mf_call_drain_recording(self.ptr, &p[0], max_bytes, &o[0], &l[0], &tr[0], &sq[0],
-                                            &t32[0], &pt[0], &mk[0], &ar[0], max_packets)
+        if self.ptr != NULL and not self.releasing and max_packets:  # else nothing to drain
+            self.draining += 1
+            try:
+                with nogil:
+                    n = mf_call_drain_recording(self.ptr, &p[0], max_bytes, &o[0], &l[0], &tr[0],
+                                                &sq[0], &t32[0], &pt[0], &mk[0], &ar[0],
+                                                max_packets)
+            finally:
+                self.draining -= 1
         end = int(offsets[n - 1] + lengths[n - 1]) if n else 0
         return {"track": tracks[:n], "seq": seqs[:n], "timestamp": tss[:n],
                 "payload_type": pts[:n], "marker": markers[:n], "arrival_ns": arrival[:n],
@@ -257,6 +278,8 @@ cdef class CFork:
     cdef readonly bint linked
     cdef object tx_session, rx_session  # kept alive while the worker may use them
     cdef mf_fork_counters final_counters  # as they were when released
+    cdef int draining  # drains using ptr without the GIL; release() waits for them
+    cdef bint releasing  # set by release(): no new drain may start
 
     def __cinit__(self, uint64_t id, int track, uint32_t ssrc, uint16_t seq_base, uint32_t ts_base,
                   int fd, int rtcp_fd, uint32_t ring_slots, uint32_t max_packet, bytes cname,
@@ -281,6 +304,8 @@ cdef class CFork:
             return
         if self.linked:
             raise RuntimeError("the media worker still holds this fork")
+        self.releasing = True
+        wait_idle(&self.draining)  # a drain on another thread finishes first
         mf_fork_counters_read(self.ptr, &self.final_counters)
         mf_fork_free(self.ptr)
         self.ptr = NULL
@@ -309,10 +334,14 @@ cdef class CFork:
         cdef uint32_t[::1] l = lens
         cdef uint8_t[::1] k = kinds
         cdef uint32_t n
-        if self.ptr == NULL:
+        if self.ptr == NULL or self.releasing:
             return []
-        with nogil:
-            n = mf_fork_drain(self.ptr, &b[0], cap, &l[0], &k[0], max_packets)
+        self.draining += 1
+        try:
+            with nogil:
+                n = mf_fork_drain(self.ptr, &b[0], cap, &l[0], &k[0], max_packets)
+        finally:
+            self.draining -= 1
         out = []
         cdef size_t pos = 0
         cdef uint32_t i
@@ -434,6 +463,11 @@ cdef class CEngine:
         memset(&cmd, 0, sizeof(cmd))
         cmd.type = MF_CMD_REMOVE_CALL
         cmd.call = live_call(call)
+        # No push may start from here on, and those in flight finish queuing first: the
+        # worker processes every push queued before a command before applying it, so no
+        # queued packet can point to the call once it is released.
+        call.ending = True
+        wait_idle(&call.pushing)
         self._run(&cmd)
         call.linked = _call_linked(call.ptr)
         for f in forks:
@@ -538,9 +572,15 @@ cdef class CEngine:
             return 0
         self._check()
         cdef mf_call *c = live_call(call)
-        with nogil:
-            accepted = mf_engine_push(self.ptr, c, track, &data[0], &offsets[0],
-                                      &lengths[0], n, mf_now_ns())
+        if call.ending:
+            raise ValueError("the call has ended")
+        call.pushing += 1
+        try:
+            with nogil:
+                accepted = mf_engine_push(self.ptr, c, track, &data[0], &offsets[0],
+                                          &lengths[0], n, mf_now_ns())
+        finally:
+            call.pushing -= 1
         return accepted
 
     def read_events(self):

@@ -9,10 +9,14 @@ reference count dropping either.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import secrets
+import threading
+import time
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 
 from mediafork.engine import Engine, EngineError, SrtpKey, Track
@@ -21,6 +25,9 @@ from mediafork.media.sockets import PortAllocator, PortsExhausted
 from .conftest import open_descriptors, recv_all, rtp
 
 CYCLES = 1000
+PACKET = np.frombuffer(rtp(1, 160) * 8, dtype=np.uint8)
+OFFSETS = np.arange(8, dtype=np.uint32) * (len(PACKET) // 8)
+LENGTHS = np.full(8, len(PACKET) // 8, dtype=np.uint32)
 
 
 @pytest.fixture
@@ -123,3 +130,33 @@ def test_rtcp_pairs_stay_inside_the_port_range() -> None:
     finally:
         for sock in held:
             sock.close()
+
+
+def test_close_while_other_threads_push_and_drain(no_gc) -> None:
+    """The RecordingManager drains a call's ring on worker threads while the service closes
+    the call on another; an embedder may push from its own thread. Freeing at close must
+    wait for a drain or push in progress and refuse new pushes: no use after free."""
+    with Engine(port_range=small_range()) as engine:
+        for i in range(100):
+            call = engine.add_call(f"CA-race-{i}", ingress=False)
+            call.record([Track.INBOUND])
+            fork = call.add_fork(Track.INBOUND, drain=True)
+            stop = threading.Event()
+
+            def hammer(call=call, fork=fork, stop=stop) -> None:
+                while not stop.is_set():
+                    with contextlib.suppress(ValueError):  # ended: refused, never queued
+                        call._worker.push(call._core, 0, PACKET, OFFSETS, LENGTHS)
+                    call._core.drain_recording(64, 64 * 400)
+                    fork._core.drain(64)
+
+            threads = [threading.Thread(target=hammer) for _ in range(2)]
+            for t in threads:
+                t.start()
+            time.sleep(0.002)
+            call.close()
+            stop.set()
+            for t in threads:
+                t.join(5)
+            assert call._core.released and fork._core.released
+        assert engine.counters()["calls"] == 0
