@@ -7,7 +7,8 @@ Keys (ARCHITECTURE.md, "External contracts"; docs/api.md has the full list)::
                  header_timeout = 10.0, idle_timeout = 60.0
     [storage]    path = "data/mediafork.db"             # relative to the config file
     [media]      address = "127.0.0.1", port_range = [30000, 39999], workers = 1,
-                 port_reserve (a tenth of the range), call_idle_timeout = 600
+                 port_reserve (a tenth of the range), call_idle_timeout = 600,
+                 latch = true, relatch_after = 3.0
     [[accounts]] sid, auth_token | auth_token_env, max_calls, max_siprecs, max_recordings
     [[edges]]    name, address, default
     [[connectors]] account_sid, unique_name, srs, standby_srs, credentials_header,
@@ -131,6 +132,11 @@ class MediaConfig:
     port_range: tuple[int, int] = (30000, 39999)
     workers: int = 1
     """Media worker threads; each call (with its forks) lives on one of them."""
+    latch: bool = True
+    """A track without configured ``sources`` takes RTP only from the first address:port
+    that sends it valid RTP (false: from anyone)."""
+    relatch_after: float = 3.0
+    """Seconds the latched source must be silent before another sender may take over."""
     port_reserve: int | None = None
     """Ports kept for accounts within their fair share (control.quotas); None: a tenth."""
     call_idle_timeout: float = DEFAULT_CALL_IDLE_TIMEOUT
@@ -611,14 +617,20 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
                                                 "storage.path")))
 
     media_r = _Reader(_table(root, "media"), "media", {"address", "port_range", "workers",
-                                                       "port_reserve", "call_idle_timeout"})
+                                                       "port_reserve", "call_idle_timeout",
+                                                       "latch", "relatch_after"})
     address = _ip(media_r.get("address", str, "127.0.0.1"), "media.address")
     first, last = _port_range(media_r.get("port_range", list, [30000, 39999]),
                               "media.port_range")
     workers = media_r.get("workers", int, 1)
     if not 1 <= workers <= 64:
         raise ConfigError("media.workers: must be between 1 and 64")
-    media = MediaConfig(address=address, port_range=(first, last), workers=workers)
+    latch = media_r.get("latch", bool, True)
+    relatch_after = float(media_r.get("relatch_after", (int, float), 3.0, what="a number"))
+    if not 0 <= relatch_after <= 3600:
+        raise ConfigError("media.relatch_after: must be between 0 and 3600 seconds")
+    media = MediaConfig(address=address, port_range=(first, last), workers=workers,
+                        latch=latch, relatch_after=relatch_after)
     reserve = media_r.get("port_reserve", int)
     if reserve is not None and not 0 <= reserve <= media.port_capacity // 2:
         raise ConfigError("media.port_reserve: must be between 0 and half the port range")

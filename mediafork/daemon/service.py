@@ -516,7 +516,8 @@ class ControlService:
         try:
             engine_call = await asyncio.to_thread(
                 self.engine.add_call, call_sid, clock_rate=codec.clock_rate,
-                dtmf_payload_type=dtmf)
+                dtmf_payload_type=dtmf, latch=self.config.media.latch,
+                relatch_after=self.config.media.relatch_after)
         except (EngineError, OSError) as exc:
             del self._calls[call_sid]
             log.warning("register %s: engine refused: %s", call_sid, exc)
