@@ -421,7 +421,9 @@ class SipRecorderLinks:
         edge = await self._choose_edge(edge_name, connector, srs, transport)
         port = self._ports[edge.name]
         streams = self._create_forks(call, request, edge, secure)
-        codec = Codec(request.codec.name, request.codec.payload_type, request.codec.clock_rate)
+        wanted = request.codec
+        codec = Codec(wanted.name, wanted.payload_type, wanted.clock_rate, wanted.channels,
+                      wanted.fmtp)
         try:
             config = self._config(request, srs, standbys, transport, edge, port,
                                   self._forked_streams(streams, codec))

@@ -82,6 +82,9 @@ class RecorderConfig:
     """Send BYE this many seconds after the ACK."""
     reinvite_after: float | None = None
     """Send a re-INVITE moving every stream to new ports this many seconds after the ACK."""
+    keep_payloads: bool = False
+    """Also write each stream's payloads as received to ``<label>.payloads`` (2-byte
+    length, then the bytes): for codecs without a WAV (G.722, Opus) and bit-exact checks."""
     dial_contact: bool = False
     """Over TCP/TLS, send in-dialog requests (BYE, re-INVITE) on a connection we open to the
     SRC's Contact, as some recorders do, rather than on the one its INVITE came on."""
@@ -647,6 +650,7 @@ class ReferenceRecorder:
             session = RecordedSession(
                 request, entry.peer.transport, entry.peer.addr, self.out_dir,
                 cfg.media_host or cfg.host, cfg.media_ports, cfg.rtcp_interval,
+                keep_payloads=cfg.keep_payloads,
             )
         # A copy: the path may change for this session alone (a dialed-out connection).
         session.peer = replace(entry.peer)

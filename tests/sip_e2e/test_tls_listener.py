@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 from mediafork.engine import Engine, Track
 from mediafork.sip.message import Request, Response, StreamFramer
@@ -23,12 +25,21 @@ from .harness import (
     Wiretap,
     eventually,
     open_links,
+    own_port_block,
     pump_media,
     run,
     start_request,
 )
 from .minisrs import MiniSrs
 from .minisrs import self_signed as srs_self_signed
+
+
+@pytest.fixture
+def engine() -> Iterator[Engine]:
+    """An engine on a port block of its own (a benchmark may hold the shared one)."""
+    e = Engine(port_range=own_port_block())
+    yield e
+    e.close()
 
 
 def _contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext, ssl.SSLContext, Path]:
@@ -172,7 +183,7 @@ def test_the_reference_recorder_dials_our_contact_for_reinvite_and_bye(
     async def main() -> None:
         recorder = ReferenceRecorder(RecorderConfig(
             port=0, tcp=True, tls_cert=str(cert), tls_key=str(key), out_dir=tmp_path / "out",
-            media_ports=(37000, 37999), dial_contact=True, reinvite_after=0.2,
+            media_ports=own_port_block(), dial_contact=True, reinvite_after=0.2,
             hangup_after=0.8))
         await recorder.start()
         events = EventLog()
