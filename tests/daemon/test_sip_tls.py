@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,6 +77,46 @@ def test_the_configured_server_certificate_answers_on_the_sip_port_plus_one(
     answer, served = _options_over_tls(port + 1, ssl.create_default_context(cafile=str(cert)))
     assert answer.status == 200
     assert served == _der(cert)
+    assert daemon.stop() == 0
+
+
+def test_the_daemons_tls_listener_keeps_the_sip_listener_bounds(
+        tmp_path: Path, spawn: Callable[..., DaemonProcess]) -> None:
+    cert, key = self_signed(tmp_path / "certs", "sip-server")
+    port = _free_sip_port()
+    config = write_config(tmp_path, extra=(
+        f'\n[sip.tls]\nserver_cert_file = "{cert}"\nserver_key_file = "{key}"\n'))
+    config.write_text(config.read_text().replace(
+        "[sip]\nport = 0", f"[sip]\nport = {port}\ntls_handshake_timeout = 0.5\n"
+                          "max_connections_per_peer = 2"))
+    daemon = spawn(["--config", str(config)]).start()
+
+    def closed_after(sock: socket.socket, limit: float) -> float:
+        start = time.monotonic()
+        sock.settimeout(limit)
+        try:
+            while sock.recv(4096):
+                pass
+        except ConnectionResetError:
+            pass
+        return time.monotonic() - start
+
+    silent = []
+    for _ in range(3):  # TCP connects that never start a handshake, from one peer
+        sock = socket.socket()
+        sock.bind(("127.0.0.2", 0))
+        sock.connect(("127.0.0.1", port + 1))
+        silent.append(sock)
+    try:
+        assert closed_after(silent[2], 2.0) < 0.4  # over the per-peer cap: reset at once
+        for sock in silent[:2]:  # the handshake timeout closes the others
+            assert closed_after(sock, 5.0) < 3.0
+        # Another peer still gets TLS and an answer.
+        answer, _ = _options_over_tls(port + 1, ssl.create_default_context(cafile=str(cert)))
+        assert answer.status == 200
+    finally:
+        for sock in silent:
+            sock.close()
     assert daemon.stop() == 0
 
 
