@@ -480,8 +480,12 @@ class RecordingSession:
         host = f"[{host}]" if ":" in host else host
         if transport == "tls" and not self.config.tls_port:
             transport = "tcp"  # no TLS listener: name one the recorder can reach
-        param = "" if transport == "udp" else f";transport={transport}"
         port = self._sip_port(transport)
+        if transport == "tls" and SipUri.parse(self.srs_uri).scheme == "sips":
+            # A sips: Request-URI needs a sips: Contact (RFC 3261 §8.1.1.8; no transport
+            # parameter with sips, RFC 5630 §3.2).
+            return f"<sips:{self.config.user}@{host}:{port}>;+sip.src"
+        param = "" if transport == "udp" else f";transport={transport}"
         return f"<sip:{self.config.user}@{host}:{port}{param}>;+sip.src"
 
     def _common_headers(self, req: Request) -> None:

@@ -506,6 +506,11 @@ def test_a_tls_contact_and_via_name_the_tls_listener() -> None:
     session.start(0.0)
     (out,) = session.messages_to_send()
     assert (out.message.top_via.transport, out.message.top_via.port) == ("TLS", 5091)
+    # A sips: target gets a sips: Contact (RFC 3261 §8.1.1.8), a sip: one transport=tls.
+    assert (out.message.headers.get("Contact") or "").startswith("<sips:mediafork@192.0.2.10:5091>")
+    tls = RecordingSession(config(srs_uri="sip:rec@srs.example.com;transport=tls", tls_port=5091))
+    tls.start(0.0)
+    (out,) = tls.messages_to_send()
     assert ":5091;transport=tls>" in (out.message.headers.get("Contact") or "")
     udp = RecordingSession(config(srs_uri="sip:rec@srs.example.com", tls_port=5091))
     udp.start(0.0)
