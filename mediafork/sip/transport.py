@@ -447,9 +447,11 @@ class SipTransport:
             sock.bind((address, port))
             sock.listen(128)
             sock.setblocking(False)
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            # Name the port: the TLS one is not the SIP port the operator configured.
+            raise OSError(exc.errno, f"{name.upper()} port {port}: {exc.strerror or exc}"
+                          ) from None
         return _StreamListener(self, name, address, sock,
                                self.tls_server_context if name == "tls" else None)
 

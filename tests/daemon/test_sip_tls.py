@@ -146,3 +146,17 @@ def test_a_server_key_that_does_not_match_its_certificate_stops_the_load(
     config = write_config(tmp_path, extra=f'\n[sip.tls]\nserver_cert_file = "{cert}"\n')
     with pytest.raises(ConfigError, match="go together"):
         load_config(config)
+
+
+def test_a_held_tls_port_stops_the_start_naming_it(
+        tmp_path: Path, spawn: Callable[..., DaemonProcess]) -> None:
+    port = _free_sip_port()
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", port + 1))
+        held.listen()
+        daemon = spawn(["--data", str(tmp_path / "data"), "--listen", "127.0.0.1:0",
+                        "--sip-port", str(port), "--recorder-port", "0"])
+        code = daemon.spawn().wait(timeout=30)
+    assert code != 0
+    assert f"edge default (127.0.0.1:{port}): cannot bind SIP" in daemon.stderr
+    assert f"TLS port {port + 1}: " in daemon.stderr, daemon.stderr
