@@ -148,13 +148,29 @@ class ToneSender:
 
 def push_fast(senders: list[ToneSender], seconds: float, chunk: int = 25) -> None:
     """Push ``seconds`` of audio on every sender as fast as possible, tracks interleaved per
-    chunk (arrival times ≈ equal: durations come from the RTP timestamps)."""
+    chunk (arrival times ≈ equal: durations come from the RTP timestamps).
+
+    Returns once the worker has taken every pushed packet: it does so on its next loop, and
+    on a busy machine a stop or a call end coming right after could otherwise overtake the
+    packets (the audio would look lost)."""
+    def taken() -> dict[tuple[int, Track], int]:
+        return {(id(s.call), s.track): s.call.counters()[s.track.label]["received"]
+                for s in senders if not s.call.closed}
+
+    expected = taken()
     remaining = round(seconds * RATE / PTIME)
     while remaining:
         n = min(chunk, remaining)
         for s in senders:
             s.push(n)
+            if (id(s.call), s.track) in expected:
+                expected[(id(s.call), s.track)] += n
         remaining -= n
+    deadline = time.monotonic() + 5
+    while any(taken().get(key, want) < want for key, want in expected.items()):
+        if time.monotonic() > deadline:
+            raise AssertionError("the media worker did not take the pushed packets in 5 s")
+        time.sleep(0.002)
 
 
 async def push_paced(senders: list[ToneSender], seconds: float) -> None:
