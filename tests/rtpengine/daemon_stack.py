@@ -133,3 +133,8 @@ def our_subscriptions(ng: tuple[str, int], call_id: str) -> set[str]:
                 found.add(subscriber["tag"])
     return found
 
+
+
+def error_of(response: requests.Response) -> tuple[int, int]:
+    """An API error's HTTP status and mediafork code."""
+    return response.status_code, response.json().get("code", 0)
