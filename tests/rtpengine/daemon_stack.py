@@ -30,8 +30,11 @@ class DaemonStack:
     """``Daemon(embedded_recorder=True)`` with one media source named ``rtpengine1``."""
 
     def __init__(self, tmp_path: Path, ng: tuple[str, int], *, check_interval: float = 0.3,
-                 timeout: float = 0.6) -> None:
+                 timeout: float = 0.6, max_calls: int | None = None) -> None:
         config = default_config(tmp_path / "data")
+        if max_calls is not None:
+            config = dataclasses.replace(config, accounts=(dataclasses.replace(
+                config.accounts[0], max_calls=max_calls),))
         first = 44000 + secrets.randbelow(40) * 100
         self.source = MediaSourceConfig(name="rtpengine1", kind="rtpengine", ng=ng,
                                         timeout=timeout, retransmit=0.2,
