@@ -19,6 +19,7 @@ import requests
 
 from mediafork.daemon.config import MediaSourceConfig, default_config
 from mediafork.daemon.process import Daemon
+from mediafork.recorder_api import Connector
 from tests.daemon.harness import CallbackSink, wait_until
 
 from .harness import ng_request
@@ -30,8 +31,15 @@ class DaemonStack:
     """``Daemon(embedded_recorder=True)`` with one media source named ``rtpengine1``."""
 
     def __init__(self, tmp_path: Path, ng: tuple[str, int], *, check_interval: float = 0.3,
-                 timeout: float = 0.6, max_calls: int | None = None) -> None:
+                 timeout: float = 0.6, max_calls: int | None = None,
+                 connectors: dict[str, str] | None = None) -> None:
+        """``connectors``: name -> SRS URI for the account (then the embedded recorder's
+        ``Default`` and ``Secure`` are not added)."""
         config = default_config(tmp_path / "data")
+        if connectors:
+            config = dataclasses.replace(config, connectors=tuple(
+                Connector(config.accounts[0].sid, name, uri)
+                for name, uri in connectors.items()))
         if max_calls is not None:
             config = dataclasses.replace(config, accounts=(dataclasses.replace(
                 config.accounts[0], max_calls=max_calls),))
