@@ -134,7 +134,7 @@ HTTP_REQUEST_REJECTED = _register(900015, 400, "Request rejected by the HTTP lay
 QUOTA_EXCEEDED = _register(900429, 429, "Account limit reached")
 # Media sources (mediafork.mediasource): the codes of its MediaSourceError classes, so an
 # API request that hits one answers with the class's code and status. Kept equal to the
-# classes by tests/rtpengine/test_daemon_errors.py.
+# classes by tests/rtpengine/test_ng_protocol.py.
 NG_TIMEOUT = _register(900060, 503, "rtpengine did not answer")
 NG_ERROR_REPLY = _register(900061, 503, "rtpengine answered with an error")
 NG_BAD_REPLY = _register(900062, 503, "Bad reply from rtpengine")
