@@ -23,7 +23,7 @@ from .errors import MediaSourceError
 from .ng import NgTiming
 from .ng_client import NgClient
 
-__all__ = ["LocalRtpengine", "Party", "TwoLegCall", "find_rtpengine", "party_sdp"]
+__all__ = ["LocalRtpengine", "Party", "TwoLegCall", "find_rtpengine", "media_port", "party_sdp"]
 
 
 def find_rtpengine() -> str | None:
@@ -102,7 +102,8 @@ def party_sdp(port: int, formats: str = "0 101") -> str:
             "a=sendrecv\r\n")
 
 
-def _media_port(sdp: object) -> int:
+def media_port(sdp: object) -> int:
+    """The audio port an SDP names."""
     match = re.search(r"^m=audio (\d+) ", str(sdp), re.MULTILINE)
     if match is None:
         raise RuntimeError("rtpengine's SDP has no audio stream")
@@ -148,8 +149,8 @@ class TwoLegCall:
                 sock.close()
             raise
         # A sends to the port of the SDP rtpengine gave A (the answer), B to the offer's.
-        a.send_to = ("127.0.0.1", _media_port(answer.get("sdp")))
-        b.send_to = ("127.0.0.1", _media_port(offer.get("sdp")))
+        a.send_to = ("127.0.0.1", media_port(answer.get("sdp")))
+        b.send_to = ("127.0.0.1", media_port(offer.get("sdp")))
         return cls(call_id, a, b, [a, b])
 
     async def close(self, client: NgClient) -> None:
