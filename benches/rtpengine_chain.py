@@ -220,6 +220,7 @@ async def run(calls: int = 500, seconds: float = 20.0, probes: int = 4,
         raise SystemExit("rtpengine is not installed (Debian package rtpengine-daemon)")
     sipp = shutil.which("sipp")
     began = time.monotonic()
+    load_before = os.getloadavg()[0]  # a shared machine: other work competes for the CPUs
     with tempfile.TemporaryDirectory(prefix="mf-rtpe-bench-") as tmp:
         workdir = Path(tmp)
         rtpengine = LocalRtpengine(binary, workdir / "rtpengine.log", port_min=20000,
@@ -328,8 +329,11 @@ async def run(calls: int = 500, seconds: float = 20.0, probes: int = 4,
         return after_metrics.get(name, 0.0) - before_metrics.get(name, 0.0)
 
     sent = legs_result["sent"]
-    ingress = delta("mediafork_packets_received_total") - probe.sent  # both probe parties
-    forked = delta("mediafork_packets_sent_total")
+    # The probe calls' packets that made it through are the latency samples (each was
+    # received once by mediafork and forked once to the probe recorder): not load.
+    probed = len(probe.chain_us)
+    ingress = delta("mediafork_packets_received_total") - probed
+    forked = delta("mediafork_packets_sent_total") - probed
     to_recorder = forks_result["sink_received"]
     chain = sorted(probe.chain_us)
     leg = sorted(probe.leg_us)
@@ -343,7 +347,10 @@ async def run(calls: int = 500, seconds: float = 20.0, probes: int = 4,
         "recorder_received": to_recorder,
         "loss_legs_pct": round(100 * (1 - legs_result["sink_received"] / sent), 4),
         "loss_rtpengine_to_mediafork_pct": round(100 * (1 - ingress / sent), 4),
+        "loss_mediafork_to_recorder_pct": round(100 * (1 - to_recorder / forked), 4)
+        if forked > 0 else None,
         "loss_end_to_end_pct": round(100 * (1 - to_recorder / sent), 4),
+        "host_load_average_before": load_before,
         "cpu_seconds": {k: round(v, 3) for k, v in cpu.items()},
         # Per packet a party sent: rtpengine forwards it once and forks it once, mediafork
         # forks it once; the generators' own share is the cost of the test harness.
