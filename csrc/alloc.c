@@ -36,6 +36,18 @@ void mf_note_external_alloc(int delta)
     __atomic_add_fetch(&live_allocations, delta, __ATOMIC_RELAXED);
 }
 
+static int64_t open_sockets;
+
+void mf_note_sockets(int delta)
+{
+    __atomic_add_fetch(&open_sockets, delta, __ATOMIC_RELAXED);
+}
+
+int64_t mf_open_sockets(void)
+{
+    return __atomic_load_n(&open_sockets, __ATOMIC_RELAXED);
+}
+
 int64_t mf_live_allocations(void)
 {
     return __atomic_load_n(&live_allocations, __ATOMIC_RELAXED);

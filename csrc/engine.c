@@ -106,13 +106,35 @@ mf_call *mf_call_new(uint64_t id, uint8_t dtmf_pt, uint32_t clock_rate, uint32_t
     return c;
 }
 
+void mf_call_set_ingress(mf_call *c, int inbound_fd, int outbound_fd)
+{
+    c->tracks[MF_TRACK_INBOUND].fd = inbound_fd;
+    c->tracks[MF_TRACK_OUTBOUND].fd = outbound_fd;
+    mf_note_sockets((inbound_fd >= 0) + (outbound_fd >= 0));
+}
+
+void mf_call_set_latch(mf_call *c, int latch, uint64_t relatch_ns)
+{
+    for (int t = 0; t < MF_TRACKS; t++) {
+        mf_track *tr = &c->tracks[t];
+        tr->latch = latch ? 1 : 0;
+        tr->relatch_ns = relatch_ns;
+        if (tr->source_filter == MF_SOURCE_ANY || tr->source_filter == MF_SOURCE_LEARNING)
+            tr->source_filter = latch ? MF_SOURCE_LEARNING : MF_SOURCE_ANY;
+    }
+}
+
 void mf_call_free(mf_call *c)
 {
     if (!c)
         return;
-    for (int t = 0; t < MF_TRACKS; t++)
-        if (c->tracks[t].fd >= 0)
+    for (int t = 0; t < MF_TRACKS; t++) {
+        if (c->tracks[t].fd >= 0) {
             close(c->tracks[t].fd);
+            c->tracks[t].fd = -1;
+            mf_note_sockets(-1);
+        }
+    }
     if (c->record_ring.slots)
         mf_ring_destroy(&c->record_ring);
     mf_free(c);
@@ -138,6 +160,7 @@ mf_fork *mf_fork_new(uint64_t id, uint8_t track, uint32_t ssrc, uint16_t seq_bas
     f->ts_base = ts_base;
     f->fd = fd;
     f->rtcp_fd = rtcp_fd;
+    mf_note_sockets((fd >= 0) + (rtcp_fd >= 0)); /* the fork owns them from here on */
     f->src.kind = MF_SRC_EGRESS;
     f->src.owner = f;
     f->rtcp_src.kind = MF_SRC_EGRESS;
@@ -154,10 +177,14 @@ void mf_fork_free(mf_fork *f)
 {
     if (!f)
         return;
-    if (f->fd >= 0)
+    if (f->fd >= 0) {
         close(f->fd);
-    if (f->rtcp_fd >= 0)
+        mf_note_sockets(-1);
+    }
+    if (f->rtcp_fd >= 0) {
         close(f->rtcp_fd);
+        mf_note_sockets(-1);
+    }
     mf_ring_destroy(&f->ring);
     mf_free(f);
 }
@@ -532,7 +559,11 @@ static void apply_command(mf_engine *e, mf_cmd *cmd)
         break;
     case MF_CMD_SET_TRACK_SOURCE: {
         mf_track *t = &c->tracks[cmd->arg & 1];
-        t->source_filter = cmd->arg >> 1;
+        int mode = cmd->arg >> 1;
+        /* No configured source: a latching track learns one again. */
+        if (mode == MF_SOURCE_ANY && t->latch)
+            mode = MF_SOURCE_LEARNING;
+        t->source_filter = mode;
         memcpy(&t->source, &cmd->addr_a, sizeof(t->source));
         break;
     }
@@ -778,6 +809,7 @@ void mf_track_counters_read(const mf_call *call, int track, mf_track_counters *o
     COPY_FIELD(o, c, rtcp);
     COPY_FIELD(o, c, filtered_dtmf);
     COPY_FIELD(o, c, source_rejected);
+    COPY_FIELD(o, c, source_latches);
     COPY_FIELD(o, c, recorded);
     COPY_FIELD(o, c, record_dropped);
     COPY_FIELD(o, c, ssrc_changes);

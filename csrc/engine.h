@@ -50,7 +50,8 @@ typedef struct {
     uint64_t malformed;       /* failed RTP validation */
     uint64_t rtcp;            /* RTCP arriving on the media port: ignored */
     uint64_t filtered_dtmf;   /* RFC 4733 telephone-events, never forwarded */
-    uint64_t source_rejected; /* from an address other than the expected one */
+    uint64_t source_rejected; /* from an address other than the expected or latched one */
+    uint64_t source_latches;  /* times the track latched onto a sender (first + relatches) */
     uint64_t recorded;
     uint64_t record_dropped;  /* recording ring full */
     uint64_t ssrc_changes;
@@ -78,11 +79,26 @@ typedef struct {
     uint64_t rr_last_ns;
 } mf_fork_counters;
 
+/* Which senders a track with a socket accepts. ADDRESS and ADDRESS_PORT are
+ * configured (expect_source) and never change on their own. Without one, a
+ * latching track starts LEARNING and becomes LATCHED on the first sender of
+ * valid RTP; another sender may take over only after the latched one was
+ * silent for relatch_ns (a media server that moved ports). */
+enum {
+    MF_SOURCE_ANY = 0,
+    MF_SOURCE_ADDRESS = 1,
+    MF_SOURCE_ADDRESS_PORT = 2,
+    MF_SOURCE_LEARNING = 3,
+    MF_SOURCE_LATCHED = 4,
+};
+
 typedef struct {
     mf_pollsrc src;
     int fd; /* -1: no socket (packets are pushed) */
-    int source_filter; /* 0 any, 1 address, 2 address and port */
+    int source_filter; /* MF_SOURCE_* */
     struct sockaddr_storage source;
+    uint8_t latch;       /* learn the source when none is configured */
+    uint64_t relatch_ns; /* silence of the latched source before another may latch */
     mf_seq_tracker seq;
     uint32_t ssrc;
     uint32_t epoch;     /* bumped when the upstream SSRC changes */
@@ -269,7 +285,13 @@ void mf_engine_iterate(mf_engine *e, int max_wait_ms);
 /* object construction and destruction (caller's thread, never the worker) */
 mf_call *mf_call_new(uint64_t id, uint8_t dtmf_pt, uint32_t clock_rate, uint32_t record_slots,
                      uint32_t max_packet);
-void mf_call_free(mf_call *c); /* after its remove command completed */
+/* Before the call's add command only: the call owns (and will close) the two
+ * ingress sockets; -1 for a track without one. */
+void mf_call_set_ingress(mf_call *c, int inbound_fd, int outbound_fd);
+/* Before the call's add command only: latch (1) or accept any sender (0) when no
+ * source is configured; relatch_ns as in mf_track. */
+void mf_call_set_latch(mf_call *c, int latch, uint64_t relatch_ns);
+void mf_call_free(mf_call *c); /* after its remove command completed; closes its sockets */
 mf_fork *mf_fork_new(uint64_t id, uint8_t track, uint32_t ssrc, uint16_t seq_base,
                      uint32_t ts_base, int fd, int rtcp_fd, uint32_t ring_slots, uint32_t max_packet,
                      const char *cname, uint64_t rtcp_interval_ns);

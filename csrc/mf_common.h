@@ -7,6 +7,7 @@
 
 #define MF_LIKELY(x) __builtin_expect(!!(x), 1)
 #define MF_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define MF_NOINLINE __attribute__((noinline))
 
 /* Counters are written by the worker thread only and read by Python at any
  * time. Relaxed atomic load+store compiles to a plain add on x86-64 (no lock
@@ -22,7 +23,12 @@ void *mf_calloc(size_t n, size_t size);
 void *mf_aligned_alloc(size_t align, size_t size);
 void mf_free(void *p);
 int64_t mf_live_allocations(void);
-void mf_note_external_alloc(int delta); /* SRTP contexts, owned sockets */
+void mf_note_external_alloc(int delta); /* SRTP contexts */
+
+/* Media sockets owned by calls and forks (taken at creation, closed when the call or
+ * fork is freed): a count that must fall back when calls end, whatever the GC does. */
+void mf_note_sockets(int delta);
+int64_t mf_open_sockets(void);
 
 uint64_t mf_now_ns(void); /* CLOCK_MONOTONIC */
 

@@ -30,22 +30,50 @@ void mf_worker_unregister(mf_engine *e, int fd)
     epoll_ctl(e->epfd, EPOLL_CTL_DEL, fd, NULL);
 }
 
-static int same_source(const mf_track *t, const struct sockaddr_storage *from)
+/* The compare every packet pays: the configured or latched sender's address, and
+ * its port unless only an address was configured. */
+static inline int source_matches(const mf_track *t, const struct sockaddr_storage *from)
 {
-    if (t->source_filter == 0)
-        return 1;
-    if (from->ss_family != t->source.ss_family)
-        return 0;
     if (from->ss_family == AF_INET) {
         const struct sockaddr_in *a = (const void *)from, *b = (const void *)&t->source;
-        return a->sin_addr.s_addr == b->sin_addr.s_addr &&
-               (t->source_filter == 1 || a->sin_port == b->sin_port);
+        return b->sin_family == AF_INET && a->sin_addr.s_addr == b->sin_addr.s_addr &&
+               (t->source_filter == MF_SOURCE_ADDRESS || a->sin_port == b->sin_port);
     }
     if (from->ss_family == AF_INET6) {
         const struct sockaddr_in6 *a = (const void *)from, *b = (const void *)&t->source;
-        return memcmp(&a->sin6_addr, &b->sin6_addr, sizeof(a->sin6_addr)) == 0 &&
-               (t->source_filter == 1 || a->sin6_port == b->sin6_port);
+        return b->sin6_family == AF_INET6 &&
+               memcmp(&a->sin6_addr, &b->sin6_addr, sizeof(a->sin6_addr)) == 0 &&
+               (t->source_filter == MF_SOURCE_ADDRESS || a->sin6_port == b->sin6_port);
     }
+    return 0;
+}
+
+/* Off the hot path: a sender that is not the latched one. It becomes the source
+ * when the track is still learning, or when the latched sender has been silent
+ * for relatch_ns, and only with valid RTP: RTCP, garbage or a truncated datagram
+ * never latches (so a stranger cannot claim a port with junk). While learning,
+ * what does not latch still goes on to be counted as malformed or RTCP. */
+static MF_NOINLINE int try_latch(mf_track *t, const struct sockaddr_storage *from,
+                                 const uint8_t *pkt, size_t len, int truncated, uint64_t now)
+{
+    if (t->source_filter == MF_SOURCE_LATCHED && now < t->last_activity_ns + t->relatch_ns)
+        return 0; /* last_activity_ns: the latched sender's last packet */
+    mf_rtp_info info;
+    if (truncated || mf_rtp_parse(pkt, len, &info) != MF_RTP_OK)
+        return t->source_filter == MF_SOURCE_LEARNING;
+    memcpy(&t->source, from, sizeof(t->source));
+    t->source_filter = MF_SOURCE_LATCHED;
+    MF_CTR_ADD(t->ctr.source_latches, 1);
+    return 1;
+}
+
+static inline int source_accepted(mf_track *t, const struct sockaddr_storage *from,
+                                  const uint8_t *pkt, size_t len, int truncated, uint64_t now)
+{
+    if (t->source_filter == MF_SOURCE_ANY || MF_LIKELY(source_matches(t, from)))
+        return 1;
+    if (t->source_filter >= MF_SOURCE_LEARNING)
+        return try_latch(t, from, pkt, len, truncated, now);
     return 0;
 }
 
@@ -83,11 +111,13 @@ static void read_ingress(mf_engine *e, mf_call *c, int track)
             return;
         uint64_t now = mf_now_ns();
         for (int i = 0; i < n; i++) {
-            if (MF_UNLIKELY(!same_source(t, &e->rx_addr[i]))) {
+            int truncated = (e->rx_msgs[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
+            if (MF_UNLIKELY(!source_accepted(t, &e->rx_addr[i], e->rx_buf[i],
+                                             e->rx_msgs[i].msg_len, truncated, now))) {
                 MF_CTR_ADD(t->ctr.source_rejected, 1);
                 continue;
             }
-            if (MF_UNLIKELY(e->rx_msgs[i].msg_hdr.msg_flags & MSG_TRUNC)) {
+            if (MF_UNLIKELY(truncated)) {
                 MF_CTR_ADD(t->ctr.received, 1);
                 MF_CTR_ADD(t->ctr.malformed, 1);
                 continue;

@@ -99,18 +99,51 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _secret(args: argparse.Namespace) -> int:
-    from .daemon.config import encrypt_secret, generate_secret_key
+    from .daemon.config import ConfigError, encrypt_secret, generate_secret_key
 
     if args.action == "genkey":
         sys.stdout.write(generate_secret_key().decode() + "\n")
         return 0
-    key = Path(args.key_file).read_bytes().strip()
-    plaintext = sys.stdin.readline().rstrip("\n")
-    if not plaintext:
-        print("mediafork: give the secret on standard input", file=sys.stderr)
+    try:
+        key = Path(args.key_file).read_bytes().strip()
+    except OSError as exc:
+        print(f"mediafork: --key-file: cannot read ({exc.strerror})", file=sys.stderr)
         return 2
-    sys.stdout.write(encrypt_secret(key, plaintext) + "\n")
+    plaintext, problem = _secret_from_stdin()
+    if problem is not None:
+        print(f"mediafork: the secret on standard input {problem}; nothing encrypted",
+              file=sys.stderr)
+        return 2
+    try:
+        sys.stdout.write(encrypt_secret(key, plaintext) + "\n")
+    except ConfigError as exc:
+        print(f"mediafork: --key-file: {exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _secret_from_stdin() -> tuple[str, str | None]:
+    """The secret on standard input and what is wrong with it (None: nothing).
+
+    ``printf '%s\\n'``, ``echo`` and a terminal add one line ending, ``\\r\\n`` on a
+    Windows-edited file: exactly one is removed. Any other control character is refused
+    rather than stripped: the config loader refuses it too, so an encrypted value is
+    always one the daemon accepts.
+    """
+    from .daemon.secret_rules import ANY_SECRET
+
+    raw = sys.stdin.buffer.read(ANY_SECRET.max_chars * 4 + 3)  # bounded: UTF-8 + CRLF
+    for ending in (b"\r\n", b"\n"):
+        if raw.endswith(ending):
+            raw = raw[: -len(ending)]
+            break
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "", "is not valid UTF-8"
+    if not text:
+        return "", "is empty (give the secret on standard input)"
+    return text, ANY_SECRET.problem(text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -116,6 +116,18 @@ def _accumulate(totals: dict[str, int], call: Call) -> None:
                 totals[f"fork_{name}"] = totals.get(f"fork_{name}", 0) + value
 
 
+DEFAULT_RELATCH_AFTER = 3.0
+"""Seconds the latched media source must be silent before another sender may take its
+place: long enough that a stranger cannot cut into a live stream, short enough that a
+media server that moved ports (re-INVITE, failover) is followed within a few seconds."""
+
+
+def _relatch_seconds(value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 3600:
+        raise EngineError(f"relatch_after must be a number of seconds from 0 to 3600, got {value!r}")
+    return float(value)
+
+
 def _power_of_two(n: int, name: str) -> int:
     if n < 2 or n & (n - 1):
         raise EngineError(f"{name} must be a power of two >= 2, got {n}")
@@ -140,9 +152,15 @@ class Engine:
         threaded: bool = True,
         coalesce: float = 0.0002,
         workers: int = 1,
+        latch: bool = True,
+        relatch_after: float = DEFAULT_RELATCH_AFTER,
     ) -> None:
+        """``latch``, ``relatch_after``: the default media source latching of calls (see
+        :meth:`add_call`)."""
         if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 64:
             raise EngineError(f"workers must be an integer from 1 to 64, got {workers!r}")
+        self.latch = bool(latch)
+        self.relatch_after = _relatch_seconds(relatch_after)
         if workers > 1 and not threaded:
             raise EngineError("an engine driven by run_once() has a single worker")
         self.media_address = media_address
@@ -235,14 +253,25 @@ class Engine:
         ingress_address: str | None = None,
         no_media_timeout: float = 0.0,
         record_slots: int = 1024,
+        latch: bool | None = None,
+        relatch_after: float | None = None,
     ) -> Call:
         """Register a call. With ``ingress`` the worker receives its two tracks on
-        two UDP ports it allocates (see ``Call.ingress``); without, the host pushes."""
+        two UDP ports it allocates (see ``Call.ingress``); without, the host pushes.
+
+        ``latch`` (default: the engine's): a track with no source set by
+        :meth:`Call.expect_source` accepts RTP only from the first address:port that sends
+        it valid RTP; other senders are dropped and counted (``source_rejected``). Another
+        sender takes over only after the latched one was silent for ``relatch_after``
+        seconds. ``latch=False`` accepts any sender. Pushed packets are not filtered."""
         self._check_open()
         if not call_sid:
             raise EngineError("call_sid is required")
         if record_slots:
             _power_of_two(record_slots, "record_slots")
+        latch = self.latch if latch is None else bool(latch)
+        relatch_after = (self.relatch_after if relatch_after is None
+                         else _relatch_seconds(relatch_after))
         with self._lock:
             if call_sid in self._calls:
                 raise EngineError(f"call {call_sid} is already registered")
@@ -258,7 +287,8 @@ class Engine:
             worker = min(range(len(self._cores)), key=self._load.__getitem__)
             try:
                 core = _fastpath.CCall(
-                    next(self._ids), dtmf, clock_rate, record_slots, self.max_packet, *fds
+                    next(self._ids), dtmf, clock_rate, record_slots, self.max_packet, *fds,
+                    latch, int(relatch_after * 1e9),
                 )
             except BaseException:
                 for fd in fds:
@@ -370,6 +400,12 @@ class Engine:
         """Data-plane allocations alive in this process (debug accounting)."""
         return int(_fastpath.live_allocations())
 
+    @staticmethod
+    def open_media_sockets() -> int:
+        """UDP sockets the data plane holds for calls and forks in this process (ingress,
+        fork RTP and RTCP). Falls back as soon as a call or fork is closed."""
+        return int(_fastpath.open_sockets())
+
     def _check_open(self) -> None:
         if self._closed:
             raise EngineError("engine is closed")
@@ -465,12 +501,17 @@ class Call:
                 if descriptor >= 0:
                     os.close(descriptor)
             raise
-        tx = outbound_session(key, ssrc) if key else None
-        rx = inbound_session(remote_key) if remote_key else None
         try:
+            tx = outbound_session(key, ssrc) if key else None
+            rx = inbound_session(remote_key) if remote_key else None
             self._worker.add_fork(self._core, core, tx, rx)
         except ValueError as exc:
+            core.release()  # the worker refused it: its sockets close now
             raise EngineError(str(exc)) from None
+        except BaseException:
+            if not core.linked:
+                core.release()
+            raise
         fork = Fork(self, core, track, ssrc, key, local, drain)
         self._forks[fork_id] = fork
         if destination is not None:
@@ -539,8 +580,12 @@ class Call:
         forks = [f._core for f in self._forks.values()]
         self._worker.remove_call(self._core, forks)
         self.engine._retire(self)  # counters are final now that the worker let go
+        # The worker has let go: sockets, rings and SRTP contexts are freed now, not when
+        # the garbage collector finds these objects (ports must be free for the next call).
         for fork in self._forks.values():
+            fork._core.release()
             fork._closed = True
+        self._core.release()
         self._closed = True
         self.engine._forget(self)
 
@@ -655,7 +700,8 @@ class Fork:
         return dict(self._core.counters())
 
     def close(self) -> None:
-        """Remove this fork (its sockets close, its keys are wiped). Idempotent."""
+        """Remove this fork; once the worker has let go, its sockets close and its SRTP
+        contexts (keys) are freed, before this returns. Idempotent."""
         if self._closed:
             return
         if not self.call.closed:
@@ -665,6 +711,7 @@ class Fork:
                 retired = self.call.engine._retired
                 for name, value in final.items():
                     retired[name] = retired.get(name, 0) + value
+            self._core.release()
         self.call._forks.pop(self.id, None)
         self._closed = True
 

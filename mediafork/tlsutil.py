@@ -10,6 +10,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from .private_dirs import make_private_dir
+
 
 def self_signed(directory: Path, name: str = "recorder", host: str = "127.0.0.1",
                 days: int = 30, *, extra_hosts: Sequence[str] = ()) -> tuple[Path, Path]:
@@ -41,10 +43,11 @@ def self_signed(directory: Path, name: str = "recorder", host: str = "127.0.0.1"
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    directory.mkdir(parents=True, exist_ok=True)
+    make_private_dir(directory)
     cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a key file that already existed
     with os.fdopen(fd, "wb") as f:
         f.write(key.private_bytes(serialization.Encoding.PEM,
                                   serialization.PrivateFormat.PKCS8,

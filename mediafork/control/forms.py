@@ -69,12 +69,13 @@ MAX_PARAMETER_VALUE_LENGTH = 1024
 # The platform's limit for callback URLs (error 21609 mentions 4000 characters).
 MAX_URL_LENGTH = 4000
 
-# Custom parameter names may end up as SIP header names or metadata element names, so they
-# are restricted to RFC 3261 ``token`` characters. Values may be any text except control
-# characters (CR/LF in a value would let a client inject SIP headers) and lone surrogates
-# (JSON's "\ud800" decodes to one; it cannot be encoded as UTF-8, so SQLite, SIP and the JSON
-# answer would each fail on it after the request was accepted).
-_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+# Custom parameter names and values are free text chosen by users and partners ("Agent
+# Name", "Kundennummer"): the platform's docs put no rule on them. They travel in the
+# RFC 7865 metadata as an XML attribute and its text, which the serializer escapes. Neither
+# may hold control characters (CR/LF would let a client inject SIP headers wherever text is
+# ever put in one) nor lone surrogates (JSON's "\ud800" decodes to one; it cannot be encoded
+# as UTF-8, so SQLite, SIP and the JSON answer would each fail on it after the request was
+# accepted).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 # ``Parameter<N>.Name`` / ``Parameter<N>.Value`` with N written without leading zeros, so
 # that Parameter1 and Parameter01 cannot both name slot 1.
@@ -218,8 +219,8 @@ def validate_custom_parameters(
 ) -> tuple[tuple[str, str], ...]:
     """Check name/value pairs (already in order); returns them as an immutable tuple.
 
-    Names are compared case-insensitively for duplicates because they may become SIP
-    header names, which are case-insensitive.
+    Names are compared case-insensitively for duplicates: "CampaignId" and "campaignid"
+    are one name to most readers of the metadata.
     """
     result: list[tuple[str, str]] = []
     seen: set[str] = set()
@@ -230,11 +231,10 @@ def validate_custom_parameters(
             )
         if not name:
             raise ApiError(INVALID_CUSTOM_PARAMETER, f"{what} names must not be empty")
-        if len(name) > MAX_PARAMETER_NAME_LENGTH or not _TOKEN.fullmatch(name):
+        if len(name) > MAX_PARAMETER_NAME_LENGTH or _CONTROL.search(name):
             raise ApiError(
                 INVALID_CUSTOM_PARAMETER,
-                f"{what} names must be 1 to {MAX_PARAMETER_NAME_LENGTH} characters of "
-                "letters, digits and -.!%*_+`'~",
+                f"{what} names must be 1 to {MAX_PARAMETER_NAME_LENGTH} printable characters",
             )
         if len(value) > MAX_PARAMETER_VALUE_LENGTH:
             raise ApiError(

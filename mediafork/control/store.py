@@ -33,6 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
 
+from ..private_dirs import make_private_dir
 from . import errors
 from .timefmt import utcnow
 
@@ -323,7 +324,7 @@ class Store:
     def __init__(self, path: str | os.PathLike[str],
                  migrations: Sequence[Sequence[str]] = MIGRATIONS) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
         new_file = not self.path.exists()
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so every multi-statement
         # change is one explicit transaction.

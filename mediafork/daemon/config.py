@@ -7,7 +7,8 @@ Keys (ARCHITECTURE.md, "External contracts"; docs/api.md has the full list)::
                  header_timeout = 10.0, idle_timeout = 60.0
     [storage]    path = "data/mediafork.db"             # relative to the config file
     [media]      address = "127.0.0.1", port_range = [30000, 39999], workers = 1,
-                 port_reserve (a tenth of the range), call_idle_timeout = 600
+                 port_reserve (a tenth of the range), call_idle_timeout = 600,
+                 latch = true, relatch_after = 3.0
     [[accounts]] sid, auth_token | auth_token_env, max_calls, max_siprecs, max_recordings
     [[edges]]    name, address, default
     [[connectors]] account_sid, unique_name, srs, standby_srs, credentials_header,
@@ -26,7 +27,9 @@ Keys (ARCHITECTURE.md, "External contracts"; docs/api.md has the full list)::
 
 Every problem raises :class:`ConfigError` whose message starts with the key path
 (``connectors[1].srs: not a SIP URI``). Messages never contain a secret's value: for secret
-keys only the key path and the kind of problem are reported.
+keys only the key path and the kind of problem are reported. A secret is checked after it is
+resolved, with the same rules whether it was inline, ``_env`` or ``_encrypted``
+(:mod:`.secret_rules`).
 """
 
 from __future__ import annotations
@@ -44,7 +47,16 @@ from typing import Any
 
 from ..control.egress import EgressPolicy
 from ..control.quotas import DEFAULT_MAX_CALLS, DEFAULT_MAX_RECORDINGS, DEFAULT_MAX_SIPRECS
+from ..private_dirs import make_private_dir
 from ..recorder_api import Connector, Edge
+from .secret_rules import (
+    ANY_SECRET,
+    AUTH_TOKEN,
+    CONTROL_CHARACTERS,
+    DIGEST_PASSWORD,
+    HEADER_VALUE,
+    SecretRule,
+)
 
 __all__ = [
     "AccountConfig",
@@ -120,6 +132,11 @@ class MediaConfig:
     port_range: tuple[int, int] = (30000, 39999)
     workers: int = 1
     """Media worker threads; each call (with its forks) lives on one of them."""
+    latch: bool = True
+    """A track without configured ``sources`` takes RTP only from the first address:port
+    that sends it valid RTP (false: from anyone)."""
+    relatch_after: float = 3.0
+    """Seconds the latched source must be silent before another sender may take over."""
     port_reserve: int | None = None
     """Ports kept for accounts within their fair share (control.quotas); None: a tenth."""
     call_idle_timeout: float = DEFAULT_CALL_IDLE_TIMEOUT
@@ -234,6 +251,8 @@ class Config:
     """Set by :func:`default_config` when it generated the account's token."""
     log_level: str | None = None
     """``[logging] level``; None: not set in the file (``--log-level`` or ``info``)."""
+    clear_secrets: tuple[str, ...] = ()
+    """Key paths whose secret is written in clear in :attr:`source` (start-up warning)."""
 
     def account(self, sid: str) -> AccountConfig | None:
         for account in self.accounts:
@@ -272,7 +291,7 @@ def generate_secret_key() -> bytes:
 
 
 def encrypt_secret(key: bytes | str, plaintext: str) -> str:
-    """Encrypt *plaintext* for a ``*_encrypted`` config value (``mediafork config encrypt``)."""
+    """Encrypt *plaintext* for a ``*_encrypted`` config value (``mediafork secret encrypt``)."""
     from cryptography.fernet import Fernet
 
     try:
@@ -305,6 +324,7 @@ class _Reader:
     def __init__(self, table: Mapping[str, Any], path: str, allowed: set[str]) -> None:
         self.table = table
         self.path = path
+        self.clear_secrets: list[str] = []
         unknown = sorted(set(table) - allowed)
         if unknown:
             raise ConfigError(f"{self.key(unknown[0])}: unknown key")
@@ -328,8 +348,14 @@ class _Reader:
             raise ConfigError(f"{self.key(name)}: must be {what or _kind_name(kind)}")
         return value
 
-    def secret(self, name: str, key: bytes | None, *, required: bool = False) -> str | None:
-        """``name``, ``name_env`` or ``name_encrypted``: at most one of them."""
+    def secret(self, name: str, key: bytes | None, rule: SecretRule = ANY_SECRET, *,
+               required: bool = False) -> str | None:
+        """``name``, ``name_env`` or ``name_encrypted``: at most one of them.
+
+        The resolved value is checked against *rule* whatever its source, so a CR/LF from an
+        environment variable or inside an encrypted value is refused at load like an inline
+        one. Key paths given in clear are recorded in :attr:`clear_secrets`.
+        """
         given = [k for k in (name, f"{name}_env", f"{name}_encrypted") if k in self.table]
         if len(given) > 1:
             raise ConfigError(f"{self.key(name)}: give only one of {', '.join(given)}")
@@ -347,17 +373,46 @@ class _Reader:
             resolved = os.environ.get(value)
             if not resolved:
                 raise ConfigError(f"{self.key(chosen)}: environment variable {value} is not set")
-            return resolved
-        if chosen.endswith("_encrypted"):
+            origin = f"the value of environment variable {value}"
+        elif chosen.endswith("_encrypted"):
             if key is None:
                 raise ConfigError(f"{self.key(chosen)}: needs [secrets] key_file or key_env")
-            return decrypt_secret(key, value, self.key(chosen))
-        if _CONTROL.search(value):
-            raise ConfigError(f"{self.key(chosen)}: must not contain control characters")
-        return value
+            resolved = decrypt_secret(key, value, self.key(chosen))
+            origin = "the decrypted value"
+        else:
+            resolved = value
+            origin = "the value"
+            self.clear_secrets.append(self.key(chosen))
+        problem = rule.problem(resolved)
+        if problem is not None:
+            raise ConfigError(f"{self.key(chosen)}: {origin} {problem}")
+        return resolved
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = CONTROL_CHARACTERS
+
+
+def _plain(value: str, where: str) -> str:
+    """A text key that ends up in a SIP header, a file path or a URL: no control characters
+    (a CR/LF would split a header, a NUL would truncate a path)."""
+    if _CONTROL.search(value):
+        raise ConfigError(f"{where}: must not contain control characters")
+    return value
+
+
+def _metadata_content_type(value: str, where: str) -> str:
+    """The Content-Type of the SIPREC metadata part: a media type the SIP layer speaks."""
+    from ..sip.headers import ContentType
+    from ..sip.metadata import CONTENT_TYPE, LEGACY_CONTENT_TYPE
+
+    _plain(value, where)  # before parsing: the parser strips a trailing CR/LF
+    try:
+        ContentType.parse(value)
+    except ValueError:
+        raise ConfigError(f"{where}: not a media type (type/subtype)") from None
+    if value not in (CONTENT_TYPE, LEGACY_CONTENT_TYPE):
+        raise ConfigError(f"{where}: must be {CONTENT_TYPE!r} or {LEGACY_CONTENT_TYPE!r}")
+    return value
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
@@ -478,12 +533,24 @@ def _secrets_key(root: Mapping[str, Any], base: Path) -> bytes | None:
         text = os.environ.get(key_env)
         if not text:
             raise ConfigError(f"secrets.key_env: environment variable {key_env} is not set")
-        return text.strip().encode("ascii", "replace")
-    path = (base / key_file).expanduser()
+        return _fernet_key(text.strip().encode("ascii", "replace"), "secrets.key_env")
+    path = (base / _plain(key_file, "secrets.key_file")).expanduser()
     try:
-        return path.read_bytes().strip()
+        return _fernet_key(path.read_bytes().strip(), "secrets.key_file")
     except OSError as exc:
         raise ConfigError(f"secrets.key_file: cannot read ({exc.strerror})") from None
+
+
+def _fernet_key(key: bytes, where: str) -> bytes:
+    """Checked at load even when no value is encrypted yet: a wrong key is found now, not
+    when the first ``*_encrypted`` value is added."""
+    from cryptography.fernet import Fernet
+
+    try:
+        Fernet(key)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{where}: not a valid Fernet key") from None
+    return key
 
 
 # -- parsing ----------------------------------------------------------------------------------
@@ -533,7 +600,8 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
                                                  "header_timeout", "idle_timeout"})
     host, port = _listen(api_r.get("listen", str, "127.0.0.1:8080"), "api.listen")
     public = api_r.get("public_base_url", str)
-    if public is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", public):
+    if public is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", _plain(
+            public, "api.public_base_url")):
         raise ConfigError("api.public_base_url: must be an absolute http(s) URL")
     max_request = api_r.get("max_request_bytes", int, 64 * 1024)
     if not 1024 <= max_request <= 16 * 1024 * 1024:
@@ -545,17 +613,24 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
                     idle_timeout=_seconds(api_r, "idle_timeout", 60.0, 0.1, 3600.0))
 
     storage_r = _Reader(_table(root, "storage"), "storage", {"path"})
-    storage = StorageConfig(path=(base / storage_r.get("path", str, "data/mediafork.db")))
+    storage = StorageConfig(path=(base / _plain(storage_r.get("path", str, "data/mediafork.db"),
+                                                "storage.path")))
 
     media_r = _Reader(_table(root, "media"), "media", {"address", "port_range", "workers",
-                                                       "port_reserve", "call_idle_timeout"})
+                                                       "port_reserve", "call_idle_timeout",
+                                                       "latch", "relatch_after"})
     address = _ip(media_r.get("address", str, "127.0.0.1"), "media.address")
     first, last = _port_range(media_r.get("port_range", list, [30000, 39999]),
                               "media.port_range")
     workers = media_r.get("workers", int, 1)
     if not 1 <= workers <= 64:
         raise ConfigError("media.workers: must be between 1 and 64")
-    media = MediaConfig(address=address, port_range=(first, last), workers=workers)
+    latch = media_r.get("latch", bool, True)
+    relatch_after = float(media_r.get("relatch_after", (int, float), 3.0, what="a number"))
+    if not 0 <= relatch_after <= 3600:
+        raise ConfigError("media.relatch_after: must be between 0 and 3600 seconds")
+    media = MediaConfig(address=address, port_range=(first, last), workers=workers,
+                        latch=latch, relatch_after=relatch_after)
     reserve = media_r.get("port_reserve", int)
     if reserve is not None and not 0 <= reserve <= media.port_capacity // 2:
         raise ConfigError("media.port_reserve: must be between 0 and half the port range")
@@ -566,6 +641,7 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
     media = dataclasses.replace(media, port_reserve=reserve, call_idle_timeout=idle)
 
     accounts: list[AccountConfig] = []
+    clear_secrets: list[str] = []  # key paths of secrets given in clear (start-up warning)
     seen_accounts: set[str] = set()
     for i, table in enumerate(_array(root, "accounts")):
         r = _Reader(table, f"accounts[{i}]", {"sid", "auth_token", "auth_token_env",
@@ -576,10 +652,9 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
         if sid in seen_accounts:
             raise ConfigError(f"accounts[{i}].sid: duplicate account")
         seen_accounts.add(sid)
-        token = r.secret("auth_token", key, required=True)
+        token = r.secret("auth_token", key, AUTH_TOKEN, required=True)
         assert token is not None
-        if len(token) < 16:
-            raise ConfigError(f"accounts[{i}].auth_token: must be at least 16 characters")
+        clear_secrets += r.clear_secrets
         limits = {key: _account_limit(r, key, default)
                   for key, default in _ACCOUNT_LIMITS.items()}
         accounts.append(AccountConfig(sid=sid, auth_token=token, **limits))
@@ -625,16 +700,23 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
         header = r.get("credentials_header", str)
         if header is not None and not _HEADER_NAME.fullmatch(header):
             raise ConfigError(f"{where}.credentials_header: not a SIP header name")
-        credentials = r.secret("credentials", key)
+        credentials = r.secret("credentials", key, HEADER_VALUE)
         if (header is None) != (credentials is None):
             raise ConfigError(f"{where}.credentials: credentials_header and credentials "
                               "go together")
         digest_user = r.get("digest_username", str)
-        digest_password = r.secret("digest_password", key)
+        if digest_user is not None:  # sent in the Authorization header
+            _plain(digest_user, f"{where}.digest_username")
+            if not 1 <= len(digest_user) <= 256:
+                raise ConfigError(f"{where}.digest_username: must be 1-256 characters")
+        digest_password = r.secret("digest_password", key, DIGEST_PASSWORD)
         if (digest_user is None) != (digest_password is None):
             raise ConfigError(f"{where}.digest_password: digest_username and digest_password "
                               "go together")
-        content_type = r.get("metadata_content_type", str, "application/rs-metadata+xml")
+        content_type = _metadata_content_type(
+            r.get("metadata_content_type", str, "application/rs-metadata+xml"),
+            f"{where}.metadata_content_type")
+        clear_secrets += r.clear_secrets
         connectors.append(Connector(
             account_sid=account_sid, unique_name=unique_name, srs=srs,
             standby_srs=tuple(standby), credentials_header=header, credentials=credentials,
@@ -674,7 +756,7 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
         value = tls_r.get(name, str)
         if value is None:
             return None
-        path = base / value
+        path = base / _plain(value, f"sip.tls.{name}")
         if not path.is_file():
             raise ConfigError(f"sip.tls.{name}: file not found")
         return path
@@ -700,7 +782,7 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
     if "control_socket" in root:
         cs_r = _Reader(_table(root, "control_socket"), "control_socket",
                        {"path", "max_connections", "idle_timeout"})
-        socket_path = base / cs_r.get("path", str, required=True)
+        socket_path = base / _plain(cs_r.get("path", str, required=True), "control_socket.path")
         socket_limits = ControlSocketLimits(
             max_connections=_cap(cs_r, "max_connections"),
             idle_timeout=_seconds(cs_r, "idle_timeout", 300.0, 0.1, 86400.0))
@@ -711,7 +793,8 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
                                            retry_for=retry_for, backoff_max=backoff_max,
                                            **egress),
                   sip=sip, control_socket=socket_path, control_socket_limits=socket_limits,
-                  media_sources=_media_sources(root), source=source, log_level=log_level)
+                  media_sources=_media_sources(root), source=source, log_level=log_level,
+                  clear_secrets=tuple(clear_secrets))
 
 
 def _media_sources(root: Mapping[str, Any]) -> tuple[MediaSourceConfig, ...]:
@@ -766,8 +849,7 @@ def default_config(data_dir: str | os.PathLike[str]) -> Config:
     so the daemon keeps the same credentials across restarts; when this call created the file
     ``generated_token_file`` is set and the daemon prints the credentials once.
     """
-    data = Path(data_dir)
-    data.mkdir(parents=True, exist_ok=True)
+    data = make_private_dir(data_dir)
     token_file = data / TOKEN_FILE_NAME
     generated = False
     try:

@@ -72,6 +72,9 @@ class EngineCollector(Collector):
             yield from source()
 
         yield _gauge("mediafork_calls", "Live calls registered with the engine.", counters["calls"])
+        yield _gauge("mediafork_media_sockets_open",
+                     "UDP sockets held for calls and forks (ingress, fork RTP and RTCP).",
+                     self.engine.open_media_sockets())
         forks = GaugeMetricFamily("mediafork_forks", "Forked streams by state.", labels=["state"])
         for state, n in sorted(self.fork_states().items()):
             forks.add_metric([state], n)

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import os
 import signal
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from ..control.callbacks import is_local_address
 from ..control.egress import Listener
 from ..control.store import AsyncStore
 from ..engine import Engine
+from ..private_dirs import make_private_dir, open_to_other_users, warn_if_open
 from ..recorder_api import Connector, Edge
 from ..recording.manager import RecordingManager
 from ..sip.recorder_links import SipRecorderLinks
@@ -107,7 +109,9 @@ class Daemon:
         self.engine = Engine(media_address=config.media.address,
                              port_range=config.media.port_range,
                              workers=config.media.workers)
-        config.storage.path.parent.mkdir(parents=True, exist_ok=True)
+        data = make_private_dir(config.storage.data_dir)
+        warn_if_open(data, "the data folder")
+        make_private_dir(data / "recordings", tighten_below=data)
         self.store = await AsyncStore.open(config.storage.path)
         # One NG socket per [[media_sources]] entry, closed in shutdown() (nothing is sent
         # yet: rtpengine may start after us).
@@ -195,8 +199,9 @@ class Daemon:
         from ..srs.server import RecorderConfig, ReferenceRecorder
         from ..tlsutil import self_signed
 
-        data = config.storage.data_dir
-        cert, key = self_signed(data / "tls", "recorder")
+        data = make_private_dir(config.storage.data_dir)
+        cert, key = self_signed(make_private_dir(data / "tls", tighten_below=data), "recorder")
+        make_private_dir(data / "srs", tighten_below=data)  # call audio the recorder writes
         self.recorder = ReferenceRecorder(RecorderConfig(
             host=config.media.address, port=self.recorder_port, tcp=True,
             tls_cert=str(cert), tls_key=str(key), out_dir=data / "srs",
@@ -424,6 +429,7 @@ async def serve(config: Config, *, embedded_recorder: bool = False,
                 overrides: Callable[[Config], Config] | None = None,
                 log_level_flag: str | None = None) -> int:
     """Run until SIGTERM/SIGINT, reloading the config on SIGHUP; returns the exit code."""
+    warn_about_exposure(config)
     daemon = Daemon(config, embedded_recorder=embedded_recorder, recorder_port=recorder_port,
                     overrides=overrides, log_level_flag=log_level_flag)
     loop = asyncio.get_running_loop()
@@ -464,6 +470,24 @@ async def serve(config: Config, *, embedded_recorder: bool = False,
         await watchdog.stop()
     await daemon.shutdown()
     return 0
+
+
+def warn_about_exposure(config: Config) -> None:
+    """Start-up WARNINGs (once, never fatal) for setups that expose secrets: running as
+    root, and a config file with clear-text secrets that other users can read."""
+    if os.geteuid() == 0:
+        log.warning("running as root: a flaw in any part of the daemon would be root's; "
+                    "run it as its own unprivileged user (docs/systemd/)")
+    if config.source is None or not config.clear_secrets:
+        return
+    try:
+        st = os.stat(config.source)
+    except OSError:
+        return
+    if open_to_other_users(st):
+        log.warning("%s holds secrets in clear (%s) and other users can read it (mode %04o): "
+                    "chmod 600 (or 640 with the daemon's group), or use *_env / *_encrypted",
+                    config.source, ", ".join(config.clear_secrets), stat.S_IMODE(st.st_mode))
 
 
 def data_dir_default() -> Path:

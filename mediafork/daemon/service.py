@@ -90,6 +90,7 @@ from ..mediasource import (
 from ..mediasource.rtpengine import RtpengineSource, SourceMedia
 from ..recorder_api import CallCodec, Connector, LinkError, LinkEvent, RecorderLinks, SiprecStart
 from .config import Config, MediaSourceConfig
+from .logs import log_fields
 from .media_sources import CallSource, MediaSources, api_error, parse_media_source
 
 log = logging.getLogger("mediafork.daemon.service")
@@ -553,7 +554,8 @@ class ControlService:
         try:
             engine_call = await asyncio.to_thread(
                 self.engine.add_call, call_sid, clock_rate=codec.clock_rate,
-                dtmf_payload_type=dtmf)
+                dtmf_payload_type=dtmf, latch=self.config.media.latch,
+                relatch_after=self.config.media.relatch_after)
         except (EngineError, OSError) as exc:
             del self._calls[call_sid]
             log.warning("register %s: engine refused: %s", call_sid, exc)
@@ -1027,6 +1029,13 @@ class ControlService:
         state = self._siprecs.get(event.siprec_sid)
         if state is None or state.final_sent:
             return
+        # Every line logged on the way, the callbacks' delivery task included (it inherits
+        # the context), names the Siprec and its call.
+        with log_fields(account_sid=state.account_sid, call_sid=state.call_sid,
+                        siprec_sid=state.sid):
+            await self._handle_state(state, event)
+
+    async def _handle_state(self, state: _Siprec, event: LinkEvent) -> None:
         if event.kind == "started":
             if state.started_sent:
                 return

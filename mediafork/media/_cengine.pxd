@@ -16,6 +16,7 @@ cdef extern from "<sys/socket.h>":
 
 cdef extern from "mf_common.h":
     int64_t mf_live_allocations()
+    int64_t mf_open_sockets()
 
 
 cdef extern from "rtp.h":
@@ -73,6 +74,7 @@ cdef extern from "engine.h":
         uint64_t rtcp
         uint64_t filtered_dtmf
         uint64_t source_rejected
+        uint64_t source_latches
         uint64_t recorded
         uint64_t record_dropped
         uint64_t ssrc_changes
@@ -163,6 +165,8 @@ cdef extern from "engine.h":
 
     mf_call *mf_call_new(uint64_t id, uint8_t dtmf_pt, uint32_t clock_rate, uint32_t record_slots,
                          uint32_t max_packet)
+    void mf_call_set_ingress(mf_call *c, int inbound_fd, int outbound_fd)
+    void mf_call_set_latch(mf_call *c, int latch, uint64_t relatch_ns)
     void mf_call_free(mf_call *c)
     mf_fork *mf_fork_new(uint64_t id, uint8_t track, uint32_t ssrc, uint16_t seq_base,
                          uint32_t ts_base, int fd, int rtcp_fd, uint32_t ring_slots,

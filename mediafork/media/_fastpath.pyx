@@ -13,6 +13,7 @@ from libc.errno cimport errno
 cimport cython
 
 from mediafork.media._cengine cimport *
+from posix.unistd cimport usleep
 
 import numpy as np
 
@@ -90,6 +91,12 @@ def live_allocations():
     return mf_live_allocations()
 
 
+def open_sockets():
+    """Media sockets owned by calls and forks in this process (all engines): closed
+    when the call or fork is released, so this falls back as soon as they end."""
+    return mf_open_sockets()
+
+
 def now_ns():
     return mf_now_ns()
 
@@ -117,7 +124,8 @@ def find_rtcp_report(const uint8_t[::1] packet, uint32_t ssrc):
 
 
 cdef class SrtpSession:
-    """A libsrtp session created from a pylibsrtp Policy; freed when collected."""
+    """A libsrtp session created from a pylibsrtp Policy; freed by ``close()`` (its
+    fork's release) or, as a safety net, when collected."""
     cdef void *ptr
 
     def __cinit__(self, uintptr_t policy_address):
@@ -127,6 +135,11 @@ cdef class SrtpSession:
             raise ValueError(f"srtp_create failed (libsrtp status {err})")
 
     def __dealloc__(self):
+        self.close()
+
+    def close(self):
+        """Free the libsrtp context (its keys with it). Only once no worker can use it.
+        Idempotent."""
         if self.ptr != NULL:
             mf_srtp_session_free(self.ptr)
             self.ptr = NULL
@@ -134,6 +147,8 @@ cdef class SrtpSession:
     def bench_raw_protect(self, const uint8_t[::1] packet, uint64_t n):
         """Plain C loop over srtp_protect (benchmark baseline): elapsed ns."""
         cdef uint64_t ns
+        if self.ptr == NULL:
+            raise RuntimeError("SRTP session is closed")
         with nogil:
             ns = mf_bench_raw_protect(self.ptr, &packet[0], packet.shape[0], n)
         return ns
@@ -145,30 +160,74 @@ cdef void *session_ptr(object s):
     return (<SrtpSession>s).ptr
 
 
+cdef void close_session(object s):
+    if s is not None:
+        (<SrtpSession>s).close()
+
+
+cdef void wait_idle(int *busy):
+    """Wait (without the GIL) until no other thread uses a call's or fork's memory
+    outside the GIL: a drain copying out of a ring, a push copying into the engine.
+    Those take microseconds, and the caller has already barred new ones; the counters
+    and flags are read and written only with the GIL held."""
+    while busy[0] > 0:
+        with nogil:
+            usleep(50)
+
+
 cdef class CCall:
     cdef mf_call *ptr
     cdef readonly uint64_t id
     cdef readonly bint linked
+    cdef mf_track_counters final_counters[2]  # as they were when released
+    # Threads using ptr without the GIL count themselves: pushes (remove_call bars new
+    # ones with `ending` and waits for the rest), recording drains (release() bars new
+    # ones with `releasing` and waits for the rest).
+    cdef int pushing, draining
+    cdef bint ending, releasing
 
     def __cinit__(self, uint64_t id, int dtmf_pt, uint32_t clock_rate, uint32_t record_slots,
-                  uint32_t max_packet, int inbound_fd, int outbound_fd):
+                  uint32_t max_packet, int inbound_fd, int outbound_fd, bint latch=True,
+                  uint64_t relatch_ns=0):
         self.id = id
         self.ptr = mf_call_new(id, <uint8_t>(dtmf_pt if 0 <= dtmf_pt < 128 else 255), clock_rate,
                                record_slots, max_packet)
         if self.ptr == NULL:
             raise MemoryError("cannot allocate call")
         # The sockets are owned by the call from here on; mf_call_free closes them.
-        _set_track_fds(self.ptr, inbound_fd, outbound_fd)
+        mf_call_set_ingress(self.ptr, inbound_fd, outbound_fd)
+        mf_call_set_latch(self.ptr, latch, relatch_ns)
 
     def __dealloc__(self):
-        # Only a call that was never linked, or was unlinked by the worker, is
-        # freed here; a linked call is leaked rather than freed under the worker.
+        # A safety net: release() normally freed it already. Only a call that was never
+        # linked, or was unlinked by the worker, is freed here; a linked call is leaked
+        # rather than freed under the worker.
         if self.ptr != NULL and not self.linked:
             mf_call_free(self.ptr)
         self.ptr = NULL
 
+    def release(self):
+        """Close the call's ingress sockets and free its ring now, once the worker has let
+        go of it (after ``CEngine.remove_call``); its counters stay readable. Idempotent."""
+        if self.ptr == NULL:
+            return
+        if self.linked:
+            raise RuntimeError("the media worker still holds this call")
+        self.releasing = True
+        wait_idle(&self.draining)  # a recording drain on another thread finishes first
+        mf_track_counters_read(self.ptr, 0, &self.final_counters[0])
+        mf_track_counters_read(self.ptr, 1, &self.final_counters[1])
+        mf_call_free(self.ptr)
+        self.ptr = NULL
+
+    @property
+    def released(self):
+        return self.ptr == NULL
+
     def track_counters(self, int track):
         cdef mf_track_counters c
+        if self.ptr == NULL:
+            return self.final_counters[track & 1]
         mf_track_counters_read(self.ptr, track & 1, &c)
         return c
 
@@ -188,10 +247,16 @@ cdef class CCall:
         cdef uint8_t[::1] tr = tracks, pt = pts, mk = markers
         cdef uint16_t[::1] sq = seqs
         cdef uint64_t[::1] ar = arrival
-        cdef uint32_t n
-        with nogil:
-            n = mf_call_drain_recording(self.ptr, &p[0], max_bytes, &o[0], &l[0], &tr[0], &sq[0],
-                                        &t32[0], &pt[0], &mk[0], &ar[0], max_packets)
+        cdef uint32_t n = 0
+        if self.ptr != NULL and not self.releasing and max_packets:  # else nothing to drain
+            self.draining += 1
+            try:
+                with nogil:
+                    n = mf_call_drain_recording(self.ptr, &p[0], max_bytes, &o[0], &l[0], &tr[0],
+                                                &sq[0], &t32[0], &pt[0], &mk[0], &ar[0],
+                                                max_packets)
+            finally:
+                self.draining -= 1
         end = int(offsets[n - 1] + lengths[n - 1]) if n else 0
         return {"track": tracks[:n], "seq": seqs[:n], "timestamp": tss[:n],
                 "payload_type": pts[:n], "marker": markers[:n], "arrival_ns": arrival[:n],
@@ -200,14 +265,9 @@ cdef class CCall:
 
 cdef extern from *:
     """
-    static void _set_track_fds(mf_call *c, int in_fd, int out_fd) {
-        c->tracks[0].fd = in_fd;
-        c->tracks[1].fd = out_fd;
-    }
     static int _fork_linked(const mf_fork *f) { return f->linked; }
     static int _call_linked(const mf_call *c) { return c->linked; }
     """
-    void _set_track_fds(mf_call *c, int in_fd, int out_fd)
     int _fork_linked(const mf_fork *f)
     int _call_linked(const mf_call *c)
 
@@ -217,6 +277,9 @@ cdef class CFork:
     cdef readonly uint64_t id
     cdef readonly bint linked
     cdef object tx_session, rx_session  # kept alive while the worker may use them
+    cdef mf_fork_counters final_counters  # as they were when released
+    cdef int draining  # drains using ptr without the GIL; release() waits for them
+    cdef bint releasing  # set by release(): no new drain may start
 
     def __cinit__(self, uint64_t id, int track, uint32_t ssrc, uint16_t seq_base, uint32_t ts_base,
                   int fd, int rtcp_fd, uint32_t ring_slots, uint32_t max_packet, bytes cname,
@@ -228,12 +291,36 @@ cdef class CFork:
             raise ValueError("cannot create fork (ring size must be a power of two)")
 
     def __dealloc__(self):
+        # A safety net: release() normally freed it already.
         if self.ptr != NULL and not self.linked:
             mf_fork_free(self.ptr)
         self.ptr = NULL
 
+    def release(self):
+        """Close the fork's sockets, free its ring and its SRTP contexts now, once the
+        worker has let go of it (after ``remove_fork``/``remove_call``); its counters
+        stay readable. Idempotent."""
+        if self.ptr == NULL:
+            return
+        if self.linked:
+            raise RuntimeError("the media worker still holds this fork")
+        self.releasing = True
+        wait_idle(&self.draining)  # a drain on another thread finishes first
+        mf_fork_counters_read(self.ptr, &self.final_counters)
+        mf_fork_free(self.ptr)
+        self.ptr = NULL
+        close_session(self.tx_session)
+        close_session(self.rx_session)
+        self.tx_session = self.rx_session = None
+
+    @property
+    def released(self):
+        return self.ptr == NULL
+
     def counters(self):
         cdef mf_fork_counters c
+        if self.ptr == NULL:
+            return self.final_counters
         mf_fork_counters_read(self.ptr, &c)
         return c
 
@@ -247,8 +334,14 @@ cdef class CFork:
         cdef uint32_t[::1] l = lens
         cdef uint8_t[::1] k = kinds
         cdef uint32_t n
-        with nogil:
-            n = mf_fork_drain(self.ptr, &b[0], cap, &l[0], &k[0], max_packets)
+        if self.ptr == NULL or self.releasing:
+            return []
+        self.draining += 1
+        try:
+            with nogil:
+                n = mf_fork_drain(self.ptr, &b[0], cap, &l[0], &k[0], max_packets)
+        finally:
+            self.draining -= 1
         out = []
         cdef size_t pos = 0
         cdef uint32_t i
@@ -257,6 +350,19 @@ cdef class CFork:
             out.append(bytes(mv[pos:pos + l[i]]))
             pos += l[i]
         return out
+
+
+cdef mf_call *live_call(CCall call) except NULL:
+    # A released call's memory is gone: refuse rather than hand the worker a NULL.
+    if call.ptr == NULL:
+        raise ValueError("the call has been released")
+    return call.ptr
+
+
+cdef mf_fork *live_fork(CFork fork) except NULL:
+    if fork.ptr == NULL:
+        raise ValueError("the fork has been released")
+    return fork.ptr
 
 
 cdef class CEngine:
@@ -347,7 +453,7 @@ cdef class CEngine:
         cdef mf_cmd cmd
         memset(&cmd, 0, sizeof(cmd))
         cmd.type = MF_CMD_ADD_CALL
-        cmd.call = call.ptr
+        cmd.call = live_call(call)
         cmd.arg = no_media_ms
         call.linked = True  # from submission on, the worker may hold it
         self._run(&cmd)
@@ -356,18 +462,24 @@ cdef class CEngine:
         cdef mf_cmd cmd
         memset(&cmd, 0, sizeof(cmd))
         cmd.type = MF_CMD_REMOVE_CALL
-        cmd.call = call.ptr
+        cmd.call = live_call(call)
+        # No push may start from here on, and those in flight finish queuing first: the
+        # worker processes every push queued before a command before applying it, so no
+        # queued packet can point to the call once it is released.
+        call.ending = True
+        wait_idle(&call.pushing)
         self._run(&cmd)
         call.linked = _call_linked(call.ptr)
         for f in forks:
-            (<CFork>f).linked = _fork_linked((<CFork>f).ptr)
+            if (<CFork>f).ptr != NULL:
+                (<CFork>f).linked = _fork_linked((<CFork>f).ptr)
 
     def add_fork(self, CCall call, CFork fork, tx_session, rx_session):
         cdef mf_cmd cmd
         memset(&cmd, 0, sizeof(cmd))
         cmd.type = MF_CMD_ADD_FORK
-        cmd.call = call.ptr
-        cmd.fork = fork.ptr
+        cmd.call = live_call(call)
+        cmd.fork = live_fork(fork)
         cmd.ptr_a = session_ptr(tx_session)
         cmd.ptr_b = session_ptr(rx_session)
         fork.tx_session = tx_session
@@ -382,7 +494,7 @@ cdef class CEngine:
         cdef mf_cmd cmd
         memset(&cmd, 0, sizeof(cmd))
         cmd.type = MF_CMD_REMOVE_FORK
-        cmd.fork = fork.ptr
+        cmd.fork = live_fork(fork)
         self._run(&cmd)
         fork.linked = _fork_linked(fork.ptr)
 
@@ -390,7 +502,7 @@ cdef class CEngine:
         cdef mf_cmd cmd
         memset(&cmd, 0, sizeof(cmd))
         cmd.type = MF_CMD_SET_FORK_STATE
-        cmd.fork = fork.ptr
+        cmd.fork = live_fork(fork)
         cmd.arg = state
         self._run(&cmd, wait)
 
@@ -399,7 +511,7 @@ cdef class CEngine:
         cdef mf_cmd cmd
         memset(&cmd, 0, sizeof(cmd))
         cmd.type = MF_CMD_SET_FORK_DEST
-        cmd.fork = fork.ptr
+        cmd.fork = live_fork(fork)
         cmd.len_a = fill_sockaddr(host, port, &cmd.addr_a)
         cmd.len_b = fill_sockaddr(rtcp_host, rtcp_port, &cmd.addr_b)
         self._run(&cmd, wait)
@@ -408,7 +520,7 @@ cdef class CEngine:
         cdef mf_cmd cmd
         memset(&cmd, 0, sizeof(cmd))
         cmd.type = MF_CMD_CLEAR_FORK_DEST
-        cmd.fork = fork.ptr
+        cmd.fork = live_fork(fork)
         self._run(&cmd, wait)
 
     def set_fork_srtp(self, CFork fork, tx_session, rx_session):
@@ -416,18 +528,24 @@ cdef class CEngine:
         cdef mf_cmd cmd
         memset(&cmd, 0, sizeof(cmd))
         cmd.type = MF_CMD_SET_FORK_SRTP
-        cmd.fork = fork.ptr
+        cmd.fork = live_fork(fork)
         cmd.ptr_a = session_ptr(tx_session)
         cmd.ptr_b = session_ptr(rx_session)
         self._run(&cmd)
+        old_tx, old_rx = fork.tx_session, fork.rx_session
         fork.tx_session = tx_session
         fork.rx_session = rx_session
+        # The worker switched: nothing uses the previous keys any more.
+        if old_tx is not tx_session:
+            close_session(old_tx)
+        if old_rx is not rx_session:
+            close_session(old_rx)
 
     def set_track_source(self, CCall call, int track, int mode, str host, int port):
         cdef mf_cmd cmd
         memset(&cmd, 0, sizeof(cmd))
         cmd.type = MF_CMD_SET_TRACK_SOURCE
-        cmd.call = call.ptr
+        cmd.call = live_call(call)
         cmd.arg = (mode << 1) | (track & 1)
         if mode:
             cmd.len_a = fill_sockaddr(host, port, &cmd.addr_a)
@@ -437,7 +555,7 @@ cdef class CEngine:
         cdef mf_cmd cmd
         memset(&cmd, 0, sizeof(cmd))
         cmd.type = MF_CMD_SET_RECORDING
-        cmd.call = call.ptr
+        cmd.call = live_call(call)
         cmd.arg = mask
         self._run(&cmd)
 
@@ -453,9 +571,16 @@ cdef class CEngine:
         if n == 0:
             return 0
         self._check()
-        with nogil:
-            accepted = mf_engine_push(self.ptr, call.ptr, track, &data[0], &offsets[0],
-                                      &lengths[0], n, mf_now_ns())
+        cdef mf_call *c = live_call(call)
+        if call.ending:
+            raise ValueError("the call has ended")
+        call.pushing += 1
+        try:
+            with nogil:
+                accepted = mf_engine_push(self.ptr, c, track, &data[0], &offsets[0],
+                                          &lengths[0], n, mf_now_ns())
+        finally:
+            call.pushing -= 1
         return accepted
 
     def read_events(self):
@@ -477,8 +602,9 @@ cdef class CEngine:
         if self.started:
             raise RuntimeError("bench_process needs an engine that is not started")
         cdef uint64_t ns
+        cdef mf_call *c = live_call(call)
         with nogil:
-            ns = mf_bench_process(self.ptr, call.ptr, track, &packet[0], packet.shape[0], n)
+            ns = mf_bench_process(self.ptr, c, track, &packet[0], packet.shape[0], n)
         return ns
 
 

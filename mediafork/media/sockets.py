@@ -87,6 +87,7 @@ class PortAllocator:
         ``rtcp_pairs`` each even port p also gets p+1 (RFC 3550 §11), returned
         right after it: [p, p+1, p+2, p+3, ...]."""
         span = 2 * count
+        last = span - (1 if rtcp_pairs else 2)  # offset of the highest port bound from base
         slots = (self.high - self.low + 1) // 2
         with self._lock:
             for _ in range(slots):
@@ -94,7 +95,7 @@ class PortAllocator:
                 self._cursor += span
                 if self._cursor + span - 2 > self.high:
                     self._cursor = self.low
-                if base + span - 2 > self.high:
+                if base + last > self.high:  # an RTCP port past the range is not ours
                     continue
                 sockets: list[socket.socket] = []
                 try:

@@ -58,6 +58,7 @@ from ..control.sids import RECORDING, new_sid
 from ..control.store import CrashReport, RecordingRecord, StoreError
 from ..control.timefmt import utcnow
 from ..engine import EngineError, Track
+from ..private_dirs import make_private_dir
 from .batch import PacketBatch
 from .recorder import ERROR_NO_AUDIO, CallRecording, RecordingOptions, RecordingResult
 from .wavwriter import partial_path, recover
@@ -653,7 +654,8 @@ class RecordingManager:
         self, tap: _Tap, recordings: list[CallRecording], path: Path, options: RecordingOptions,
         tracks: frozenset[Track],
     ) -> CallRecording:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # call audio: owner only
+        # Call audio, in folders named by account and call SID: owner only.
+        make_private_dir(path.parent, tighten_below=self.storage_dir)
         recording = CallRecording(path, options)
         try:
             # Whatever the ring holds arrived before this recording existed: give it to the

@@ -92,8 +92,10 @@ class WavWriter:
         self.frames = 0
         self.overflowed = False
         self.closed = False
-        # Exclusive create: two recordings must never share a file by accident.
-        self._file: BinaryIO = open(self.temp_path, "xb")  # noqa: SIM115 - lives until finalize/abort
+        # Exclusive create: two recordings must never share a file by accident. Call audio
+        # is the owner's only (0600), whatever the umask and the folder's mode.
+        fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self._file: BinaryIO = os.fdopen(fd, "wb")  # lives until finalize/abort
         self._file.write(_header(channels, rate, 0))
 
     def write(self, frames: npt.NDArray[np.int16]) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from ..admission import make_admission
+from ..private_dirs import make_private_dir
 from ..sip.dialog import build_response
 from ..sip.digest import DigestVerifier
 from ..sip.errors import SipParseError
@@ -248,7 +249,7 @@ class ReferenceRecorder:
     async def start(self) -> ReferenceRecorder:
         loop = asyncio.get_running_loop()
         cfg = self.config
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.out_dir)  # call audio: owner only
         for attempt in range(20):
             transport, _ = await loop.create_datagram_endpoint(
                 lambda: _UdpProtocol(self), local_addr=(cfg.host, cfg.port)

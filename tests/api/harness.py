@@ -24,6 +24,7 @@ from typing import Any
 import requests
 import uvloop
 from aiohttp import web
+from fdcheck import ONE_SHOT_HEADERS, DescriptorCheck
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
@@ -311,6 +312,9 @@ class Server:
     def __init__(self, config: Config, loop: LoopThread) -> None:
         self.config = config
         self.lt = loop
+        # close() must release every descriptor the server opened (the loop thread, the
+        # recorders and the receiver outlive it and are not counted).
+        self.descriptors = DescriptorCheck("API server")
         self.engine = Engine(media_address=config.media.address,
                              port_range=config.media.port_range)
         self.service: ControlService = self.lt.run(self._start())
@@ -349,15 +353,27 @@ class Server:
             self.links.handle_engine_event(event)
 
     def client(self, account: str = ACCOUNT, token: str = TOKEN) -> Client:
-        return Client(account, token, http_client=LocalHttpClient(self.base_url))
+        # One pooled HTTP client per server, closed with it: a new one per Twilio client
+        # would leave its keep-alive connection open until garbage collection.
+        http: LocalHttpClient | None = self.__dict__.get("_http")
+        if http is None:
+            http = self._http = LocalHttpClient(self.base_url)
+        return Client(account, token, http_client=http)
+
+    def close_clients(self) -> None:
+        """Close the Twilio clients' pooled connections."""
+        http: LocalHttpClient | None = self.__dict__.pop("_http", None)
+        if http is not None and http.session is not None:
+            http.session.close()
 
     def host(self, method: str, path: str, json: Any = None, auth: tuple[str, str] | None =
              (ACCOUNT, TOKEN)) -> requests.Response:
-        return requests.request(method, self.base_url + path, json=json, auth=auth, timeout=30)
+        return requests.request(method, self.base_url + path, json=json, auth=auth, timeout=30,
+                                headers=ONE_SHOT_HEADERS)
 
     def host_form(self, method: str, path: str, data: dict[str, str]) -> requests.Response:
         return requests.request(method, self.base_url + path, data=data, auth=(ACCOUNT, TOKEN),
-                                timeout=30)
+                                timeout=30, headers=ONE_SHOT_HEADERS)
 
     def register(self, call_sid: str | None = None, **extra: Any) -> dict[str, Any]:
         call_sid = call_sid or "CA" + secrets.token_hex(16)
@@ -370,6 +386,8 @@ class Server:
         return response.json()
 
     def close(self) -> None:
+        self.close_clients()
+
         async def shutdown() -> None:
             await self.runner.cleanup()
             await self.service.close(timeout=2)
@@ -377,6 +395,7 @@ class Server:
             await self.store.close()
         self.lt.run(shutdown())
         self.engine.close()
+        self.descriptors.assert_released()
 
 
 def load(directory: Path, recorders: Recorders) -> Config:

@@ -20,10 +20,10 @@ def test_kill_9_then_restart(tmp_path: Path, loop_thread: LoopThread, receiver: 
     config_path = write_config(tmp_path, recorders)
     proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "serve_for_crash.py"),
                              str(config_path)], stdout=subprocess.PIPE, text=True)
+    first = Server.__new__(Server)  # a client-side view of the child
     try:
         base_url = proc.stdout.readline().strip()  # type: ignore[union-attr]
         assert base_url.startswith("http://"), base_url
-        first = Server.__new__(Server)  # a client-side view of the child
         first.base_url = base_url
         call = first.register()
         client = first.client()
@@ -40,6 +40,8 @@ def test_kill_9_then_restart(tmp_path: Path, loop_thread: LoopThread, receiver: 
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
+        proc.stdout.close()  # type: ignore[union-attr]
+        first.close_clients()
 
     second = Server(load_config(config_path), loop_thread)
     try:

@@ -34,8 +34,9 @@ def test_create_with_parameters_then_stop_by_sid(server: Server, receiver: Recei
     siprec = client.calls(call["call_sid"]).siprec.create(
         name="first", connector_name="Gridspace_1", track="inbound_track",
         status_callback=receiver.base + "/cb/one", status_callback_method="POST",
-        parameter1_name="Agent", parameter1_value="alice",
-        parameter2_name="Queue", parameter2_value="sales")
+        # Names are free text, as the platform's are: the official client sends them as typed.
+        parameter1_name="Agent Name", parameter1_value="Zoë O'Brien <alice@example.com>",
+        parameter2_name="Warteschlange & Queue #2", parameter2_value="sales")
     assert siprec.sid.startswith("SR") and len(siprec.sid) == 34
     assert siprec.status == "in-progress" and siprec.name == "first"
     assert siprec.call_sid == call["call_sid"] and siprec.account_sid == ACCOUNT
@@ -44,7 +45,8 @@ def test_create_with_parameters_then_stop_by_sid(server: Server, receiver: Recei
     # the custom parameters and the call's participants in the metadata.
     [got] = recorders.recorded(recorders.secure, call["call_sid"])
     assert got["transport"] == "TLS" and got["siprec"]
-    assert got["parameters"] == {"Agent": "alice", "Queue": "sales"}
+    assert got["parameters"] == {"Agent Name": "Zoë O'Brien <alice@example.com>",
+                                 "Warteschlange & Queue #2": "sales"}
     assert got["labels"] == ["1"]
     assert got["streams"][0]["srtp_suite"] == "AES_CM_128_HMAC_SHA1_80"
     assert roles(got) == {CALLER: (["1"], []), CALLEE: ([], ["1"])}

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import uvloop
 from aiohttp import web
+from fdcheck import DescriptorCheck
 
 from mediafork.daemon.config import encrypt_secret, generate_secret_key, load_config
 from mediafork.daemon.process import Daemon
@@ -128,6 +129,8 @@ class Stack:
     key_file: Path
     ca_file: Path
     http: aiohttp.ClientSession
+    descriptors: DescriptorCheck
+    """Taken just before the daemon started: its shutdown must close all it opened."""
     responses: list[bytes] = field(default_factory=list)
     """Every API response body seen through :meth:`request` (grepped for secrets)."""
 
@@ -312,17 +315,28 @@ async def start_stack(folder: Path, *, trusted_ca: bool = True,
         ca=cert if trusted_ca else other_ca, callbacks=callbacks,
     ))
     config = load_config(folder / "mediafork.toml")
+    descriptors = DescriptorCheck("daemon")
     daemon = Daemon(config, shutdown_timeout=5.0)
     await daemon.start()
     http = aiohttp.ClientSession()
     return Stack(daemon, recorder, receiver, folder, sec, logs, key_file,
-                 cert if trusted_ca else other_ca, http)
+                 cert if trusted_ca else other_ca, http, descriptors)
 
 
-async def stop_stack(stack: Stack) -> None:
+async def stop_stack(stack: Stack, *, check_descriptors: bool = True) -> None:
+    """Stop everything; with *check_descriptors*, fail if the daemon's shutdown left a
+    descriptor open (checked before the recorder and receiver, which predate it, stop)."""
     try:
         await stack.http.close()
         await stack.daemon.shutdown()
+        if check_descriptors:
+            stack.descriptors.assert_released()
+    finally:
+        await _stop_peers(stack)
+
+
+async def _stop_peers(stack: Stack) -> None:
+    try:
         await stack.recorder.stop()
         await stack.receiver.stop()
     finally:
@@ -335,6 +349,9 @@ async def with_stack(folder: Path, scenario: Callable[[Stack], Coroutine[Any, An
                      **options: Any) -> Any:
     stack = await start_stack(folder, **options)
     try:
-        return await scenario(stack)
-    finally:
-        await stop_stack(stack)
+        result = await scenario(stack)
+    except BaseException:
+        await stop_stack(stack, check_descriptors=False)  # the case's own failure comes first
+        raise
+    await stop_stack(stack)
+    return result

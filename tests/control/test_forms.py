@@ -232,9 +232,13 @@ def test_parameter_value_length_and_content():
     assert "at most" in error.message
     error = refused(params((1, "Inject", "a\r\nX-Evil: 1")))
     assert "control characters" in error.message
-    for bad_name in ["", "has space", "a:b", "é"]:
+    for bad_name in ["", "a\r\nb", "tab\there", "nul\x00", "x" * 129, "\ud800"]:
         error = refused(params((1, bad_name, "v")))
         assert error.code == errors.INVALID_CUSTOM_PARAMETER.code, bad_name
+    # Names are free text, as the platform's are: spaces, punctuation, any script.
+    for good_name in ["Agent Name", "a:b", "é", "Kundennummer (Bestellung) #1", "客户编号",
+                      "x" * 128]:
+        assert parse_siprec_create(params((1, good_name, "v"))).parameters == ((good_name, "v"),)
 
 
 def test_unrelated_parameter_like_fields_are_ignored():

@@ -8,8 +8,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fdcheck import DescriptorCheck
 
 from .harness import CallbackSink, DaemonProcess, Recorder
+
+
+@pytest.fixture(autouse=True)
+def descriptors_released() -> Iterator[None]:
+    """The daemon runs in a child process, but what the test process opens for it (the
+    child's output files, the recorder and its sessions, the callback sink, HTTP clients)
+    must be closed once the other fixtures are torn down (autouse: set up first, torn down
+    last)."""
+    check = DescriptorCheck("daemon test")
+    yield
+    check.assert_released()
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from fdcheck import ONE_SHOT_HEADERS
 
 from mediafork.srs import ReferenceRecorder
 from mediafork.synth import tone_packets
@@ -171,14 +172,16 @@ class DaemonProcess:
 
     def get(self, path: str, auth: tuple[str, str] | None = (ACCOUNT, TOKEN)
             ) -> requests.Response:
-        return requests.get(self.base_url + path, auth=auth, timeout=5)
+        return requests.get(self.base_url + path, auth=auth, timeout=5, headers=ONE_SHOT_HEADERS)
 
     def post_json(self, path: str, body: Mapping[str, Any]) -> requests.Response:
-        return requests.post(self.base_url + path, json=body, auth=(ACCOUNT, TOKEN), timeout=5)
+        return requests.post(self.base_url + path, json=body, auth=(ACCOUNT, TOKEN), timeout=5,
+                             headers=ONE_SHOT_HEADERS)
 
     def post_form(self, path: str, form: Mapping[str, str],
                   auth: tuple[str, str] = (ACCOUNT, TOKEN)) -> requests.Response:
-        return requests.post(self.base_url + path, data=form, auth=auth, timeout=10)
+        return requests.post(self.base_url + path, data=form, auth=auth, timeout=10,
+                             headers=ONE_SHOT_HEADERS)
 
     def register_call(self, call_sid: str) -> dict[str, tuple[str, int]]:
         """``POST /v1/Calls``; returns the ingress address of each track."""
@@ -200,7 +203,7 @@ class DaemonProcess:
         })
 
     def metrics(self) -> str:
-        response = requests.get(self.base_url + "/metrics", timeout=5)
+        response = requests.get(self.base_url + "/metrics", timeout=5, headers=ONE_SHOT_HEADERS)
         assert response.status_code == 200
         return response.text
 
@@ -289,6 +292,7 @@ class CallbackSink:
 
     delay: float = 0.0
     received: list[dict[str, str]] = field(default_factory=list)
+    _closing: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         sink = self
@@ -298,7 +302,8 @@ class CallbackSink:
                 length = int(self.headers.get("Content-Length", 0))
                 form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
                 sink.received.append(form)
-                time.sleep(sink.delay)
+                if sink._closing.wait(sink.delay):
+                    return  # closing: drop the answer, release the connection now
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -307,7 +312,9 @@ class CallbackSink:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        # Not daemon threads: close() joins them, so no handler (a slow answer, the
+        # daemon's connection) outlives the sink.
+        self.server.daemon_threads = False
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/status"
 
@@ -316,5 +323,6 @@ class CallbackSink:
                 if c.get("SiprecSid") == siprec_sid]
 
     def close(self) -> None:
+        self._closing.set()  # wakes handlers waiting out a delay
         self.server.shutdown()
         self.server.server_close()

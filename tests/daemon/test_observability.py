@@ -254,7 +254,11 @@ def test_dashboard_queries_only_metrics_the_daemon_exposes(busy: Busy) -> None:
     for name in ("mediafork_calls", "mediafork_forks", "mediafork_packets_forwarded_total",
                  "mediafork_packets_dropped_total", "mediafork_worker_busy_seconds_total",
                  "mediafork_worker_cpu_seconds_total", "mediafork_callback_deliveries_total",
-                 "mediafork_sip_responses_total"):
+                 "mediafork_sip_responses_total", "mediafork_siprecs", "mediafork_edge_up",
+                 "mediafork_siprec_setup_seconds_bucket", "mediafork_recorder_jitter_seconds",
+                 "mediafork_recorder_packets_lost", "mediafork_callbacks_outstanding",
+                 "mediafork_callback_delivery_seconds_bucket", "mediafork_build_info",
+                 "mediafork_listener_rejected_total"):
         assert name in used, name
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))

@@ -92,14 +92,18 @@ def test_readyz_is_503_while_draining_and_healthz_stays_200(
         done = threading.Event()
 
         def probe() -> None:  # poll both endpoints until the process is gone
-            while not done.is_set():
-                for path in ("/readyz", "/healthz"):
-                    try:
-                        r = requests.get(daemon.base_url + path, timeout=1)
-                        seen.append((path, r.status_code, r.json()["status"]))
-                    except requests.RequestException:
-                        pass
-                time.sleep(0.02)
+            # One session, closed at the end: with one-shot requests.get() calls a
+            # connection of this poll stayed open until garbage collection (the teardown's
+            # descriptor check saw it; a gc.collect() released it).
+            with requests.Session() as http:
+                while not done.is_set():
+                    for path in ("/readyz", "/healthz"):
+                        try:
+                            r = http.get(daemon.base_url + path, timeout=1)
+                            seen.append((path, r.status_code, r.json()["status"]))
+                        except requests.RequestException:
+                            pass
+                    time.sleep(0.02)
 
         assert daemon.proc is not None
         daemon.proc.send_signal(signal.SIGTERM)

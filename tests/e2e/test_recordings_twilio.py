@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
+from fdcheck import DescriptorCheck
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
@@ -40,6 +41,7 @@ class DaemonThread:
     """The real daemon on its own event loop thread (the client is synchronous)."""
 
     def __init__(self, tmp_path) -> None:
+        self.descriptors = DescriptorCheck("daemon")  # before the loop: it is counted too
         config = default_config(tmp_path / "data")
         self.config = dataclasses.replace(
             config, api=dataclasses.replace(config.api, port=0),
@@ -58,6 +60,7 @@ class DaemonThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
+        self.descriptors.assert_released()
 
 
 @pytest.fixture
@@ -127,6 +130,7 @@ def test_twilio_client_drives_a_dual_recording(daemon: DaemonThread) -> None:
     finally:
         stop.set()
         player.join()
+        client.http_client.session.close()  # its keep-alive connection to the daemon
     # ~3 s recorded (1.5 + 1.5), the paused second skipped; whole seconds, as a string
     assert fetched.duration in {"2", "3"}, fetched.duration
     wav = requests.get(f"{base}/2010-04-01/Accounts/{account.sid}/Calls/{call_sid}/"
@@ -155,7 +159,8 @@ def test_twilio_client_fetches_calls_and_account_level_recordings(daemon: Daemon
     base = daemon.daemon.base_url
     call_sid = "CA" + "6f" * 16
     caller = "sip:Zoë Müller <+15551230000>@pbx.example"  # realistic: spaces, Unicode
-    registered = requests.post(f"{base}/v1/Calls", auth=auth, timeout=10, json={
+    close = {"Connection": "close"}  # no keep-alive left for the descriptor check
+    registered = requests.post(f"{base}/v1/Calls", auth=auth, timeout=10, headers=close, json={
         "call_sid": call_sid, "account_sid": account.sid, "from": caller,
         "to": "sip:+15559870000@pbx.example"})
     assert registered.status_code == 201, registered.text
@@ -187,13 +192,14 @@ def test_twilio_client_fetches_calls_and_account_level_recordings(daemon: Daemon
     assert [r.sid for r in client.recordings.list(call_sid=call_sid)] == [recording.sid]
     assert client.recordings.list(call_sid="CA" + "0" * 32) == []
     media = requests.get(f"{base}/2010-04-01/Accounts/{account.sid}/Recordings/"
-                         f"{recording.sid}.wav", auth=auth, timeout=10)
+                         f"{recording.sid}.wav", auth=auth, timeout=10, headers=close)
     assert media.status_code == 200
     with wave.open(io.BytesIO(media.content)) as w:
         assert w.getnframes() > 8000  # over a second of audio
 
     # Ended calls stay fetchable, completed.
-    assert requests.delete(f"{base}/v1/Calls/{call_sid}", auth=auth, timeout=10).status_code == 204
+    assert requests.delete(f"{base}/v1/Calls/{call_sid}", auth=auth, timeout=10,
+                           headers=close).status_code == 204
     ended = client.calls(call_sid).fetch()
     assert ended.status == "completed" and ended.end_time is not None
 
@@ -204,3 +210,4 @@ def test_twilio_client_fetches_calls_and_account_level_recordings(daemon: Daemon
     with pytest.raises(TwilioRestException) as unknown:
         client.calls("CA" + "1" * 32).fetch()
     assert unknown.value.status == 404
+    client.http_client.session.close()  # its keep-alive connection to the daemon

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import aiohttp
 import uvloop
 from aiohttp import web
+from fdcheck import DescriptorCheck
 from sip_e2e.harness import Sipp as _E2eSipp
 
 import mediafork.daemon.process as daemon_module
@@ -402,9 +403,14 @@ class Stack:
 async def daemon_stack(config: Config, receiver: Receiver | None = None,
                        **links: Any) -> AsyncIterator[Stack]:
     """A started Daemon (SIP links built with ``links`` options), its API and a receiver
-    (a new one, stopped at the end, unless one that outlives the daemon is given)."""
+    (a new one, stopped at the end, unless one that outlives the daemon is given).
+
+    When the case passes, the daemon's shutdown must have closed every descriptor it (and
+    the API client) opened: checked before the receiver, which predates the daemon, stops.
+    """
     own = receiver is None
     receiver = receiver or await Receiver().start()
+    descriptors = DescriptorCheck("daemon")
     daemon = Daemon(config, shutdown_timeout=5.0)
     with link_options(**{**FAST_LINKS, **links}):
         await daemon.start()
@@ -412,6 +418,9 @@ async def daemon_stack(config: Config, receiver: Receiver | None = None,
     stack = Stack(daemon, api, receiver)
     try:
         yield stack
+        await api.close()
+        await stack.shutdown()
+        descriptors.assert_released()
     finally:
         await api.close()
         await stack.shutdown()

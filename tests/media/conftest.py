@@ -1,9 +1,11 @@
-"""Fixtures for data-plane tests: real engines on 127.0.0.1, and a teardown
-check that every data-plane allocation was released (uvloop's _testbase habit)."""
+"""Fixtures for data-plane tests: real engines on 127.0.0.1, and teardown checks
+that every data-plane allocation was released (uvloop's _testbase habit) and that
+no descriptor stayed open."""
 
 from __future__ import annotations
 
 import gc
+import os
 import socket
 import struct
 import time
@@ -21,6 +23,23 @@ def balanced_allocations() -> Iterator[None]:
     yield
     gc.collect()
     assert Engine.live_allocations() == before, "data-plane allocations leaked"
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture(autouse=True)
+def no_descriptor_left_open(balanced_allocations: None) -> Iterator[None]:
+    """Every socket, eventfd and epoll descriptor a test's engines took is closed by the
+    time its fixtures are torn down. Deliberately no gc.collect() before counting: a
+    descriptor only the garbage collector would close is a leak (a port another call
+    cannot have). Set up after ``balanced_allocations`` so it runs before that one's
+    collection at teardown."""
+    before = open_descriptors()
+    yield
+    after = open_descriptors()
+    assert after <= before, f"{after - before} descriptor(s) left open (before {before}, after {after})"
 
 
 @pytest.fixture
