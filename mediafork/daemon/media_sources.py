@@ -152,6 +152,8 @@ class CallSource:
         self.closed = False
         self.missed = 0
         """Liveness checks in a row rtpengine did not answer."""
+        self.failing = False
+        """A lost subscription is being reported to the call's Siprecs."""
 
     @property
     def attached(self) -> bool:
@@ -171,6 +173,10 @@ class CallSource:
         async with self._lock:
             if self.closed:
                 raise ApiError(errors.CALL_NOT_LIVE, "the call has ended")
+            if self.failing:
+                raise api_error(SubscriptionLost(
+                    f"rtpengine lost the subscriptions of call {self.source.call_id}; "
+                    "they are being reported: start again"))
             if self.source.attached:
                 return
             try:
@@ -202,7 +208,15 @@ class CallSource:
             await self.release(wanted)
             try:
                 async with self._lock:
-                    await asyncio.wait_for(self.source.check(), bound)
+                    try:
+                        await asyncio.wait_for(self.source.check(), bound)
+                    except SubscriptionLost:
+                        # Under the same lock as the check: no Siprec can attach to the
+                        # half-subscribed call before it is reported (attach() refuses
+                        # while ``failing``), then it subscribes afresh.
+                        self.failing = True
+                        await self.source.detach()  # the other track's subscription too
+                        raise
             except (NgTimeout, TimeoutError):
                 self.missed += 1
                 if self.missed == MISSED_CHECKS:
@@ -214,9 +228,10 @@ class CallSource:
                 await on_failure(exc)
                 return  # the call ends: nothing more to check
             except SubscriptionLost as exc:
-                async with self._lock:
-                    await self.source.detach()  # the other track's subscription too
-                await on_failure(exc)
+                try:
+                    await on_failure(exc)
+                finally:
+                    self.failing = False
                 continue
             except MediaSourceError as exc:
                 log.warning("media source %s: liveness check of call %s failed: %s",
