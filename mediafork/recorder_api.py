@@ -50,9 +50,18 @@ class Connector:
 
 @dataclass(frozen=True)
 class CallCodec:
+    """The call's audio codec as the host registered it, forwarded unchanged to recorders
+    (``mediafork.control.codecs`` validates the host API's ``codec``)."""
+
     name: str = "PCMU"
     payload_type: int = 0
     clock_rate: int = 8000
+    """The RTP clock rate: 8000 for G.722 (RFC 3551 §4.5.2), 48000 for Opus."""
+    channels: int = 1
+    """Channels in the SDP rtpmap: always 2 for Opus (RFC 7587 §7), else 1."""
+    fmtp: str | None = None
+    """Format parameters passed through to the offer's ``a=fmtp`` (e.g. Opus's
+    ``minptime=10;useinbandfec=1``); None: no a=fmtp line."""
 
 
 @dataclass(frozen=True)

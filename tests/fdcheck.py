@@ -3,7 +3,7 @@
 Every harness that starts a daemon takes a :class:`DescriptorCheck` before the daemon starts
 and calls :meth:`DescriptorCheck.assert_released` once it has shut down: the process must not
 hold more descriptors than before. Resources are released when they are given up, never by
-the garbage collector, so there is deliberately no ``gc.collect()`` here: a socket that only
+the garbage collector, so there is deliberately no garbage collection here: a socket that only
 a collection would close is a leak and fails the test.
 """
 

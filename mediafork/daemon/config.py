@@ -18,7 +18,7 @@ Keys (ARCHITECTURE.md, "External contracts"; docs/api.md has the full list)::
                  allow = [], deny = []   # CIDRs, host names
     [sip]        port = 5060, start_degraded = false, max_connections, max_connections_per_peer,
                  tls_handshake_timeout = 10.0, idle_timeout = 30.0,
-                 [sip.tls] ca_file, cert_file, key_file
+                 [sip.tls] ca_file, cert_file, key_file, server_cert_file, server_key_file
     [secrets]    key_file | key_env                      # Fernet key for *_encrypted values
     [control_socket] path = "…/mediafork.sock"           # optional msgpack host socket
                  max_connections, idle_timeout = 300.0
@@ -189,6 +189,10 @@ class SipConfig:
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    tls_server_cert_file: Path | None = None
+    """Certificate of our SIP TLS listener (port + 1); None: ``tls_cert_file`` if set, else
+    a self-signed one generated in the data folder's ``tls/`` at start."""
+    tls_server_key_file: Path | None = None
     start_degraded: bool = False
     """Start even when an edge's SIP port cannot be bound (/readyz then answers 503
     naming it); by default such a start fails."""
@@ -494,6 +498,20 @@ def _cap(reader: _Reader, name: str) -> int | None:
     return value
 
 
+def _check_cert_pair(cert: Path, key: Path, where: str) -> None:
+    """The certificate and its key load and belong together (checked at load, so a reload
+    or a start never gets as far as a listener with a broken identity). The message names
+    the files, never their contents."""
+    import ssl
+
+    try:
+        # A callable password: an encrypted key fails here instead of prompting on a tty.
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=lambda: b"")
+    except ssl.SSLError:
+        raise ConfigError(f"{where}: the certificate and key do not load as a pair "
+                          "(PEM, unencrypted, and the key must match)") from None
+
+
 def _seconds(reader: _Reader, name: str, default: float, low: float, high: float) -> float:
     value = float(reader.get(name, (int, float), default, what="a number"))
     if not low <= value <= high:
@@ -750,7 +768,8 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
     sip_r = _Reader(sip_table, "sip", {"port", "start_degraded", "max_connections",
                                        "max_connections_per_peer", "tls_handshake_timeout",
                                        "idle_timeout"})
-    tls_r = _Reader(tls_table, "sip.tls", {"ca_file", "cert_file", "key_file"})
+    tls_r = _Reader(tls_table, "sip.tls", {"ca_file", "cert_file", "key_file",
+                                           "server_cert_file", "server_key_file"})
 
     def tls_path(name: str) -> Path | None:
         value = tls_r.get(name, str)
@@ -764,6 +783,8 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
     sip = SipConfig(port=_port(sip_r.get("port", int, 5060), "sip.port", allow_zero=True),
                     tls_ca_file=tls_path("ca_file"), tls_cert_file=tls_path("cert_file"),
                     tls_key_file=tls_path("key_file"),
+                    tls_server_cert_file=tls_path("server_cert_file"),
+                    tls_server_key_file=tls_path("server_key_file"),
                     start_degraded=sip_r.get("start_degraded", bool, False),
                     max_connections=_cap(sip_r, "max_connections"),
                     max_connections_per_peer=_cap(sip_r, "max_connections_per_peer"),
@@ -771,6 +792,13 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
                     idle_timeout=_seconds(sip_r, "idle_timeout", 30.0, 0.1, 60.0))
     if (sip.tls_cert_file is None) != (sip.tls_key_file is None):
         raise ConfigError("sip.tls.key_file: cert_file and key_file go together")
+    if (sip.tls_server_cert_file is None) != (sip.tls_server_key_file is None):
+        raise ConfigError("sip.tls.server_key_file: server_cert_file and server_key_file "
+                          "go together")
+    for prefix, pair in (("", (sip.tls_cert_file, sip.tls_key_file)),
+                         ("server_", (sip.tls_server_cert_file, sip.tls_server_key_file))):
+        if pair[0] is not None and pair[1] is not None:
+            _check_cert_pair(*pair, f"sip.tls.{prefix}key_file")
 
     log_r = _Reader(_table(root, "logging"), "logging", {"level"})
     log_level = log_r.get("level", str)

@@ -48,6 +48,7 @@ from .metrics import (
 )
 from .reload import ReloadPlan, plan_reload
 from .service import ControlService
+from .sip_tls import sip_server_context
 
 log = logging.getLogger("mediafork.daemon.process")
 
@@ -134,6 +135,8 @@ class Daemon:
                 cert_file=str(sip.tls_cert_file) if sip.tls_cert_file else None,
                 key_file=str(sip.tls_key_file) if sip.tls_key_file else None,
             ),
+            # The TLS listener (SIP port + 1) that TLS dialogs' Contact names.
+            tls_server_context=sip_server_context(config, quiet=self.embedded_recorder),
             listener_options={"admission": self.admissions["sip"],
                               "idle_timeout": sip.idle_timeout,
                               "tls_handshake_timeout": sip.tls_handshake_timeout},
@@ -243,11 +246,9 @@ class Daemon:
         elif config.api.port:
             bound.append((config.api.host, config.api.port))
         if self.links is not None:
-            tls = self.links.transport.tls_server_context is not None
             for edge in config.edges or (Edge("default", config.media.address),):
-                port = self.links.sip_port(edge.name)
-                if port:
-                    bound += [(edge.address, port)] + ([(edge.address, port + 1)] if tls else [])
+                port, tls_port = self.links.sip_port(edge.name), self.links.tls_port(edge.name)
+                bound += [(edge.address, p) for p in (port, tls_port) if p]
         if self.recorder is not None:
             bound += [a for a in (self.recorder.tcp_address, self.recorder.tls_address) if a]
         dispatcher = self.service.outbox.dispatcher

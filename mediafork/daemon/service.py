@@ -35,7 +35,6 @@ import contextlib
 import hmac
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from typing import Any, Protocol
 
 from ..calls import CallHandle
 from ..control import errors
+from ..control.codecs import codec_json, parse_codec
 from ..control.errors import ApiError
 from ..control.events import CallInfo, siprec_params
 from ..control.forms import (
@@ -102,7 +102,6 @@ STOP_TIMEOUT = 10.0
 
 _SWEEP_BATCH = 200
 """Calls the idle sweep checks between two yields to the event loop (~2 ms of work)."""
-_CODEC_NAMES = re.compile(r"[A-Za-z0-9\-_.]{1,32}")
 _MAX_PARTICIPANT = 1024
 
 
@@ -515,7 +514,7 @@ class ControlService:
                            "account_sid must be the account you authenticated as")
         from_ = _participant(body.get("from", ""), "from")
         to = _participant(body.get("to", ""), "to")
-        codec = _codec(body.get("codec"))
+        codec = parse_codec(body.get("codec"))
         dtmf = body.get("dtmf_payload_type", 101)
         if dtmf is not None and (isinstance(dtmf, bool) or not isinstance(dtmf, int)
                                  or not 0 <= dtmf <= 127):
@@ -569,8 +568,7 @@ class ControlService:
                                      engine_call=engine_call, from_=from_, to=to, codec=codec)
             await self.store.register_call(CallRecord(
                 call_sid=call_sid, account_sid=account_sid, from_uri=from_, to_uri=to,
-                codec={"name": codec.name, "payload_type": codec.payload_type,
-                       "clock_rate": codec.clock_rate}))
+                codec=codec_json(codec)))
         except BaseException:
             del self._calls[call_sid]
             await asyncio.to_thread(engine_call.close)
@@ -638,8 +636,7 @@ class ControlService:
             "account_sid": account_sid,
             "from": handle.from_,
             "to": handle.to,
-            "codec": {"name": handle.codec.name, "payload_type": handle.codec.payload_type,
-                      "clock_rate": handle.codec.clock_rate},
+            "codec": codec_json(handle.codec),
             "status": "ended" if live.ended else "live",
             "ingress": {t.label: _addr(a) for t, a in call.ingress.items()},
             "counters": call.counters() if not call.closed else {},
@@ -1197,7 +1194,8 @@ def _learned(media: SourceMedia, body: Mapping[str, Any], codec: CallCodec,
         raise NoUsableCodec(f"codec {codec.name}/{codec.clock_rate} is not what rtpengine "
                             f"sends ({offered.name}/{offered.clock_rate})")
     learned = CallCodec(name=offered.name, payload_type=offered.payload_type,
-                        clock_rate=offered.clock_rate)
+                        clock_rate=offered.clock_rate, channels=offered.channels,
+                        fmtp=offered.fmtp)
     return learned, (dtmf if "dtmf_payload_type" in body else media.dtmf_payload_type)
 
 
@@ -1207,25 +1205,6 @@ def _addr(address: tuple[str, int] | None) -> dict[str, Any] | None:
 
 def _participant(value: Any, name: str) -> str:
     return check_text(value, name, _MAX_PARTICIPANT)
-
-
-def _codec(value: Any) -> CallCodec:
-    if value is None:
-        return CallCodec()
-    if not isinstance(value, Mapping):
-        raise ApiError(errors.INVALID_PARAMETER,
-                       "codec must be an object with name, payload_type, clock_rate")
-    name = value.get("name", "PCMU")
-    pt = value.get("payload_type", 0)
-    rate = value.get("clock_rate", 8000)
-    if not isinstance(name, str) or not _CODEC_NAMES.fullmatch(name):
-        raise ApiError(errors.INVALID_PARAMETER, "codec.name must be a codec name such as PCMU")
-    if isinstance(pt, bool) or not isinstance(pt, int) or not 0 <= pt <= 127:
-        raise ApiError(errors.INVALID_PARAMETER, "codec.payload_type must be an integer 0-127")
-    if isinstance(rate, bool) or not isinstance(rate, int) or not 1000 <= rate <= 192000:
-        raise ApiError(errors.INVALID_PARAMETER,
-                       "codec.clock_rate must be an integer 1000-192000")
-    return CallCodec(name=name, payload_type=pt, clock_rate=rate)
 
 
 def _sources(value: Any) -> dict[EngineTrack, str]:

@@ -177,6 +177,7 @@ class SipRecorderLinks:
         default_address: str = "127.0.0.1",
         sip_port: int = 0,
         tls_context: ssl.SSLContext | None = None,
+        tls_server_context: ssl.SSLContext | None = None,
         tls_ca_file: str | None = None,
         tls_verify: bool = True,
         timers: TimerConfig | None = None,
@@ -192,7 +193,10 @@ class SipRecorderLinks:
         """``edges``: named local addresses (none: one edge ``default`` on
         ``default_address``). ``sip_port``: the SIP port on every edge address (UDP and
         TCP; 0 = a free one per edge). TLS to SRSes verifies against ``tls_ca_file`` (else
-        the system CAs) unless ``tls_context`` is given. ``listener_options`` bound the
+        the system CAs) unless ``tls_context`` is given. ``tls_server_context`` (our
+        certificate) opens a SIP TLS listener on the SIP port + 1 of every edge, which the
+        Contact of TLS dialogs names; without it that Contact names the TCP listener.
+        ``listener_options`` bound the
         inbound TCP/TLS listener (``admission``, ``idle_timeout``, ``tls_handshake_timeout``
         of :class:`~mediafork.sip.transport.SipTransport`). The other arguments tune every
         session (see :class:`~mediafork.sip.session.SessionConfig`)."""
@@ -212,6 +216,7 @@ class SipRecorderLinks:
             if tls_ca_file or not tls_verify
             else None
         )
+        self._tls_server_context = tls_server_context
         self._timers = timers or TimerConfig()
         self._session_expires = session_expires
         self._keepalive_interval = keepalive_interval
@@ -258,6 +263,7 @@ class SipRecorderLinks:
             self._on_message,
             self._on_transport_error,
             tls_context=self._tls_context,
+            tls_server_context=self._tls_server_context,
             connect_timeout=self._connect_timeout,
             **self._listener_options,
         )
@@ -358,6 +364,13 @@ class SipRecorderLinks:
         """The SIP port bound on ``edge`` (None if unusable)."""
         return self._ports.get(edge)
 
+    def tls_port(self, edge: str) -> int | None:
+        """The SIP TLS port bound on ``edge`` (None: no TLS listener, or unusable)."""
+        edge_ = self._edges.get(edge)
+        if self._transport is None or edge_ is None or edge not in self._ports:
+            return None
+        return self._transport.tls_port(edge_.address)
+
     async def close(self, timeout: float = 5.0) -> None:
         """BYE (or CANCEL) every session concurrently and wait up to ``timeout`` in all;
         sessions still unanswered then are reported stopped. Then close the sockets."""
@@ -408,7 +421,9 @@ class SipRecorderLinks:
         edge = await self._choose_edge(edge_name, connector, srs, transport)
         port = self._ports[edge.name]
         streams = self._create_forks(call, request, edge, secure)
-        codec = Codec(request.codec.name, request.codec.payload_type, request.codec.clock_rate)
+        wanted = request.codec
+        codec = Codec(wanted.name, wanted.payload_type, wanted.clock_rate, wanted.channels,
+                      wanted.fmtp)
         try:
             config = self._config(request, srs, standbys, transport, edge, port,
                                   self._forked_streams(streams, codec))
@@ -490,6 +505,7 @@ class SipRecorderLinks:
             srs_uri=srs,
             local_address=edge.address,
             local_port=port,
+            tls_port=self.transport.tls_port(edge.address),
             streams=streams,
             call_id=request.call_sid,
             caller=_participant(request.caller),

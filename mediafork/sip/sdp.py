@@ -278,6 +278,15 @@ class Codec:
     payload_type: int
     clock_rate: int
     channels: int = 1
+    """Written in the rtpmap when not 1 (Opus: always 2, RFC 7587 §7)."""
+    fmtp: str | None = None
+    """Format parameters for ``a=fmtp:<pt>`` (one line of printable ASCII); None: none."""
+
+    def __post_init__(self) -> None:
+        if self.fmtp is not None and (
+            not self.fmtp or any(not 0x20 <= ord(c) <= 0x7E for c in self.fmtp)
+        ):
+            raise ValueError("fmtp must be one non-empty line of printable ASCII")
 
 
 @dataclass(frozen=True)
@@ -341,6 +350,8 @@ def build_offer(
         media.attributes.append(
             ("rtpmap", f"{codec.payload_type} {codec.name}/{codec.clock_rate}{channels}")
         )
+        if codec.fmtp:
+            media.attributes.append(("fmtp", f"{codec.payload_type} {codec.fmtp}"))
         if stream.ptime:
             media.attributes.append(("ptime", str(stream.ptime)))
         for crypto in stream.offered_cryptos():

@@ -114,7 +114,7 @@ class SessionConfig:
     local_address: str
     """Local IP address SIP (and by default media) leaves from: the edge's address."""
     local_port: int
-    """Local SIP port (Via, Contact)."""
+    """Local SIP port (Via, Contact) for UDP and TCP."""
     streams: tuple[ForkedStream, ...]
     """The forked streams, one m=audio line each."""
     call_id: str
@@ -157,6 +157,10 @@ class SessionConfig:
     """User part of our From/Contact URIs."""
     user_agent: str = "mediafork"
     """User-Agent header value."""
+    tls_port: int | None = None
+    """Port of our SIP TLS listener on ``local_address`` (Via and Contact over TLS); None:
+    there is none, so a TLS dialog's Contact names the TCP listener (``transport=tcp``)
+    rather than a TLS port nothing listens on."""
 
     def __post_init__(self) -> None:
         labels = [s.label for s in self.streams]
@@ -465,11 +469,24 @@ class RecordingSession:
         self._ctype_retried = False
         self._challenges.clear()
 
+    def _sip_port(self, transport: str) -> int:
+        """Our listening port for ``transport``: the TLS listener's for TLS, if we have one."""
+        if transport == "tls" and self.config.tls_port:
+            return self.config.tls_port
+        return self.config.local_port
+
     def _contact(self, transport: str) -> str:
         host = self.config.local_address
         host = f"[{host}]" if ":" in host else host
+        if transport == "tls" and not self.config.tls_port:
+            transport = "tcp"  # no TLS listener: name one the recorder can reach
+        port = self._sip_port(transport)
+        if transport == "tls" and SipUri.parse(self.srs_uri).scheme == "sips":
+            # A sips: Request-URI needs a sips: Contact (RFC 3261 §8.1.1.8; no transport
+            # parameter with sips, RFC 5630 §3.2).
+            return f"<sips:{self.config.user}@{host}:{port}>;+sip.src"
         param = "" if transport == "udp" else f";transport={transport}"
-        return f"<sip:{self.config.user}@{host}:{self.config.local_port}{param}>;+sip.src"
+        return f"<sip:{self.config.user}@{host}:{port}{param}>;+sip.src"
 
     def _common_headers(self, req: Request) -> None:
         cfg = self.config
@@ -568,7 +585,8 @@ class RecordingSession:
         if self._digest is not None:
             for header, challenge in self._challenges.items():
                 req.headers.set(header, self._digest.authorization(challenge, req.method, req.uri))
-        via = f"SIP/2.0/{destination.transport.upper()} {self._host()}:{self.config.local_port}"
+        via = (f"SIP/2.0/{destination.transport.upper()} {self._host()}:"
+               f"{self._sip_port(destination.transport)}")
         req.headers.prepend("Via", f"{via};branch={new_branch()};rport")
         reliable = destination.transport != "udp"
         txn: ClientInviteTransaction | ClientNonInviteTransaction
@@ -872,7 +890,8 @@ class RecordingSession:
         ack = dialog.ack(number)
         self._common_headers(ack)
         via = (
-            f"SIP/2.0/{entry.destination.transport.upper()} {self._host()}:{self.config.local_port}"
+            f"SIP/2.0/{entry.destination.transport.upper()} {self._host()}:"
+            f"{self._sip_port(entry.destination.transport)}"
         )
         ack.headers.prepend("Via", f"{via};branch={new_branch()};rport")
         self._acks[number] = ack
@@ -885,7 +904,7 @@ class RecordingSession:
         number = response.cseq[0]
         ack = self._dialog.ack(number)
         self._common_headers(ack)
-        via = f"SIP/2.0/{self.transport.upper()} {self._host()}:{self.config.local_port}"
+        via = f"SIP/2.0/{self.transport.upper()} {self._host()}:{self._sip_port(self.transport)}"
         ack.headers.prepend("Via", f"{via};branch={new_branch()};rport")
         self._acks[number] = ack
         self._out.append(Outgoing(ack, self._dialog_destination()))

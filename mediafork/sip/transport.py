@@ -394,7 +394,8 @@ class SipTransport:
 
     async def listen(self, address: str, port: int = 0, *, tcp: bool = True) -> int:
         """Bind UDP (and TCP, and TLS on port+1 with a server context) on ``address``;
-        return the SIP port. Port 0 picks a free port usable for both UDP and TCP."""
+        return the SIP port. Port 0 picks a free port usable for UDP, TCP and (port+1)
+        TLS; see :meth:`tls_port`."""
         if address in self._listeners:
             return self._listeners[address].udp.port
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -438,15 +439,19 @@ class SipTransport:
 
     def _stream_listener(self, name: str, address: str, port: int, family: int
                          ) -> _StreamListener:
+        if port > 65535:  # the TLS port of a SIP port 65535
+            raise OSError(errno.EADDRNOTAVAIL, f"no {name} port above {port - 1}")
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((address, port))
             sock.listen(128)
             sock.setblocking(False)
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            # Name the port: the TLS one is not the SIP port the operator configured.
+            raise OSError(exc.errno, f"{name.upper()} port {port}: {exc.strerror or exc}"
+                          ) from None
         return _StreamListener(self, name, address, sock,
                                self.tls_server_context if name == "tls" else None)
 
@@ -462,6 +467,17 @@ class SipTransport:
     def local_port(self, address: str) -> int | None:
         listener = self._listeners.get(address)
         return listener.udp.port if listener else None
+
+    def tls_port(self, address: str) -> int | None:
+        """The port of the TLS listener on ``address`` (the SIP port + 1), or None when
+        there is none (no server context): a Contact may say ``transport=tls`` only then."""
+        listener = self._listeners.get(address)
+        if listener is None:
+            return None
+        for server in listener.servers:
+            if server.transport_name == "tls":
+                return int(server.sock.getsockname()[1])
+        return None
 
     # --- sending --------------------------------------------------------------------------
 

@@ -87,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="send BYE this long after each session is established")
     parser.add_argument("--reinvite-after", type=float, metavar="SECONDS",
                         help="re-INVITE each session onto new media ports this long after ACK")
+    parser.add_argument("--keep-payloads", action="store_true",
+                        help="also write every stream's payloads as received to "
+                             "LABEL.payloads (2-byte length, then the bytes)")
+    parser.add_argument("--dial-contact", action="store_true",
+                        help="send in-dialog requests over TCP/TLS on a connection of our own "
+                             "to the SRC's Contact, as some recorders do, instead of the "
+                             "connection the INVITE came on")
     parser.add_argument("--require-auth", type=_userpass, metavar="USER:PASS",
                         help="challenge initial INVITEs with digest auth (401)")
     parser.add_argument("--credentials-header", type=_header, metavar="NAME=VALUE",
@@ -113,6 +120,8 @@ def config_from_args(args: argparse.Namespace) -> RecorderConfig:
         no_answer=args.no_answer,
         hangup_after=args.hangup_after,
         reinvite_after=args.reinvite_after,
+        dial_contact=args.dial_contact,
+        keep_payloads=args.keep_payloads,
         require_auth=args.require_auth,
         credentials_header=args.credentials_header,
         rtcp_interval=args.rtcp_interval,

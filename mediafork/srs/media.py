@@ -23,7 +23,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 from pylibsrtp import Error as SrtpError
@@ -258,7 +258,12 @@ class StreamReceiver:
         directory: Path,
         port_range: tuple[int, int],
         rtcp_interval: float,
+        *,
+        keep_payloads: bool = False,
     ) -> None:
+        """``keep_payloads``: also write every recorded payload, as received, to
+        ``<directory>/<label>.payloads`` (each one a 2-byte big-endian length, then the
+        bytes), for codecs the recorder cannot decode and for bit-exact checks."""
         self.params = params
         self.label = params.label
         self.host = host
@@ -270,6 +275,9 @@ class StreamReceiver:
         self.wav_path: Path | None = None
         self.wav_seconds = 0.0
         self.undecodable = False
+        self.keep_payloads = keep_payloads
+        self.payloads_path: Path | None = None
+        self._payloads: BinaryIO | None = None
         self.port_range = port_range
         self._socks = _bind_pair(host, params.rtcp_mux, port_range)
         self.port = self._socks[0].getsockname()[1]
@@ -403,7 +411,17 @@ class StreamReceiver:
         if not in_order:
             stats.duplicates_or_late += 1
             return  # the WAV is written in arrival order; a late packet's slot is already filled
+        if self.keep_payloads:
+            self._keep_payload(packet.payload)
         self._write_audio(packet)
+
+    def _keep_payload(self, payload: bytes) -> None:
+        if self._payloads is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.payloads_path = self.directory / f"{_sanitize(self.label)}.payloads"
+            fd = os.open(self.payloads_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._payloads = os.fdopen(fd, "ab")
+        self._payloads.write(struct.pack("!H", len(payload)) + payload)
 
     def _count_srtp_error(self, message: str) -> None:
         if "authentication" in message:
@@ -545,6 +563,9 @@ class StreamReceiver:
                     proto.transport.close()
             for sock in socks:
                 sock.close()
+        if self._payloads is not None:
+            self._payloads.close()
+            self._payloads = None
         if self._writer is not None:
             self.wav_seconds = self._writer.duration_seconds
             try:
@@ -562,6 +583,7 @@ class StreamReceiver:
             "port": self.port,
             "rtcp_port": self.rtcp_port,
             "codec": self.params.codec,
+            "payloads": str(self.payloads_path) if self.payloads_path else None,
             "payload_type": self.params.payload_type,
             "clock_rate": self.params.clock_rate,
             "srtp_suite": self.params.suite,

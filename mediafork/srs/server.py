@@ -82,6 +82,12 @@ class RecorderConfig:
     """Send BYE this many seconds after the ACK."""
     reinvite_after: float | None = None
     """Send a re-INVITE moving every stream to new ports this many seconds after the ACK."""
+    keep_payloads: bool = False
+    """Also write each stream's payloads as received to ``<label>.payloads`` (2-byte
+    length, then the bytes): for codecs without a WAV (G.722, Opus) and bit-exact checks."""
+    dial_contact: bool = False
+    """Over TCP/TLS, send in-dialog requests (BYE, re-INVITE) on a connection we open to the
+    SRC's Contact, as some recorders do, rather than on the one its INVITE came on."""
     require_auth: tuple[str, str] | None = field(default=None, repr=False)
     """(user, password): challenge initial INVITEs with 401 digest."""
     auth_realm: str = "mediafork-srs"
@@ -221,6 +227,8 @@ class ReferenceRecorder:
         self.sessions: list[RecordedSession] = []
         self.bad_messages = 0
         self.requests_seen: dict[str, int] = {}
+        self.dialled = 0
+        """Connections opened to an SRC's Contact (for in-dialog requests)."""
         self.address: tuple[str, int] = (self.config.host, self.config.port)
         self.tcp_address: tuple[str, int] | None = None
         self.tls_address: tuple[str, int] | None = None
@@ -642,6 +650,7 @@ class ReferenceRecorder:
             session = RecordedSession(
                 request, entry.peer.transport, entry.peer.addr, self.out_dir,
                 cfg.media_host or cfg.host, cfg.media_ports, cfg.rtcp_interval,
+                keep_payloads=cfg.keep_payloads,
             )
         # A copy: the path may change for this session alone (a dialed-out connection).
         session.peer = replace(entry.peer)
@@ -822,12 +831,14 @@ class ReferenceRecorder:
         """Where in-dialog requests go: the SRC's Contact over UDP; over TCP/TLS the
         connection the INVITE came on (the SRC may not listen for new connections)."""
         if peer.conn is not None:
-            if not peer.conn.closed:
+            if not peer.conn.closed and not self.config.dial_contact:
                 return peer.conn.send
-            # The SRC closed its connection: dial its Contact (RFC 3261 §18.1.1).
+            # The SRC closed its connection (or dial_contact): dial its Contact
+            # (RFC 3261 §18.1.1).
             target = SipUri.parse(session.remote_target)
             default = 5061 if peer.transport == "TLS" else 5060
             dialer = _Dialer(self, peer.transport, target.host.strip("[]"), target.port or default)
+            self.dialled += 1
             peer.conn = None
             peer.send = dialer.send
             return dialer.send

@@ -117,6 +117,23 @@ def _choose_codec(media: MediaDescription) -> tuple[int, str, int] | None:
     return candidates[0] if candidates else None
 
 
+def _format_attributes(media: MediaDescription, pt: int, name: str, rate: int
+                       ) -> list[tuple[str, str | None]]:
+    """The answer's rtpmap and fmtp for the chosen format: the offer's own lines (so Opus
+    stays ``opus/48000/2`` with its parameters, RFC 7587 §7), else ``name/rate``."""
+    def of(attribute: str) -> str | None:
+        for value in media.attribute_values(attribute):
+            if value.split(" ", 1)[0] == str(pt):
+                return value
+        return None
+
+    out: list[tuple[str, str | None]] = [("rtpmap", of("rtpmap") or f"{pt} {name}/{rate}")]
+    fmtp = of("fmtp")
+    if fmtp is not None:
+        out.append(("fmtp", fmtp))
+    return out
+
+
 def _safe(text: str, limit: int = 48) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:limit] or "session"
 
@@ -139,6 +156,8 @@ class RecordedSession:
         media_host: str,
         media_ports: tuple[int, int],
         rtcp_interval: float,
+        *,
+        keep_payloads: bool = False,
     ) -> None:
         self.call_id = request.call_id
         self.transport = transport
@@ -162,6 +181,7 @@ class RecordedSession:
         self.media_host = media_host
         self.media_ports = media_ports
         self.rtcp_interval = rtcp_interval
+        self.keep_payloads = keep_payloads
         self.state = "new"
         """new → answered → established → ended; or rejected / unanswered / cancelled."""
         self.status: int | None = None
@@ -338,7 +358,7 @@ class RecordedSession:
         if existing is None:
             assert self.directory is not None
             receiver = StreamReceiver(params, self.media_host, self.directory, self.media_ports,
-                                      self.rtcp_interval)
+                                      self.rtcp_interval, keep_payloads=self.keep_payloads)
             await receiver.start()
         else:
             receiver = existing
@@ -349,7 +369,7 @@ class RecordedSession:
         line = MediaDescription("audio", receiver.port, media.proto, [str(pt)])
         if media.label:
             line.attributes.append(("label", media.label))
-        line.attributes.append(("rtpmap", f"{pt} {name}/{rate}"))
+        line.attributes += _format_attributes(media, pt, name, rate)
         if receiver.params.rtcp_mux:
             line.attributes.append(("rtcp-mux", None))
         elif receiver.rtcp_port != receiver.port + 1:

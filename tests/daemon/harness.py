@@ -15,6 +15,7 @@ stalling the suite.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.server
 import os
 import re
@@ -212,13 +213,18 @@ def call_sid(n: int) -> str:
     return "CA" + f"{n:02x}" * 16
 
 
-def send_tones(ingress: Mapping[str, tuple[str, int]], packets: int = 100, ssrc: int = 0x1000
-               ) -> int:
-    """Send *packets* PCMU packets per track (paced lightly: ~2 ms apart); returns the count."""
+def send_tones(ingress: Mapping[str, tuple[str, int]], packets: int = 100, ssrc: int = 0x1000,
+               sock: socket.socket | None = None) -> int:
+    """Send *packets* PCMU packets per track (paced lightly: ~2 ms apart); returns the count.
+
+    Each call sends from a new socket unless *sock* is given: a media server keeps its port,
+    and the daemon latches each track onto the first sender (``[media] relatch_after``)."""
     sent = 0
     streams = [(list(tone_packets(440.0 + 100 * i, packets * 0.02, ssrc=ssrc + i)), address)
                for i, address in enumerate(ingress.values())]
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with contextlib.ExitStack() as stack:
+        if sock is None:
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
         for n in range(packets):
             for stream, address in streams:
                 if n < len(stream):

@@ -88,7 +88,8 @@ def test_reload_applies_live_changes_while_the_siprec_goes_on(
         assert created.status_code == 201, created.text
         siprec = created.json()["sid"]
         wait_until(lambda: "siprec-started" in sink.events(siprec), 10, "siprec-started")
-        send_tones(ingress, packets=20)
+        media_server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # one port, as a PBX
+        send_tones(ingress, packets=20, sock=media_server)
         wait_until(lambda: recorder.summaries()[0]["totals"]["packets"] >= 40, 10, "media")
 
         # New token, a second connector on a new edge, debug logging: applied by SIGHUP.
@@ -106,9 +107,10 @@ def test_reload_applies_live_changes_while_the_siprec_goes_on(
         view = daemon.get(f"/v1/Calls/{sid}", auth=(ACCOUNT, NEW_TOKEN)).json()
         assert [s["status"] for s in view["siprecs"]] == ["in-progress"]
         before = recorder.summaries()[0]["totals"]["packets"]
-        send_tones(ingress, packets=20)
+        send_tones(ingress, packets=20, sock=media_server)
         wait_until(lambda: recorder.summaries()[0]["totals"]["packets"] >= before + 40, 10,
                    "media after the reload")
+        media_server.close()
         assert recorder.summaries()[0]["state"] != "ended"
 
         # The new connector works on the same call, from the new edge.

@@ -94,7 +94,7 @@ def test_readyz_is_503_while_draining_and_healthz_stays_200(
         def probe() -> None:  # poll both endpoints until the process is gone
             # One session, closed at the end: with one-shot requests.get() calls a
             # connection of this poll stayed open until garbage collection (the teardown's
-            # descriptor check saw it; a gc.collect() released it).
+            # descriptor check saw it; a garbage collection released it).
             with requests.Session() as http:
                 while not done.is_set():
                     for path in ("/readyz", "/healthz"):

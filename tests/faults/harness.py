@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import gc
 import os
 import re
 import secrets
@@ -101,18 +100,16 @@ async def eventually(check: Callable[[], bool], timeout: float = 3.0, what: str 
 
 
 def allocations_now() -> int:
-    """Data-plane allocations alive once cyclic garbage is collected."""
-    gc.collect()
+    """Data-plane allocations alive now."""
     return Engine.live_allocations()
 
 
 async def allocations_back_to(baseline: int) -> None:
-    """The data plane frees a call's memory when its last Python reference goes; a
-    reference cycle (an exception's traceback holding a frame, say) lasts until the next
-    collection, so collect first: what survives that is a leak."""
+    """The data plane frees a call's memory when the call is closed (not when its last
+    Python reference goes), so no garbage collection: what is still allocated once the
+    worker has let go is a leak."""
 
     def freed() -> bool:
-        gc.collect()
         return Engine.live_allocations() <= baseline
 
     await eventually(freed, 3.0,

@@ -46,7 +46,8 @@ def test_a_siprec_forks_each_partys_tone_over_srtp_only_while_it_runs(stack, cal
     answer = stack.register(sid(1), call.call_id)
     assert answer.status_code == 201, answer.text
     body = answer.json()
-    assert body["codec"] == {"name": "PCMU", "payload_type": 0, "clock_rate": 8000}
+    assert body["codec"] == {"name": "PCMU", "payload_type": 0, "clock_rate": 8000,
+                             "channels": 1, "fmtp": None}
     assert body["media_source"] == {"name": "rtpengine1", "call_id": call.call_id,
                                     "inbound_tag": "ta", "outbound_tag": "tb",
                                     "attached": False}

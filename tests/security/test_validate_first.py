@@ -2,7 +2,7 @@
 4xx (issue 10, item 6).
 
 The real daemon (tests/badinput/mfstack.py): its SQLite file is read back to check the store,
-its engine to check the media side, ``/proc/self/fd`` to check descriptors (no gc.collect():
+its engine to check the media side, ``/proc/self/fd`` to check descriptors (no garbage collection first:
 resources must be released when given up, not when the collector runs).
 """
 

@@ -152,3 +152,19 @@ def test_build_answer_to_srs_reoffer() -> None:
         and second.cryptos[0].key == K80
     )
     assert [(r.port, r.suite) for r in result] == [(40000, SUITE_32), (40002, SUITE_80)]
+
+
+def test_opus_offer_has_two_channels_and_the_hosts_fmtp() -> None:
+    opus = Codec("opus", 111, 48000, 2, "minptime=10;useinbandfec=1")
+    media = build_offer([OfferStream("1", 30000, opus)], "192.0.2.1", 1, 1).media[0]
+    assert media.attribute_values("rtpmap") == ["111 opus/48000/2"]
+    assert media.attribute_values("fmtp") == ["111 minptime=10;useinbandfec=1"]
+    g722 = build_offer([OfferStream("1", 30000, Codec("G722", 9, 8000))], "192.0.2.1", 1, 1)
+    assert g722.media[0].attribute_values("rtpmap") == ["9 G722/8000"]
+    assert g722.media[0].attribute_values("fmtp") == []
+
+
+@pytest.mark.parametrize("fmtp", ["", "a=1\r\na=crypto:1 x", "tab\there", "é"])
+def test_an_fmtp_that_would_break_the_sdp_is_refused(fmtp: str) -> None:
+    with pytest.raises(ValueError, match="fmtp"):
+        Codec("opus", 111, 48000, 2, fmtp)

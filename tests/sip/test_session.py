@@ -501,6 +501,24 @@ def test_config_validation() -> None:
         config(srs_uri="tel:+1555")
 
 
+def test_a_tls_contact_and_via_name_the_tls_listener() -> None:
+    session = RecordingSession(config(srs_uri="sips:rec@srs.example.com", tls_port=5091))
+    session.start(0.0)
+    (out,) = session.messages_to_send()
+    assert (out.message.top_via.transport, out.message.top_via.port) == ("TLS", 5091)
+    # A sips: target gets a sips: Contact (RFC 3261 §8.1.1.8), a sip: one transport=tls.
+    assert (out.message.headers.get("Contact") or "").startswith("<sips:mediafork@192.0.2.10:5091>")
+    tls = RecordingSession(config(srs_uri="sip:rec@srs.example.com;transport=tls", tls_port=5091))
+    tls.start(0.0)
+    (out,) = tls.messages_to_send()
+    assert ":5091;transport=tls>" in (out.message.headers.get("Contact") or "")
+    udp = RecordingSession(config(srs_uri="sip:rec@srs.example.com", tls_port=5091))
+    udp.start(0.0)
+    (out,) = udp.messages_to_send()
+    assert out.message.top_via.port != 5091
+    assert ":5091" not in (out.message.headers.get("Contact") or "")
+
+
 def test_transport_from_uri() -> None:
     assert RecordingSession(config(srs_uri="sips:rec@srs.example.com")).transport == "tls"
     assert RecordingSession(config(srs_uri="sip:rec@h;transport=tcp")).transport == "tcp"
@@ -514,6 +532,7 @@ def test_transport_from_uri() -> None:
         "tls",
     )
     assert out.message.top_via.transport == "TLS"
-    assert "transport=tls" in (out.message.headers.get("Contact") or "")
+    # No TLS listener configured: Via and Contact name the TCP listener's port, truthfully.
+    assert ";transport=tcp" in (out.message.headers.get("Contact") or "")
     session.handle_timer(10.0)
     assert session.messages_to_send() == []  # reliable: no retransmission

@@ -66,6 +66,15 @@ def free_port(ip: str = "127.0.0.1", kind: int = socket.SOCK_DGRAM, pair: bool =
     raise RuntimeError("no free port")
 
 
+def own_port_block(size: int = 200) -> tuple[int, int]:
+    """A random block of media ports in 40000-59999 (parallel runs rarely share one, and
+    the allocator skips ports that are taken anyway)."""
+    import secrets
+
+    first = 40000 + secrets.randbelow(20000 // size) * size
+    return first, first + size - 1
+
+
 @dataclass
 class Recorder:
     """UDP sockets where the SRS's SDP answer points media: RTP and its RTCP port."""
