@@ -214,7 +214,7 @@ async def _two_legs(client: NgClient, call_id: str, a_port: int, b_port: int) ->
 
 
 async def run(calls: int = 500, seconds: float = 20.0, probes: int = 4,
-              say: Any = print) -> dict[str, Any]:
+              say: Any = print, rtpengine_threads: int = 8) -> dict[str, Any]:
     binary = find_rtpengine()
     if binary is None:
         raise SystemExit("rtpengine is not installed (Debian package rtpengine-daemon)")
@@ -225,7 +225,7 @@ async def run(calls: int = 500, seconds: float = 20.0, probes: int = 4,
         workdir = Path(tmp)
         rtpengine = LocalRtpengine(binary, workdir / "rtpengine.log", port_min=20000,
                                    port_max=29999, extra=("--endpoint-learning=off",
-                                                          "--num-threads=2"))
+                                                          f"--num-threads={rtpengine_threads}"))
         children: list[Child] = []
         probe = Probes(probes if sipp else 0)
         sipp_proc = None
@@ -367,6 +367,7 @@ async def run(calls: int = 500, seconds: float = 20.0, probes: int = 4,
                                      "samples": len(leg)},
         "total_seconds": round(time.monotonic() - began, 1),
         "rtpengine_version": _rtpengine_version(binary),
+        "rtpengine_threads": rtpengine_threads,
         "cpus": os.cpu_count(),
     }
     return result
@@ -442,11 +443,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0,
                         help="traffic window (the whole run is about 25 s longer)")
     parser.add_argument("--probes", type=int, default=4)
+    parser.add_argument("--rtpengine-threads", type=int, default=8)
     args = parser.parse_args(argv)
     if not 1 <= args.calls <= 1000 or not 1 <= args.seconds <= 40:
         parser.error("--calls 1-1000 and --seconds 1-40 (the run stays under a minute)")
     result = asyncio.run(asyncio.wait_for(
-        run(args.calls, args.seconds, args.probes, say=lambda s: print(s, file=sys.stderr)),
+        run(args.calls, args.seconds, args.probes, say=lambda s: print(s, file=sys.stderr),
+            rtpengine_threads=args.rtpengine_threads),
         args.seconds + 60))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
