@@ -195,11 +195,15 @@ class CallSource:
             if self.source.attached and not wanted():
                 await self.source.detach()
 
-    def start_liveness(self, wanted: Callable[[], bool], on_failure: OnFailure) -> None:
+    def start_liveness(self, wanted: Callable[[], bool], on_failure: OnFailure,
+                       reattach: Callable[[], Awaitable[None]]) -> None:
+        """``reattach``: subscribe again (after a lost subscription was reported, when a
+        Recording still needs the media)."""
         if self._task is None and not self.closed:
-            self._task = asyncio.ensure_future(self._liveness(wanted, on_failure))
+            self._task = asyncio.ensure_future(self._liveness(wanted, on_failure, reattach))
 
-    async def _liveness(self, wanted: Callable[[], bool], on_failure: OnFailure) -> None:
+    async def _liveness(self, wanted: Callable[[], bool], on_failure: OnFailure,
+                        reattach: Callable[[], Awaitable[None]]) -> None:
         interval = self.config.check_interval
         # A check is two queries, plus a statistics request when one is not found.
         bound = max(3 * self.config.timeout, 0.1)
@@ -229,9 +233,15 @@ class CallSource:
                 return  # the call ends: nothing more to check
             except SubscriptionLost as exc:
                 try:
-                    await on_failure(exc)
+                    await on_failure(exc)  # the Siprecs get siprec-error and stop
                 finally:
                     self.failing = False
+                if wanted() and not self.closed:  # a Recording goes on: fork to it again
+                    try:
+                        await reattach()
+                    except ApiError as again:
+                        log.warning("media source %s: call %s could not subscribe again: %s",
+                                    self.config.name, self.source.call_id, again.message)
                 continue
             except MediaSourceError as exc:
                 log.warning("media source %s: liveness check of call %s failed: %s",

@@ -577,7 +577,8 @@ class ControlService:
             live.source = CallSource(media_source[0], media_source[1], media)
             live.source.start_liveness(
                 lambda: self._source_wanted(call_sid),
-                lambda exc: self._source_failed(account_sid, call_sid, exc))
+                lambda exc: self._source_failed(account_sid, call_sid, exc),
+                lambda: self._attach(live))
         self._publish(ServiceEvent(account_sid, "call-registered",
                                    {"CallSid": call_sid, "From": from_, "To": to}))
         return await self.call_view(account_sid, call_sid)

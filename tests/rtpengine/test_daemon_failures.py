@@ -202,3 +202,25 @@ def test_a_siprec_cannot_start_when_rtpengine_is_down_and_nothing_changes(rtpeng
         assert stack.view(sid(10)).json()["media_source"]["attached"] is False
     finally:
         stack.close()
+
+
+def test_a_recording_survives_a_lost_subscription(stack, call, rtpengine):
+    """No Siprec to report the loss to: a live Recording keeps its media, mediafork
+    subscribes again."""
+    call.start_tones(A_HZ, B_HZ, seconds=15)
+    assert stack.register(sid(11), call.call_id).status_code == 201
+    base = f"{stack.url}/2010-04-01/Accounts/{stack.account}/Calls/{sid(11)}/Recordings"
+    created = requests.post(f"{base}.json", auth=stack.auth, timeout=10, data={})
+    assert created.status_code == 201, created.text
+    first = our_subscriptions(rtpengine.ng, call.call_id)
+    assert len(first) == 2
+    ng_request(rtpengine.ng, {"command": "unsubscribe", "call-id": call.call_id,
+                              "to-tag": sorted(first)[0]})
+    assert len(our_subscriptions(rtpengine.ng, call.call_id)) == 1
+    # Found within a check interval, both tracks unsubscribed and subscribed afresh.
+    wait_until(lambda: len(our_subscriptions(rtpengine.ng, call.call_id)) == 2, 5,
+               "the subscriptions to come back")
+    time.sleep(0.3)
+    before = stack.received(sid(11))
+    time.sleep(0.5)
+    assert all(stack.received(sid(11))[t] > before[t] + 10 for t in before)
