@@ -6,7 +6,7 @@
     mediafork srs [...]                 the reference Session Recording Server
     mediafork status                    live calls, forks and counters from a running daemon
     mediafork callbacks [--redeliver]   given-up status callbacks, and sending them again
-    mediafork demo                      the end-to-end demo (scripts/demo)
+    mediafork demo                      the end-to-end demo (scripts/demo; --rtpengine)
     mediafork secret genkey|encrypt     secrets at rest for the config file
 """
 
@@ -238,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seconds", type=float, default=3.0, help="length of the synthetic calls")
     demo.add_argument("--dataplane", action="store_true",
                       help="only the data-plane demo (no daemon, no SIP)")
+    demo.add_argument("--rtpengine", action="store_true",
+                      help="rtpengine proxies each call's legs; mediafork subscribes to it "
+                           "(skipped when rtpengine is not installed)")
     demo.add_argument("--keep", metavar="DIR", type=Path,
                       help="copy the recorder's WAV files and metadata to DIR and print their paths")
 
@@ -271,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             return run(args.seconds)
         from .daemon.demo import main as demo_main
 
-        return demo_main(seconds=args.seconds, keep=args.keep)
+        return demo_main(seconds=args.seconds, keep=args.keep, rtpengine=args.rtpengine)
     return 2
 
 

@@ -132,3 +132,18 @@ HTTP_REQUEST_REJECTED = _register(900015, 400, "Request rejected by the HTTP lay
 # Per-account limits (mediafork.control.quotas): 429 like the platform's "too many requests",
 # but a limit on live resources, not a rate: ending a call or a Siprec frees room at once.
 QUOTA_EXCEEDED = _register(900429, 429, "Account limit reached")
+# Media sources (mediafork.mediasource): the codes of its MediaSourceError classes, so an
+# API request that hits one answers with the class's code and status. Kept equal to the
+# classes by tests/rtpengine/test_ng_protocol.py.
+NG_TIMEOUT = _register(900060, 503, "rtpengine did not answer")
+NG_ERROR_REPLY = _register(900061, 503, "rtpengine answered with an error")
+NG_BAD_REPLY = _register(900062, 503, "Bad reply from rtpengine")
+MEDIA_SOURCE_UNKNOWN_CALL = _register(900063, 400, "Unknown call on the media source")
+MEDIA_SOURCE_UNKNOWN_TAG = _register(900064, 400, "Unknown tag on the media source")
+MEDIA_SOURCE_RESTARTED = _register(900065, 503, "Media source restarted")
+MEDIA_SOURCE_CALL_GONE = _register(900066, 400, "Call ended on the media source")
+MEDIA_SOURCE_SUBSCRIPTION_LOST = _register(900067, 503, "Media source subscription lost")
+UNKNOWN_MEDIA_SOURCE = _register(900068, 400, "Unknown media source")
+NO_USABLE_CODEC = _register(900069, 400, "No usable codec from the media source")
+NG_OVERLOADED = _register(900070, 503, "Too many requests waiting for the media source")
+NG_CLOSED = _register(900071, 503, "Media source closed")

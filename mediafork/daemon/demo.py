@@ -24,8 +24,10 @@ import numpy as np
 from aiohttp import web
 
 from ..control.signature import compute_signature
+from ..mediasource.local_rtpengine import LocalRtpengine, TwoLegCall, find_rtpengine
+from ..mediasource.ng_client import NgClient
 from ..synth import tone_packets
-from .config import default_config
+from .config import MediaSourceConfig, default_config
 from .process import Daemon
 
 API = "/2010-04-01"
@@ -42,6 +44,10 @@ class DemoCall:
     ingress: dict[str, tuple[str, int]] = field(default_factory=dict)
     sent_by_engine: int = 0
     siprec_sid: str | None = None
+    send_to: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """Where each track's party sends (default: the ingress; with rtpengine: rtpengine)."""
+    socks: dict[str, socket.socket] = field(default_factory=dict)
+    """The party's own socket per track (with rtpengine: the port its SDP names)."""
 
 
 @dataclass
@@ -112,14 +118,15 @@ class MediaServer(threading.Thread):
             for track, hz in (("inbound", call.inbound_hz), ("outbound", call.outbound_hz)):
                 packets = list(tone_packets(hz, self.seconds, ssrc=0x5000 + 2 * i + len(streams) % 2,
                                             dtmf_every=50))
-                streams.append((packets, call.ingress[track]))
+                streams.append((packets, call.send_to.get(track, call.ingress.get(track)),
+                                call.socks.get(track, sock)))
         start = time.monotonic()
-        for n in range(max(len(p) for p, _ in streams)):
+        for n in range(max(len(p) for p, _, _ in streams)):
             if self.stop_event.is_set():
                 break
-            for packets, address in streams:
+            for packets, address, out in streams:
                 if n < len(packets):
-                    sock.sendto(packets[n], address)
+                    out.sendto(packets[n], address)
                     self.sent += 1
             time.sleep(max(0.0, start + (n + 1) * 0.02 - time.monotonic()))
         sock.close()
@@ -137,12 +144,21 @@ def dominant_hz(path: Path) -> tuple[float, float]:
     return len(samples) / rate, float(np.fft.rfftfreq(len(samples), 1 / rate)[spectrum.argmax()])
 
 
-async def run(seconds: float = 3.0, out=sys.stdout, keep: Path | None = None) -> int:
+async def run(seconds: float = 3.0, out=sys.stdout, keep: Path | None = None,
+              rtpengine: bool = False) -> int:
     """The demo; with ``keep`` the recorder's files of each Siprec are copied to
-    ``keep/<siprec name>/`` and the summary names them by full path."""
+    ``keep/<siprec name>/`` and the summary names them by full path. With ``rtpengine`` a
+    private rtpengine proxies each call's two legs and mediafork gets the media from it
+    (``media_source``); skipped, with a message, when rtpengine is not installed."""
 
     def say(text: str = "", end: str = "\n") -> None:
         print(text, end=end, file=out, flush=True)
+
+    binary = find_rtpengine() if rtpengine else None
+    if rtpengine and binary is None:
+        say("demo --rtpengine skipped: rtpengine is not installed (Debian package "
+            "rtpengine-daemon; scripts/test installs it)")
+        return 0
 
     # A terminal gets one live line rewritten in place; a pipe or a log gets a plain
     # line a second, not a run of carriage returns.
@@ -157,8 +173,21 @@ async def run(seconds: float = 3.0, out=sys.stdout, keep: Path | None = None) ->
             sip=dataclasses.replace(config.sip, port=0),
         )
         account = config.accounts[0]
+        proxy: RtpengineProxy | None = None
+        if binary is not None:
+            proxy = RtpengineProxy(LocalRtpengine(binary, data / "rtpengine.log"))
+            await proxy.start()
+            config = dataclasses.replace(config, media_sources=(MediaSourceConfig(
+                name="rtpengine1", kind="rtpengine", ng=proxy.rtpengine.ng),))
+            say(f"rtpengine (pid {proxy.rtpengine.pid}) on NG {proxy.rtpengine.ng[0]}:"
+                f"{proxy.rtpengine.ng[1]} proxies both legs of every call")
         daemon = Daemon(config, embedded_recorder=True, recorder_port=0)  # free ports only
-        await daemon.start()
+        try:
+            await daemon.start()
+        except BaseException:
+            if proxy is not None:
+                await proxy.close()
+            raise
         receiver = CallbackReceiver(account.auth_token)
         await receiver.start()
         auth = aiohttp.BasicAuth(account.sid, account.auth_token)
@@ -181,6 +210,9 @@ async def run(seconds: float = 3.0, out=sys.stdout, keep: Path | None = None) ->
                             "to": "sip:+15559870000@pbx.example",
                             "codec": {"name": "PCMU", "payload_type": 0, "clock_rate": 8000},
                             "dtmf_payload_type": 101}
+                    if proxy is not None:  # by reference: the codec is learned from rtpengine
+                        del body["codec"], body["dtmf_payload_type"]
+                        body["media_source"] = await proxy.add_call(call)
                     async with http.post(f"{base}/v1/Calls", json=body) as r:
                         answer = await r.json()
                         assert r.status == 201, answer
@@ -249,8 +281,11 @@ async def run(seconds: float = 3.0, out=sys.stdout, keep: Path | None = None) ->
         finally:
             if media is not None:
                 media.stop_event.set()
+                media.join(2)
             await receiver.stop()
             await daemon.shutdown()
+            if proxy is not None:
+                await proxy.close()
     say("result: " + ("all checks passed" if ok else "CHECKS FAILED"))
     return 0 if ok else 1
 
@@ -316,12 +351,51 @@ def report(calls: list[DemoCall], daemon: Daemon, receiver: CallbackReceiver, sa
     return ok
 
 
-def main(seconds: float = 3.0, keep: Path | None = None) -> int:
+class RtpengineProxy:
+    """The platform's media proxy for ``demo --rtpengine``: a private rtpengine, and each
+    demo call's two legs set up through it as Kamailio's rtpengine module would."""
+
+    def __init__(self, rtpengine: LocalRtpengine) -> None:
+        self.rtpengine = rtpengine
+        self.client: NgClient | None = None
+        self.calls: list[TwoLegCall] = []
+
+    async def start(self) -> None:
+        await self.rtpengine.start()
+        try:
+            self.client = await NgClient.connect(self.rtpengine.ng)
+        except BaseException:
+            self.rtpengine.stop()
+            raise
+
+    async def add_call(self, call: DemoCall) -> dict[str, str]:
+        """Offer/answer through rtpengine; the demo's parties send to it; returns the
+        ``media_source`` object that registers the call by reference."""
+        assert self.client is not None
+        legs = await TwoLegCall.create(self.client, f"demo-{call.sid[-8:]}@127.0.0.1")
+        self.calls.append(legs)
+        call.send_to = {"inbound": legs.caller.send_to, "outbound": legs.callee.send_to}
+        call.socks = {"inbound": legs.caller.sock, "outbound": legs.callee.sock}
+        return {"name": "rtpengine1", "call_id": legs.call_id,
+                "inbound_tag": legs.caller.tag, "outbound_tag": legs.callee.tag}
+
+    async def close(self) -> None:
+        """Delete the calls (the proxy's BYE), close the NG socket, stop rtpengine."""
+        try:
+            if self.client is not None:
+                for legs in self.calls:
+                    await legs.close(self.client)
+                self.client.close()
+        finally:
+            self.rtpengine.stop()
+
+
+def main(seconds: float = 3.0, keep: Path | None = None, rtpengine: bool = False) -> int:
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
     try:
         import uvloop
 
-        return uvloop.run(run(seconds, keep=keep))
+        return uvloop.run(run(seconds, keep=keep, rtpengine=rtpengine))
     except ImportError:  # pragma: no cover
-        return asyncio.run(run(seconds, keep=keep))
+        return asyncio.run(run(seconds, keep=keep, rtpengine=rtpengine))

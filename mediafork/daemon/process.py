@@ -38,6 +38,7 @@ from ..sip.recorder_links import SipRecorderLinks
 from ..sip.transport import client_tls_context
 from . import systemd
 from .config import Config, ConfigError, load_config
+from .media_sources import MediaSources
 from .metrics import (
     EngineCollector,
     build_registry,
@@ -88,6 +89,7 @@ class Daemon:
         self.service: ControlService | None = None
         self.links: SipRecorderLinks | None = None
         self.recorder: Any = None  # mediafork.srs.ReferenceRecorder when embedded
+        self.media_sources: MediaSources | None = None
         self._runner: web.AppRunner | None = None
         self._http_server: asyncio.Server | None = None
         self.admissions: dict[str, Admission] = {}
@@ -112,8 +114,12 @@ class Daemon:
         warn_if_open(data, "the data folder")
         make_private_dir(data / "recordings", tighten_below=data)
         self.store = await AsyncStore.open(config.storage.path)
+        # One NG socket per [[media_sources]] entry, closed in shutdown() (nothing is sent
+        # yet: rtpengine may start after us).
+        self.media_sources = await MediaSources.open(config.media_sources)
         self.service = ControlService(config, engine=self.engine, store=self.store,
-                                      callback_options={"egress": config.callbacks.egress_policy()})
+                                      callback_options={"egress": config.callbacks.egress_policy()},
+                                      media_sources=self.media_sources)
         sip = config.sip
         self.admissions["sip"] = make_admission("sip", sip.max_connections,
                                                 sip.max_connections_per_peer)
@@ -406,6 +412,8 @@ class Daemon:
             self._http_server.close()  # stop accepting; the runner closes the connections
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.media_sources is not None:
+            self.media_sources.close()  # after the calls ended: they unsubscribed first
         if self.engine is not None:
             for fd in self.engine.event_fds:
                 asyncio.get_running_loop().remove_reader(fd)

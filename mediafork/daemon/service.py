@@ -80,9 +80,18 @@ from ..control.timefmt import rfc2822, utcnow
 from ..control.twiml import ActiveSiprec, StartSiprec, StopSiprec, check_program, parse_twiml
 from ..engine import Engine, EngineError
 from ..engine import Track as EngineTrack
-from ..recorder_api import Connector, LinkError, LinkEvent, RecorderLinks, SiprecStart
-from .config import Config
+from ..mediasource import (
+    CallGone,
+    MediaSourceError,
+    NoUsableCodec,
+    SourceRestarted,
+    UnknownMediaSource,
+)
+from ..mediasource.rtpengine import RtpengineSource, SourceMedia
+from ..recorder_api import CallCodec, Connector, LinkError, LinkEvent, RecorderLinks, SiprecStart
+from .config import Config, MediaSourceConfig
 from .logs import log_fields
+from .media_sources import CallSource, MediaSources, api_error, parse_media_source
 
 log = logging.getLogger("mediafork.daemon.service")
 
@@ -112,6 +121,11 @@ class RecordingManagerLike(Protocol):
     async def wav_path(self, *, account_sid: str, call_sid: str, sid: str) -> Any: ...
 
     async def call_ended(self, call_sid: str) -> None: ...
+
+    def check(self, *, account_sid: str, call: CallHandle, request: RecordingRequest,
+              max_live: int | None = None) -> Any: ...
+
+    def call_live_count(self, call_sid: str) -> int: ...
 
     async def delete(self, *, account_sid: str, call_sid: str, sid: str) -> None: ...
 
@@ -178,6 +192,10 @@ class _LiveCall:
     """Ingress packets (accepted, well-formed) counted at the previous sweep."""
     ended_idle: bool = False
     """The idle sweep is ending it (so the next sweep does not start a second end)."""
+    source: CallSource | None = None
+    """Where the call's media comes from when it was registered with ``media_source``."""
+    recordings_starting: int = 0
+    """Recordings being created (they need the media source attached)."""
 
 
 @dataclass
@@ -206,8 +224,11 @@ class ControlService:
         links: RecorderLinks | None = None,
         recordings: RecordingManagerLike | None = None,
         callback_options: Mapping[str, Any] | None = None,
+        media_sources: MediaSources | None = None,
     ) -> None:
         self.config = config
+        self.media_sources = media_sources
+        """The daemon's open [[media_sources]] (it opens and closes them, not the service)."""
         self.engine = engine
         self.store = store
         options = {"timeout": config.callbacks.timeout,
@@ -500,6 +521,12 @@ class ControlService:
             raise ApiError(errors.INVALID_PARAMETER,
                            "dtmf_payload_type must be an integer 0-127 or null")
         sources = _sources(body.get("sources"))
+        media_source = None
+        if "media_source" in body:
+            if sources:
+                raise ApiError(errors.INVALID_PARAMETER, "sources cannot be given with "
+                               "media_source: each track is locked to rtpengine's address")
+            media_source = self._media_source(body["media_source"])
         if call_sid in self._calls:
             raise ApiError(errors.CALL_ALREADY_REGISTERED,
                            "a call with this call_sid is already registered")
@@ -512,6 +539,17 @@ class ControlService:
         self._check_quota(account_sid, calls=1, ports=CALL_PORTS)
         live = _LiveCall(account_sid)  # reserved before awaiting; not found until registered
         self._calls[call_sid] = live
+        if media_source is not None:
+            # Everything else is valid: only now ask rtpengine (nothing flows from a probe).
+            try:
+                media = await media_source[1].probe()
+                codec, dtmf = _learned(media, body, codec, dtmf)
+            except MediaSourceError as exc:
+                del self._calls[call_sid]
+                raise api_error(exc) from None
+            except BaseException:
+                del self._calls[call_sid]
+                raise
         try:
             engine_call = await asyncio.to_thread(
                 self.engine.add_call, call_sid, clock_rate=codec.clock_rate,
@@ -535,6 +573,12 @@ class ControlService:
             del self._calls[call_sid]
             await asyncio.to_thread(engine_call.close)
             raise
+        if media_source is not None:
+            live.source = CallSource(media_source[0], media_source[1], media)
+            live.source.start_liveness(
+                lambda: self._source_wanted(call_sid),
+                lambda exc: self._source_failed(account_sid, call_sid, exc),
+                lambda: self._attach(live))
         self._publish(ServiceEvent(account_sid, "call-registered",
                                    {"CallSid": call_sid, "From": from_, "To": to}))
         return await self.call_view(account_sid, call_sid)
@@ -600,6 +644,7 @@ class ControlService:
             "forks": forks,
             "siprecs": [{**render_siprec(s), "track": s.track,
                          "connector_name": s.connector_name} for s in siprecs],
+            **({"media_source": live.source.describe()} if live.source is not None else {}),
         }
 
     async def list_calls(self, account_sid: str) -> dict[str, Any]:
@@ -625,6 +670,8 @@ class ControlService:
                     await self.recordings.call_ended(call_sid)
                 except Exception:
                     log.exception("recordings of %s did not finish cleanly", call_sid)
+            if live.source is not None:
+                await live.source.close()  # unsubscribe: rtpengine stops forking to us
             await asyncio.to_thread(live.handle.engine_call.close)
             await self.store.set_call_state(call_sid, "ended")
             self._calls.pop(call_sid, None)
@@ -643,8 +690,8 @@ class ControlService:
                 if index % _SWEEP_BATCH == _SWEEP_BATCH - 1:
                     await asyncio.sleep(0)
                 if (live.handle is None or live.ended or live.ended_idle
-                        or live.handle.engine_call.closed):
-                    continue
+                        or live.handle.engine_call.closed or live.source is not None):
+                    continue  # a media source's liveness task ends the call with rtpengine's
                 seen = _ingress_packets(live.handle.engine_call)
                 if seen != live.ingress_seen:
                     live.ingress_seen = seen
@@ -667,6 +714,69 @@ class ControlService:
             log.exception("ending idle call %s failed", call_sid)
             return
         self.idle_calls_ended += 1
+
+    # -- media sources ------------------------------------------------------------------
+
+    def _media_source(self, value: Any) -> tuple[MediaSourceConfig, RtpengineSource]:
+        """The ``media_source`` object checked (shape, name, ids): nothing is sent yet."""
+        request = parse_media_source(value)
+        if self.media_sources is None:
+            raise api_error(UnknownMediaSource(
+                "media_source.name names no [[media_sources]] entry"))
+        return self.media_sources.source_for(request)
+
+    async def _attach(self, live: _LiveCall) -> None:
+        """Have rtpengine fork both parties to the call's ingress (no-op when it does)."""
+        assert live.source is not None and live.handle is not None
+        call = live.handle.engine_call
+
+        async def lock_sources(media: SourceMedia) -> None:
+            for track in EngineTrack:
+                await asyncio.to_thread(call.expect_source, track, *media.track(track).source)
+
+        await live.source.attach(call.ingress, lock_sources)
+
+    def _source_wanted(self, call_sid: str) -> bool:
+        """True while a Siprec or Recording of the call needs its media."""
+        if any(s.call_sid == call_sid and not s.final_sent for s in self._siprecs.values()):
+            return True
+        live = self._calls.get(call_sid)
+        if live is not None and live.recordings_starting:
+            return True
+        return self.recordings is not None and self.recordings.call_live_count(call_sid) > 0
+
+    async def _release_source(self, live: _LiveCall) -> None:
+        if live.source is not None and live.handle is not None:
+            call_sid = live.handle.call_sid
+            await live.source.release(lambda: self._source_wanted(call_sid))
+
+    async def _source_failed(self, account_sid: str, call_sid: str,
+                             exc: MediaSourceError) -> None:
+        """A liveness outcome (docs/api.md): the call gone on rtpengine ends it like DELETE;
+        otherwise each in-progress Siprec gets ``siprec-error`` with the code and stops,
+        and after a restart the call ends too."""
+        live = self._calls.get(call_sid)
+        if live is None or live.ended:
+            return
+        log.warning("call %s: media source: %s (code %d)", call_sid, exc.message, exc.code)
+        if not isinstance(exc, CallGone):
+            await self._fail_siprecs(live, exc)
+        if isinstance(exc, CallGone | SourceRestarted):
+            await self._end_quietly(account_sid, call_sid)
+
+    async def _fail_siprecs(self, live: _LiveCall, exc: MediaSourceError) -> None:
+        assert live.handle is not None
+        async with live.lock:
+            if live.ended:
+                return
+            active = await self.store.active_siprecs(live.handle.call_sid)
+            for record in active:  # siprec-error first: it is the Siprec's terminal callback
+                await self._post(LinkEvent(siprec_sid=record.sid, kind="error",
+                                           error_code=exc.code, error_message=exc.message))
+            if self.links is not None and active:
+                await asyncio.gather(*(asyncio.wait_for(self.links.stop(r.sid, "media source"),
+                                                        STOP_TIMEOUT) for r in active),
+                                     return_exceptions=True)
 
     # -- Siprec -------------------------------------------------------------------------
 
@@ -715,6 +825,14 @@ class ControlService:
         gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         state.chain = asyncio.ensure_future(gate)
         self._siprecs[sid] = state
+        if live.source is not None:
+            # The first Siprec or Recording subscribes: rtpengine starts forking to us.
+            try:
+                await self._attach(live)
+            except BaseException:
+                self._siprecs.pop(sid, None)
+                gate.cancel()
+                raise
         record = SiprecRecord(
             sid=sid, account_sid=handle.account_sid, call_sid=handle.call_sid,
             name=request.name, connector_name=connector.unique_name, track=request.track,
@@ -726,6 +844,7 @@ class ControlService:
         except NameTaken:
             self._siprecs.pop(sid, None)
             gate.cancel()
+            await self._release_source(live)
             raise ApiError(errors.DUPLICATE_NAME,
                            f"a Siprec named {request.name!r} already exists on this call"
                            ) from None
@@ -745,6 +864,7 @@ class ControlService:
             code = errors.REGISTRY.get(exc.code, errors.SESSION_NOT_STARTED)
             await self.store.set_siprec_status(sid, "stopped", error_code=exc.code,
                                                error_message=str(exc))
+            await self._release_source(live)
             raise ApiError(code, f"the recording session could not be started: {exc}",
                            status=code.status if code.status >= 400 else 503) from None
         except BaseException:
@@ -753,6 +873,7 @@ class ControlService:
             self._siprecs.pop(sid, None)
             await self.store.set_siprec_status(sid, "stopped", error_code=errors.INTERNAL.code,
                                                error_message="internal error")
+            await self._release_source(live)
             raise
         gate.set_result(None)
         return record
@@ -939,6 +1060,9 @@ class ControlService:
                                  error=message, error_code=code)
         # The session is over: nothing more will be reported for it.
         self._siprecs.pop(state.sid, None)
+        live = self._calls.get(state.call_sid)
+        if live is not None:
+            await self._release_source(live)  # the last one: rtpengine stops forking
 
     def _call_info(self, state: _Siprec) -> CallInfo:
         live = self._calls.get(state.call_sid)
@@ -972,9 +1096,25 @@ class ControlService:
         if live.ended or handle.engine_call.closed:
             raise ApiError(errors.CALL_NOT_LIVE, "the call has ended")
         account = self.config.account(account_sid)
+        max_live = account.max_recordings if account else None
         try:
-            return await manager.create(account_sid=account_sid, call=handle, request=request,
-                                        max_live=account.max_recordings if account else None)
+            if live.source is None:
+                return await manager.create(account_sid=account_sid, call=handle,
+                                            request=request, max_live=max_live)
+            # Validate first; then subscribe (the first Siprec or Recording does), then start.
+            manager.check(account_sid=account_sid, call=handle, request=request,
+                          max_live=max_live)
+            live.recordings_starting += 1
+            try:
+                async with live.lock:
+                    if live.ended:
+                        raise ApiError(errors.CALL_NOT_LIVE, "the call has ended")
+                    await self._attach(live)
+                return await manager.create(account_sid=account_sid, call=handle,
+                                            request=request, max_live=max_live)
+            finally:
+                live.recordings_starting -= 1
+                await self._release_source(live)  # a no-op while the recording is live
         except ApiError as exc:
             if exc.error is errors.QUOTA_EXCEEDED:
                 self._quota_refused(account_sid, "max_recordings", exc)
@@ -1043,6 +1183,21 @@ def _ingress_packets(call: Any) -> int:
     """Packets the call's tracks accepted, garbage excluded: a stranger's packets (refused by
     the source check) or junk must not keep an abandoned call alive."""
     return sum(c["received"] - c["malformed"] for c in call.counters().values())
+
+
+def _learned(media: SourceMedia, body: Mapping[str, Any], codec: CallCodec,
+             dtmf: int | None) -> tuple[CallCodec, int | None]:
+    """The codec and DTMF type of a call registered with ``media_source``: rtpengine's, and
+    a ``codec`` the request gave must name the same (NoUsableCodec otherwise)."""
+    offered = media.inbound.codec
+    if body.get("codec") is not None and (codec.name.upper() != offered.name.upper()
+                                          or codec.clock_rate != offered.clock_rate):
+        raise NoUsableCodec(f"codec {codec.name}/{codec.clock_rate} is not what rtpengine "
+                            f"sends ({offered.name}/{offered.clock_rate})")
+    learned = CallCodec(name=offered.name, payload_type=offered.payload_type,
+                        clock_rate=offered.clock_rate, channels=offered.channels,
+                        fmtp=offered.fmtp)
+    return learned, (dtmf if "dtmf_payload_type" in body else media.dtmf_payload_type)
 
 
 def _addr(address: tuple[str, int] | None) -> dict[str, Any] | None:

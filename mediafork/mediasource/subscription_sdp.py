@@ -81,12 +81,27 @@ def read_offer(sdp_text: object, tag: str) -> tuple[SessionDescription, int, Tra
             break
     if codec is None:
         raise NoUsableCodec(f"rtpengine offers no audio codec mediafork knows for {tag}")
+    fmtp = _fmtp(media, codec.payload_type)
+    if fmtp is not None:
+        try:
+            codec = Codec(codec.name, codec.payload_type, codec.clock_rate, codec.channels, fmtp)
+        except ValueError:
+            raise NgBadReply(f"rtpengine's SDP for {tag} has a bad a=fmtp") from None
     events = [pt for pt in payload_types
               if rtpmap.get(pt, ("",))[0].lower() == "telephone-event"]
     same_rate = [pt for pt in events if rtpmap[pt][1] == codec.clock_rate]
     dtmf = (same_rate or events or [None])[0]
     return sdp, index, TrackMedia(codec, dtmf, tuple(payload_types), (address, media.port),
                                   ptime)
+
+
+def _fmtp(media: MediaDescription, payload_type: int) -> str | None:
+    """The parameters of ``a=fmtp:<payload_type>`` (None: no such line)."""
+    for value in media.attribute_values("fmtp"):
+        pt, _, params = (value or "").partition(" ")
+        if pt == str(payload_type) and params.strip():
+            return params.strip()
+    return None
 
 
 def build_answer(offer: SessionDescription, index: int, address: str, port: int,

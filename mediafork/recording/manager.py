@@ -180,6 +180,21 @@ class RecordingManager:
 
         *max_live*: the account's ``max_recordings``; a create beyond it gets 429.
         """
+        options = self.check(account_sid=account_sid, call=call, request=request,
+                             max_live=max_live)
+        sid = new_sid(RECORDING)
+        # Counted as live from here on (no await since the check): concurrent creates cannot
+        # overshoot max_live.
+        self._starting[sid] = account_sid
+        try:
+            return await self._start(account_sid, call, request, options, sid)
+        finally:
+            self._starting.pop(sid, None)
+
+    def check(self, *, account_sid: str, call: CallHandle, request: RecordingRequest,
+              max_live: int | None = None) -> RecordingOptions:
+        """Every rule :meth:`create` applies before it changes anything (a caller that must
+        prepare something first, such as subscribing to a media source, checks here)."""
         self._check_open()
         # The form was parsed against the built-in rules only; the daemon's policy (its
         # [callbacks] allow/deny and own listeners) lives with the dispatcher that sends.
@@ -195,14 +210,12 @@ class RecordingManager:
         if max_live is not None:
             check_live_limit("recordings", "max_recordings", self.live_count(account_sid),
                              max_live)
-        sid = new_sid(RECORDING)
-        # Counted as live from here on (no await since the check): concurrent creates cannot
-        # overshoot max_live.
-        self._starting[sid] = account_sid
-        try:
-            return await self._start(account_sid, call, request, options, sid)
-        finally:
-            self._starting.pop(sid, None)
+        return options
+
+    def call_live_count(self, call_sid: str) -> int:
+        """The call's recordings that are live or being finalised."""
+        tap = self._taps.get(call_sid)
+        return len(tap.live) if tap is not None else 0
 
     def live_count(self, account_sid: str) -> int:
         """The account's recordings that are starting, live or being finalised."""

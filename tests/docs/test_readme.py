@@ -20,7 +20,10 @@ def _blocks(language: str) -> list[str]:
 def test_readme_config_example_parses(monkeypatch, tmp_path) -> None:
     import tomllib
 
-    (toml,) = _blocks("toml")
+    toml, media_sources = _blocks("toml")
+    (source,) = parse_config(tomllib.loads(media_sources), tmp_path).media_sources
+    assert (source.name, source.kind, source.ng) == ("rtpengine1", "rtpengine",
+                                                     ("127.0.0.1", 22222))
     monkeypatch.setenv("MEDIAFORK_TOKEN", "t" * 32)
     monkeypatch.setenv("GRIDSPACE_TOKEN", "g" * 32)
     config = parse_config(tomllib.loads(toml), tmp_path)

@@ -167,9 +167,13 @@ def test_codes_are_distinct_and_documented():
                if name != "MediaSourceError"]  # the base class, never raised as such
     codes = {cls.code for cls in classes}
     assert len(codes) == len(classes)
+    from mediafork.control.errors import REGISTRY
+
     doc = (Path(__file__).resolve().parents[2] / "docs" / "api-errors.md").read_text()
     for cls in classes:
-        assert f"| {cls.code} | {cls.__name__} | {cls.http_status} |" in doc, cls
+        assert f"(HTTP {cls.http_status}; `{cls.__name__}`)" in doc, cls
+        # The daemon answers an API request that hits one with the class's code and status.
+        assert REGISTRY[cls.code].status == cls.http_status, cls
 
 
 def test_error_reason_is_made_printable():

@@ -29,6 +29,19 @@ def test_static_payload_type_without_rtpmap_and_no_dtmf():
     assert media.dtmf_payload_type is None
 
 
+def test_opus_channels_and_fmtp_are_learned():
+    """What the host API carries for a call's codec (channels, fmtp) comes from the offer."""
+    offer = (HEAD + "m=audio 4000 RTP/AVP 111 101\r\na=rtpmap:111 opus/48000/2\r\n"
+             "a=fmtp:111 minptime=10;useinbandfec=1\r\na=rtpmap:101 telephone-event/48000\r\n"
+             "a=fmtp:101 0-16\r\n")
+    codec = read_offer(offer, "ta")[2].codec
+    assert (codec.name, codec.clock_rate, codec.channels) == ("opus", 48000, 2)
+    assert codec.fmtp == "minptime=10;useinbandfec=1"
+    assert read_offer(OFFER, "ta")[2].codec.fmtp is None  # PCMA has no a=fmtp line
+    with pytest.raises(NgBadReply, match="fmtp"):
+        read_offer(offer.replace("useinbandfec=1", "x\x01"), "ta")
+
+
 def test_telephone_event_at_the_codec_rate_is_preferred():
     offer = (HEAD + "m=audio 4000 RTP/AVP 9 100 101\r\na=rtpmap:9 G722/8000\r\n"
              "a=rtpmap:100 telephone-event/16000\r\na=rtpmap:101 telephone-event/8000\r\n")
