@@ -95,6 +95,13 @@ class LinkEvent:
     error_message: str | None = None
     """Human text naming the SIP status and phase; never a secret."""
     sip_status: int | None = None
+    """For ``error``: the recorder's final SIP status (408 for a timeout), when there was one."""
+    reason_header: str | None = None
+    """For ``error``: the Reason header of the failing response (RFC 3326), if it had one."""
+    phase: str | None = None
+    """For ``error``: ``set-up``, ``established``, ``refresh`` or ``teardown``."""
+    recorder: str | None = None
+    """For ``error``: the recorder's SIP URI, without credentials."""
     by_remote: bool = False
     """For ``stopped``: the recorder hung up."""
     dialog: Mapping[str, Any] | None = None

@@ -62,6 +62,27 @@ class CallInfo:
     to: str
 
 
+@dataclass(frozen=True)
+class ErrorDetail:
+    """What a ``siprec-error`` callback says beyond SiprecError/SiprecErrorCode, each field
+    sent only when known: the recorder's SIP status and Reason header, the phase of the
+    session, and the recorder (its URI without credentials)."""
+
+    sip_status: int | None = None
+    reason: str | None = None
+    phase: str | None = None
+    recorder: str | None = None
+
+    def params(self) -> list[tuple[str, str]]:
+        out = []
+        for name, value in (("SiprecErrorSipStatus", self.sip_status),
+                            ("SiprecErrorReason", self.reason),
+                            ("SiprecErrorPhase", self.phase), ("SiprecRecorder", self.recorder)):
+            if value is not None and value != "":
+                out.append((name, str(value)))
+        return out
+
+
 def siprec_params(
     *,
     call: CallInfo,
@@ -71,6 +92,7 @@ def siprec_params(
     timestamp: datetime,
     error: str | None = None,
     error_code: int | None = None,
+    detail: ErrorDetail | None = None,
 ) -> tuple[tuple[str, str], ...]:
     """Parameters of a Siprec status callback (seed 002's table plus From, To, ApiVersion).
 
@@ -93,6 +115,8 @@ def siprec_params(
     if event == "siprec-error":
         params.append(("SiprecError", error or "unknown error"))
         params.append(("SiprecErrorCode", str(error_code if error_code is not None else 0)))
+        if detail is not None:
+            params += detail.params()
     return tuple(params)
 
 

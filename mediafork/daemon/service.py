@@ -44,7 +44,7 @@ from ..calls import CallHandle
 from ..control import errors
 from ..control.codecs import codec_json, parse_codec
 from ..control.errors import ApiError
-from ..control.events import CallInfo, siprec_params
+from ..control.events import CallInfo, ErrorDetail, siprec_params
 from ..control.forms import (
     DEFAULT_CONNECTOR,
     RecordingRequest,
@@ -1057,7 +1057,11 @@ class ControlService:
                                                         error_message=message)
             if record is not None:
                 await self._emit(record, self._call_info(state), "siprec-error",
-                                 error=message, error_code=code)
+                                 error=message, error_code=code,
+                                 detail=ErrorDetail(sip_status=event.sip_status,
+                                                    reason=event.reason_header,
+                                                    phase=event.phase,
+                                                    recorder=event.recorder))
         # The session is over: nothing more will be reported for it.
         self._siprecs.pop(state.sid, None)
         live = self._calls.get(state.call_sid)
@@ -1071,10 +1075,11 @@ class ControlService:
                         from_=handle.from_ if handle else "", to=handle.to if handle else "")
 
     async def _emit(self, record: SiprecRecord, call: CallInfo, event: str, *,
-                    error: str | None = None, error_code: int | None = None) -> None:
+                    error: str | None = None, error_code: int | None = None,
+                    detail: ErrorDetail | None = None) -> None:
         params = siprec_params(call=call, siprec_sid=record.sid, siprec_name=record.name,
                                event=event, timestamp=utcnow(),  # type: ignore[arg-type]
-                               error=error, error_code=error_code)
+                               error=error, error_code=error_code, detail=detail)
         await self.outbox.emit(resource_sid=record.sid, account_sid=record.account_sid,
                                event=event, url=record.status_callback,
                                method=record.status_callback_method,  # type: ignore[arg-type]

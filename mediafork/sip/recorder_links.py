@@ -146,6 +146,11 @@ def _participant(aor: str) -> Participant:
     return Participant(aor if ":" in aor else f"tel:{aor}")
 
 
+# The session layer's phase names -> the documented words of SiprecErrorPhase.
+_PHASES = {"setup": "set-up", "established": "established", "keepalive": "established",
+           "refresh": "refresh", "teardown": "teardown"}
+
+
 def _safe_uri(uri: str) -> str:
     """The URI without a password (the only secret a SIP URI can carry)."""
     try:
@@ -595,7 +600,9 @@ class SipRecorderLinks:
             f"during established phase, SRS {_safe_uri(link.session.srs_uri)}"
         )
         link.log.warning("Siprec %s: %s", link.sid, message)
-        self._report_end(link, LinkEvent(link.sid, "error", ERR_MEDIA_UNREACHABLE, message))
+        self._report_end(link, LinkEvent(link.sid, "error", ERR_MEDIA_UNREACHABLE, message,
+                                         phase="established",
+                                         recorder=_safe_uri(link.session.srs_uri)))
         # Best effort BYE; its outcome is not reported (the error already was).
         link.session.stop(self._now(), "media unreachable")
         self._drive(link)
@@ -938,10 +945,11 @@ class SipRecorderLinks:
                 code = ERR_SETUP_FAILED if event.phase == "setup" else ERR_SESSION_LOST
                 message = self._failure_message(link, event)
                 link.log.warning("Siprec %s: %s", link.sid, message)
-                self._report_end(
-                    link,
-                    LinkEvent(link.sid, "error", code, message, sip_status=event.status),
-                )
+                self._report_end(link, LinkEvent(
+                    link.sid, "error", code, message, sip_status=event.status,
+                    reason_header=event.reason_header,
+                    phase=_PHASES.get(event.phase, "established"),
+                    recorder=_safe_uri(link.session.srs_uri)))
         elif isinstance(event, ev.Ended):
             link.log.info(
                 "Siprec %s: recording session ended (%s)",
@@ -1024,7 +1032,9 @@ class SipRecorderLinks:
     def _engine_failed(self, link: _Link, exc: Exception) -> None:
         message = f"media engine could not apply the SRS answer: {exc}"
         link.log.error("Siprec %s: %s", link.sid, message)
-        self._report_end(link, LinkEvent(link.sid, "error", ERR_ENGINE_APPLY, message))
+        self._report_end(link, LinkEvent(link.sid, "error", ERR_ENGINE_APPLY, message,
+                                         phase="established" if link.started else "set-up",
+                                         recorder=_safe_uri(link.session.srs_uri)))
         link.session.stop(self._now(), "media error")
         self._drive(link)
 

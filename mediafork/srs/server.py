@@ -620,7 +620,10 @@ class ReferenceRecorder:
             return
         if cfg.answer >= 300 or cfg.answer < 200:
             session.state, session.status = "rejected", cfg.answer
-            self._respond(entry, build_response(request, cfg.answer, to_tag=session.local_tag))
+            # A Reason header (RFC 3326), as many recorders send with a refusal.
+            self._respond(entry, build_response(
+                request, cfg.answer, to_tag=session.local_tag,
+                headers=[("Reason", f'SIP;cause={cfg.answer};text="mediafork-srs --answer"')]))
             return
         try:
             bodies = split_body(request)

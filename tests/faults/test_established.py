@@ -195,6 +195,8 @@ def test_srs_refresher_that_never_refreshes_expires(tmp_path: Path, sipp: Any) -
                     hit = error_hit(st.receiver.for_sid(sid))
                     assert hit.params["SiprecErrorCode"] == "900031", hit.params
                     assert "refresh" in hit.params["SiprecError"], hit.params
+                    assert hit.params["SiprecErrorPhase"] == "refresh", hit.params
+                    assert hit.params["SiprecRecorder"] == srs.uri, hit.params
                     assert await srs.wait(5) == 0, srs.messages()  # the BYE came
                     _, view = await st.api.call(call["call_sid"])
                     assert view["forks"] == []
@@ -276,6 +278,9 @@ def test_icmp_port_unreachable_on_media(tmp_path: Path, sipp: Any) -> None:
                 hit = error_hit(st.receiver.for_sid(sid))
                 assert hit.params["SiprecErrorCode"] == "900032"
                 assert "ECONNREFUSED" in hit.params["SiprecError"]
+                # An established session's media address died: no SIP status to report.
+                assert hit.params["SiprecErrorPhase"] == "established", hit.params
+                assert "SiprecErrorSipStatus" not in hit.params and "SiprecRecorder" in hit.params
                 assert all(h.signed for h in st.receiver.for_sid(sid))
                 assert await srs.wait(5) == 0, srs.messages()  # the best-effort BYE arrived
                 assert (await st.api.siprec(call["call_sid"], sid))["status"] == "stopped"

@@ -36,8 +36,10 @@ from .harness import (
 )
 
 
-async def _fails_setup(st: Stack, connector_name: str, expect: list[str]) -> tuple[str, Any]:
-    """Start a Siprec that must fail; check callbacks, GET and forks; return (sid, error hit)."""
+async def _fails_setup(st: Stack, connector_name: str, expect: list[str],
+                       detail: dict[str, str | None] | None = None) -> tuple[str, Any]:
+    """Start a Siprec that must fail; check callbacks, GET and forks; return (sid, error hit).
+    ``detail``: the error callback's extra parameters, None for one that must be absent."""
     call = await st.api.register()
     sid = await st.api.create_siprec(call["call_sid"], connector_name,
                                      st.receiver.url("ok", "fail"))
@@ -50,6 +52,8 @@ async def _fails_setup(st: Stack, connector_name: str, expect: list[str]) -> tup
     assert hit.params["SiprecErrorCode"] == "900030"
     for text in expect:
         assert text in hit.params["SiprecError"], hit.params["SiprecError"]
+    for name, value in (detail or {}).items():
+        assert hit.params.get(name) == value, (name, hit.params)
     assert (await st.api.siprec(call["call_sid"], sid))["status"] == "stopped"
     status, view = await st.api.call(call["call_sid"])
     assert status == 200 and view["status"] == "live"  # the call itself is unharmed
@@ -67,7 +71,11 @@ def test_srs_answers_an_error(tmp_path: Path, status: int) -> None:
                                             connector("Healthy", good.uri())])
             async with daemon_stack(config) as st:
                 allocations = allocations_now()
-                await _fails_setup(st, "Faulty", [f"SIP {status}", "setup phase", bad.uri()])
+                await _fails_setup(st, "Faulty", [f"SIP {status}", "setup phase", bad.uri()], {
+                    # What an application can act on without parsing SiprecError's text.
+                    "SiprecErrorSipStatus": str(status), "SiprecErrorPhase": "set-up",
+                    "SiprecRecorder": bad.uri(),
+                    "SiprecErrorReason": f'SIP;cause={status};text="mediafork-srs --answer"'})
                 assert [s.state for s in bad.sessions] == ["rejected"]
                 await allocations_back_to(allocations)
                 metrics = await st.api.metrics()
@@ -89,7 +97,9 @@ def test_srs_never_answers_timer_b(tmp_path: Path) -> None:
                                             connector("Healthy", good.uri())])
             async with daemon_stack(config) as st:
                 started = time.monotonic()
-                _, hit = await _fails_setup(st, "Faulty", ["SIP 408", "setup phase"])
+                _, hit = await _fails_setup(st, "Faulty", ["SIP 408", "setup phase"], {
+                    "SiprecErrorSipStatus": "408", "SiprecErrorPhase": "set-up",
+                    "SiprecErrorReason": None})  # a timeout has no response to quote
                 # Timer B is 64*T1 = 1.28 s with T1 = 20 ms: not sooner, not much later.
                 assert 1.2 < hit.at - started < 4.0, hit.at - started
                 assert bad.sessions[0].state in ("unanswered", "cancelled")
