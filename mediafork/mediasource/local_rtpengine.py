@@ -84,14 +84,20 @@ class LocalRtpengine:
     def stop(self) -> None:
         """SIGTERM by pid, SIGKILL after 5 s. Idempotent."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
+    """Stop a process we started: SIGTERM by its pid, SIGKILL if it is still there after
+    5 s, and reap it. Nothing to do for None or a process that has exited."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(5)
 
 
 def party_sdp(port: int, formats: str = "0 101") -> str:

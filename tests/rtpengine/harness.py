@@ -13,7 +13,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -24,6 +23,7 @@ from typing import Any
 import bencodepy
 from pylibsrtp import Policy, Session
 
+from mediafork.mediasource.local_rtpengine import stop_process
 from mediafork.synth import tone_packets
 
 RTPENGINE = shutil.which("rtpengine") or (
@@ -85,14 +85,7 @@ class Rtpengine:
     def stop(self) -> None:
         """SIGTERM by pid, SIGKILL after 5 s. Idempotent."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_process(proc)
 
     def log_tail(self, lines: int = 20) -> str:
         path = self.log_dir / f"rtpengine-{self.starts}.log"
