@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from .engine import Call
+from .sip.profile import SipProfile
 
 SiprecTrack = Literal["inbound_track", "outbound_track", "both_tracks"]
 
@@ -46,6 +47,9 @@ class Connector:
     digest_username: str | None = None
     digest_password: str | None = field(default=None, repr=False)
     metadata_content_type: str = "application/rs-metadata+xml"
+    profile: SipProfile = SipProfile()
+    """The connector's ``[connectors.sip]`` table: headers, parameters as headers, metadata
+    extensions, timers, SRTP suites (mediafork.sip.profile)."""
 
 
 @dataclass(frozen=True)

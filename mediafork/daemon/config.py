@@ -13,7 +13,11 @@ Keys (ARCHITECTURE.md, "External contracts"; docs/api.md has the full list)::
     [[edges]]    name, address, default
     [[connectors]] account_sid, unique_name, srs, standby_srs, credentials_header,
                  credentials | credentials_env | credentials_encrypted,
-                 digest_username, digest_password | digest_password_env | digest_password_encrypted
+                 digest_username, digest_password | digest_password_env | digest_password_encrypted,
+                 metadata_content_type,
+                 [connectors.sip] headers, parameters_as, parameter_header_prefix,
+                 parameter_headers_max_bytes, group_name, extension_xml, session_expires,
+                 keepalive_interval, setup_timeout, srtp_suites, transport_profile
     [callbacks]  timeout = 10.0, retry_for = 3600, backoff_max = 60, max_attempts = 0,
                  allow = [], deny = []   # CIDRs, host names
     [sip]        port = 5060, start_degraded = false, max_connections, max_connections_per_peer,
@@ -49,6 +53,7 @@ from ..control.egress import EgressPolicy
 from ..control.quotas import DEFAULT_MAX_CALLS, DEFAULT_MAX_RECORDINGS, DEFAULT_MAX_SIPRECS
 from ..private_dirs import make_private_dir
 from ..recorder_api import Connector, Edge
+from ..sip.profile import ProfileError, SipProfile, parse_profile
 from .secret_rules import (
     ANY_SECRET,
     AUTH_TOKEN,
@@ -534,6 +539,18 @@ def _sip_uri(value: str, where: str, edges: set[str]) -> str:
     return value
 
 
+def _connector_profile(table: Any, where: str, uris: list[str]) -> SipProfile:
+    """The connector's ``[connectors.sip]`` profile (mediafork.sip.profile); secure when
+    the srs or a standby says ``secure=true``, as the recorder links decide."""
+    from ..sip.uri import split_connector_uri
+
+    secure = any(split_connector_uri(uri)[1] for uri in uris)
+    try:
+        return parse_profile(table, where, secure=secure)
+    except ProfileError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _secrets_key(root: Mapping[str, Any], base: Path) -> bytes | None:
     table = root.get("secrets")
     if table is None:
@@ -699,7 +716,7 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
             "account_sid", "unique_name", "srs", "standby_srs", "credentials_header",
             "credentials", "credentials_env", "credentials_encrypted", "digest_username",
             "digest_password", "digest_password_env", "digest_password_encrypted",
-            "metadata_content_type"})
+            "metadata_content_type", "sip"})
         account_sid = r.get("account_sid", str, required=True)
         if account_sid not in seen_accounts:
             raise ConfigError(f"{where}.account_sid: not a configured account")
@@ -734,12 +751,13 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
         content_type = _metadata_content_type(
             r.get("metadata_content_type", str, "application/rs-metadata+xml"),
             f"{where}.metadata_content_type")
+        profile = _connector_profile(table.get("sip"), f"{where}.sip", [srs, *standby])
         clear_secrets += r.clear_secrets
         connectors.append(Connector(
             account_sid=account_sid, unique_name=unique_name, srs=srs,
             standby_srs=tuple(standby), credentials_header=header, credentials=credentials,
             digest_username=digest_user, digest_password=digest_password,
-            metadata_content_type=content_type))
+            metadata_content_type=content_type, profile=profile))
 
     cb_r = _Reader(_table(root, "callbacks"), "callbacks",
                    {"timeout", "max_attempts", "retry_for", "backoff_max", "allow", "deny"})

@@ -82,12 +82,17 @@ def build_metadata(
     associate_time: datetime,
     custom: dict[str, str] | None = None,
     removed_participants: list[str] | None = None,
+    group_name: str | None = None,
+    extensions: tuple[str, ...] = (),
 ) -> bytes:
     """Build a metadata document.
 
     ``seed`` makes all identifiers stable for one recording session. In a ``partial`` document
     only the given participants are (re)described, and ``removed_participants`` (AoRs) get a
-    ``disassociate-time``.
+    ``disassociate-time``. ``group_name`` goes into ``<group>`` as ``<mf:group-name>``;
+    ``extensions`` (well-formed elements outside RFC 7865's namespace, checked when the
+    connector profile was loaded: mediafork.sip.profile) are appended to ``<recording>``,
+    where the schema admits ``##other`` elements after the associations.
     """
     if datamode not in ("complete", "partial"):
         raise ValueError("datamode must be 'complete' or 'partial'")
@@ -99,6 +104,8 @@ def build_metadata(
     session_id = make_id(seed, "session")
     group = ET.SubElement(root, q + "group", {"group_id": group_id})
     ET.SubElement(group, q + "associate-time").text = stamp
+    if group_name:
+        ET.SubElement(group, f"{{{EXT_NS}}}group-name").text = _clean(group_name)
     session = ET.SubElement(root, q + "session", {"session_id": session_id})
     for sid in sip_session_ids:
         ET.SubElement(session, q + "sipSessionID").text = _clean(sid)
@@ -152,6 +159,8 @@ def build_metadata(
             ET.SubElement(elem, q + "send").text = make_id(seed, "stream", label)
         for label in p.recv:
             ET.SubElement(elem, q + "recv").text = make_id(seed, "stream", label)
+    for text in extensions:
+        root.append(SafeET.fromstring(text))
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
 

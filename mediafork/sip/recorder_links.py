@@ -40,7 +40,7 @@ from . import events as ev
 from .dialog import build_response
 from .errors import SipParseError
 from .message import Message, Request, Response
-from .sdp import SUITE_32, SUITE_80, Codec
+from .sdp import Codec
 from .session import (
     Destination,
     ForkedStream,
@@ -99,10 +99,10 @@ _PROBE_CACHE_SECONDS = 30.0
 class _Stream:
     label: str
     fork: Fork
-    key_80: SrtpKey | None
-    key_32: SrtpKey | None
-    applied: tuple[str | None, bytes | None] = (SUITE_80, None)
-    """(suite, SRS key) installed in the fork; starts as the _80 key we created it with."""
+    keys: dict[str, SrtpKey]
+    """Our key per offered suite, in the profile's order (empty: plain RTP)."""
+    applied: tuple[str | None, bytes | None] = (None, None)
+    """(suite, SRS key) installed in the fork; starts as the first suite's key."""
 
 
 @dataclass
@@ -425,7 +425,7 @@ class SipRecorderLinks:
                 transport = "tls"  # secure media needs secure signalling: SDES keys are in it
         edge = await self._choose_edge(edge_name, connector, srs, transport)
         port = self._ports[edge.name]
-        streams = self._create_forks(call, request, edge, secure)
+        streams = self._create_forks(call, request, edge, secure, connector.profile.srtp_suites)
         wanted = request.codec
         codec = Codec(wanted.name, wanted.payload_type, wanted.clock_rate, wanted.channels,
                       wanted.fmtp)
@@ -506,6 +506,14 @@ class SipRecorderLinks:
         streams: tuple[ForkedStream, ...],
     ) -> SessionConfig:
         connector = request.connector
+        profile = connector.profile
+        invite_headers, skipped = profile.parameter_headers(request.parameters)
+        if skipped:
+            log.warning("Siprec %s: %d custom parameter(s) not sent as headers (over "
+                        "parameter_headers_max_bytes or a reserved name)",
+                        request.siprec_sid, skipped)
+        session_expires = (self._session_expires if profile.session_expires is None
+                           else profile.session_expires or None)
         return SessionConfig(
             srs_uri=srs,
             local_address=edge.address,
@@ -523,11 +531,16 @@ class SipRecorderLinks:
             digest_password=connector.digest_password,
             metadata_content_type=connector.metadata_content_type,
             custom_parameters=request.parameters,
+            extra_headers=profile.headers,
+            invite_headers=invite_headers,
+            parameters_in_metadata=profile.parameters_in_metadata,
+            group_name=profile.group_name,
+            metadata_extensions=profile.extension_xml,
             timers=self._timers,
-            session_expires=self._session_expires,
-            keepalive_interval=self._keepalive_interval,
+            session_expires=session_expires,
+            keepalive_interval=profile.keepalive_interval or self._keepalive_interval,
             stop_timeout=self._stop_timeout,
-            setup_timeout=self._setup_timeout,
+            setup_timeout=profile.setup_timeout or self._setup_timeout,
             user_agent=self._user_agent,
         )
 
@@ -539,8 +552,7 @@ class SipRecorderLinks:
                 "inbound" if s.fork.track is Track.INBOUND else "outbound",
                 s.fork.local_address[1] if s.fork.local_address else 0,
                 codec,
-                s.key_80.master if s.key_80 else None,
-                s.key_32.master if s.key_32 else None,
+                keys=tuple((suite, key.master) for suite, key in s.keys.items()),
             )
             for s in streams
         )
@@ -757,20 +769,22 @@ class SipRecorderLinks:
             self._probes.pop(call_id, None)
 
     def _create_forks(
-        self, call: Call, request: SiprecStart, edge: Edge, secure: bool
+        self, call: Call, request: SiprecStart, edge: Edge, secure: bool, suites: Sequence[str]
     ) -> list[_Stream]:
         streams: list[_Stream] = []
         try:
             for track in _TRACKS[request.track]:
-                key_80 = SrtpKey.generate(SrtpProfile.AES_CM_128_HMAC_SHA1_80) if secure else None
-                key_32 = SrtpKey.generate(SrtpProfile.AES_CM_128_HMAC_SHA1_32) if secure else None
+                # One fresh key per offered suite; the fork starts with the first (the
+                # answer's choice re-keys it in _apply_keys before any destination is set).
+                keys = {s: SrtpKey.generate(SrtpProfile(s)) for s in suites} if secure else {}
+                first = next(iter(keys.items()), (None, None))
                 fork = call.add_fork(
                     track,
-                    key=key_80,
+                    key=first[1],
                     local_address=edge.address,
                     cname=f"mediafork-{request.siprec_sid[-12:]}-{_LABELS[track]}",
                 )
-                streams.append(_Stream(_LABELS[track], fork, key_80, key_32))
+                streams.append(_Stream(_LABELS[track], fork, keys, (first[0], None)))
         except (EngineError, OSError, KeyError) as exc:
             self._close_streams(streams)
             raise LinkError(
@@ -1010,13 +1024,13 @@ class SipRecorderLinks:
             self._engine_failed(link, exc)
 
     def _apply_keys(self, link: _Link, stream: _Stream, dest: ev.StreamDestination) -> None:
-        if dest.suite is None or stream.key_80 is None:
+        ours = stream.keys.get(dest.suite) if dest.suite is not None else None
+        if ours is None:
             return
         remote = link.session.remote_key(dest.label)
         if (dest.suite, remote) == stream.applied:
             return
-        ours = stream.key_32 if dest.suite == SUITE_32 else stream.key_80
-        profile = SrtpProfile(dest.suite)
+        profile = ours.profile
         remote_key: SrtpKey | None = None
         if remote is not None:
             try:

@@ -17,9 +17,14 @@ from .errors import SipParseError, excerpt
 
 SUITE_80 = "AES_CM_128_HMAC_SHA1_80"
 SUITE_32 = "AES_CM_128_HMAC_SHA1_32"
-SUPPORTED_SUITES = (SUITE_80, SUITE_32)
+SUITE_GCM_128 = "AEAD_AES_128_GCM"
+SUITE_GCM_256 = "AEAD_AES_256_GCM"
 MASTER_KEY_LENGTH = 30
 """Octets of an AES_CM_128 master key plus salt (16 + 14)."""
+KEY_LENGTHS = {SUITE_80: 30, SUITE_32: 30, SUITE_GCM_128: 28, SUITE_GCM_256: 44}
+"""Master key + salt octets per SDES suite (RFC 4568 §6.2, RFC 7714 §12: 16/32 + 12)."""
+SUPPORTED_SUITES = tuple(KEY_LENGTHS)
+"""The suites the data plane's libsrtp can key (mediafork.media.srtp.SrtpProfile)."""
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 
 _CRYPTO_RE = re.compile(
@@ -57,8 +62,8 @@ class Crypto:
                 mki = extra
             else:
                 lifetime = extra
-        if suite in SUPPORTED_SUITES and len(key) != MASTER_KEY_LENGTH:
-            raise SipParseError(f"a=crypto key for {suite} must be {MASTER_KEY_LENGTH} bytes")
+        if suite in KEY_LENGTHS and len(key) != KEY_LENGTHS[suite]:
+            raise SipParseError(f"a=crypto key for {suite} must be {KEY_LENGTHS[suite]} bytes")
         return cls(int(tag), suite, key, lifetime, mki, session_params.strip())
 
     def __str__(self) -> str:
@@ -301,19 +306,27 @@ class OfferStream:
     key_32: bytes | None = field(default=None, repr=False)
     """Master key+salt (30 bytes) offered with AES_CM_128_HMAC_SHA1_32 (secret)."""
     ptime: int | None = 20
+    keys: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
+    """(suite, master key+salt) offered in this order with tags 1, 2, … (a connector's
+    ``srtp_suites``); when given, ``key_80``/``key_32`` are ignored (secret)."""
 
     @property
     def secure(self) -> bool:
         """True when the stream is offered as RTP/SAVP."""
-        return self.key_80 is not None or self.key_32 is not None
+        return bool(self.keys) or self.key_80 is not None or self.key_32 is not None
 
     def offered_cryptos(self) -> list[Crypto]:
-        """The a=crypto lines we offer: the _80 suite (tag 1) first, then _32 (tag 2)."""
+        """The a=crypto lines we offer: ``keys`` in order, or else the _80 suite (tag 1)
+        then _32 (tag 2)."""
+        pairs = list(self.keys) or [(SUITE_80, self.key_80), (SUITE_32, self.key_32)]
         out = []
-        for tag, suite, key in ((1, SUITE_80, self.key_80), (2, SUITE_32, self.key_32)):
+        for tag, (suite, key) in enumerate(pairs, start=1):
             if key is not None:
-                if len(key) != MASTER_KEY_LENGTH:
-                    raise ValueError(f"SRTP key for {suite} must be {MASTER_KEY_LENGTH} bytes")
+                length = KEY_LENGTHS.get(suite)
+                if length is None:
+                    raise ValueError(f"unsupported SRTP suite {suite}")
+                if len(key) != length:
+                    raise ValueError(f"SRTP key for {suite} must be {length} bytes")
                 out.append(Crypto(tag, suite, key))
         return out
 
@@ -474,7 +487,7 @@ def build_answer(
         ours.attributes = [(k, v) for k, v in ours.attributes if k != "crypto"]
         chosen: Crypto | None = None
         if stream.secure:
-            keys = {SUITE_80: stream.key_80, SUITE_32: stream.key_32}
+            keys = {c.suite: c.key for c in stream.offered_cryptos()}
             for crypto in their.cryptos:
                 key = keys.get(crypto.suite)
                 if key is not None:

@@ -93,6 +93,9 @@ class ForkedStream:
     """SRTP master key+salt (30 bytes) offered with AES_CM_128_HMAC_SHA1_80; secret."""
     key_32: bytes | None = field(default=None, repr=False)
     """SRTP master key+salt (30 bytes) offered with AES_CM_128_HMAC_SHA1_32; secret."""
+    keys: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
+    """(suite, master key+salt) offered in this order (the connector profile's
+    ``srtp_suites``); replaces key_80/key_32 when given; secret."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,17 @@ class SessionConfig:
     """User part of our From/Contact URIs."""
     user_agent: str = "mediafork"
     """User-Agent header value."""
+    extra_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    """The connector profile's static headers, on every request we send (values may be
+    tokens: not in repr)."""
+    invite_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    """Headers for the session-creating INVITE only (custom parameters as headers)."""
+    parameters_in_metadata: bool = True
+    """Send ``custom_parameters`` in the metadata (profile ``parameters_as``)."""
+    group_name: str | None = None
+    """Profile ``group_name``: ``<mf:group-name>`` in the metadata's group."""
+    metadata_extensions: tuple[str, ...] = ()
+    """Profile ``extension_xml``: checked extension elements for complete metadata."""
     tls_port: int | None = None
     """Port of our SIP TLS listener on ``local_address`` (Via and Contact over TLS); None:
     there is none, so a TLS dialog's Contact names the TCP listener (``transport=tcp``)
@@ -269,7 +283,8 @@ class RecordingSession:
         self._removed: list[str] = []
         self._start_time: datetime | None = None
         self._offer = [
-            OfferStream(s.label, s.rtp_port, s.codec, s.key_80, s.key_32) for s in config.streams
+            OfferStream(s.label, s.rtp_port, s.codec, s.key_80, s.key_32, keys=s.keys)
+            for s in config.streams
         ]
 
     def __repr__(self) -> str:
@@ -493,6 +508,8 @@ class RecordingSession:
         if cfg.credentials_header and cfg.credentials_value is not None:
             req.headers.set(cfg.credentials_header, cfg.credentials_value)
         req.headers.set("User-Agent", cfg.user_agent)
+        for name, value in cfg.extra_headers:
+            req.headers.set(name, value)
 
     def _offer_sdp(self, direction: str | None = None) -> bytes:
         direction = direction or ("inactive" if self._paused else "sendonly")
@@ -516,7 +533,10 @@ class RecordingSession:
             participants=participants,
             streams=[MetaStream(s.label) for s in self.config.streams],
             associate_time=self._start_time or datetime.now(UTC),
-            custom=dict(self.config.custom_parameters),
+            custom=dict(self.config.custom_parameters) if self.config.parameters_in_metadata
+            else None,
+            group_name=self.config.group_name,
+            extensions=self.config.metadata_extensions if datamode == "complete" else (),
             removed_participants=self._removed if datamode == "partial" else None,
         )
 
@@ -559,6 +579,8 @@ class RecordingSession:
         h.add("Require", "siprec")
         h.add("Accept", f"application/sdp, {self._metadata_type}, {REQUEST_CONTENT_TYPE}")
         h.add("Allow", ALLOW)
+        for name, value in self.config.invite_headers:
+            h.add(name, value)
         self._timer_headers(req)
         ctype, body = self._multipart(self._offer_sdp(), self._metadata("complete"))
         h.add("Content-Type", ctype)

@@ -31,13 +31,15 @@ from pylibsrtp import Policy, Session
 
 from ..recording.g711 import decoder_for
 from ..recording.wavwriter import WavWriter
-from ..sip.sdp import SUITE_32, SUITE_80
+from ..sip.sdp import SUITE_32, SUITE_80, SUITE_GCM_128, SUITE_GCM_256
 
 log = logging.getLogger("mediafork.srs")
 
 PROFILES = {
     SUITE_80: Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
     SUITE_32: Policy.SRTP_PROFILE_AES128_CM_SHA1_32,
+    SUITE_GCM_128: Policy.SRTP_PROFILE_AEAD_AES_128_GCM,
+    SUITE_GCM_256: Policy.SRTP_PROFILE_AEAD_AES_256_GCM,
 }
 """SDES suites the recorder accepts, in the order it prefers nothing: the offer's order wins."""
 

@@ -29,7 +29,7 @@ from ..sip.metadata import (
     ParsedMetadata,
     parse_metadata,
 )
-from ..sip.sdp import Crypto, MediaDescription, SessionDescription
+from ..sip.sdp import KEY_LENGTHS, Crypto, MediaDescription, SessionDescription
 from .media import PROFILES, MediaParams, StreamReceiver
 
 log = logging.getLogger("mediafork.srs")
@@ -336,7 +336,8 @@ class RecordedSession:
                 return rejected, existing
             # Keep our key across re-offers: a new key would force the SRC to re-key for nothing.
             same = existing is not None and existing.params.suite == suite
-            tx_key = existing.params.tx_key if same and existing else secrets.token_bytes(30)
+            tx_key = (existing.params.tx_key if same and existing
+                      else secrets.token_bytes(KEY_LENGTHS[suite]))
         address = media.connection or offer.connection
         remote_rtp = (address, media.port) if address and media.port else None
         mux = media.rtcp_mux
