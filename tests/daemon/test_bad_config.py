@@ -42,6 +42,9 @@ CASES = [
     ("short token", BASE + f'[[accounts]]\nsid = "{"AC" + "e5" * 16}"\nauth_token = "short1"\n',
      "accounts[1].auth_token"),
     ("not TOML", f'[api\nlisten = "{SECRET}"\n', "not valid TOML"),
+    ("profile header with CR/LF", BASE + _connector()
+     + f'[connectors.sip.headers]\nX-Tenant = "{SECRET}\\r\\nVia: x"\n',
+     "connectors[0].sip.headers.'X-Tenant'"),
 ]
 
 

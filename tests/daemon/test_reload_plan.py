@@ -66,3 +66,16 @@ def test_what_only_a_restart_changes_is_listed_apart() -> None:
     assert plan.restart_required == ("api", "media", "sip")
     assert not plan.added and not plan.changed and not plan.removed
     assert "needs a restart (kept as before): api, media, sip" in plan.summary()
+
+
+def test_a_profile_change_is_a_live_connector_change_naming_no_header_value() -> None:
+    """[connectors.sip] is part of the connector: a reload applies it to new Siprecs."""
+    new = copy.deepcopy(BASE)
+    new["connectors"][1] = dict(new["connectors"][1], sip={
+        "headers": {"X-Tenant": NEW_SECRET}, "parameters_as": "both", "setup_timeout": 5})
+    old_config, new_config = _config(BASE), _config(new)
+    plan = plan_reload(old_config, new_config)
+    assert plan.changed == (f"connector 'Verint' of {A2}",) and plan.restart_required == ()
+    assert NEW_SECRET not in plan.summary() and NEW_SECRET not in repr(plan)
+    assert new_config.connectors_for(A2)["Verint"].profile.setup_timeout == 5.0
+    assert plan_reload(new_config, _config(copy.deepcopy(new))).empty
