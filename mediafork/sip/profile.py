@@ -40,6 +40,8 @@ EXTENSION_NS = "urn:mediafork:params:xml:ns:siprec-extension"
 """Namespace given to configured extension elements written without one (RFC 7865's XSD
 admits extensions only from ``##other`` namespaces, which excludes "no namespace")."""
 
+ET.register_namespace("mfx", EXTENSION_NS)
+
 ParametersAs = Literal["metadata", "headers", "both"]
 TransportProfile = Literal["RTP/SAVP", "RTP/AVP"]
 

@@ -7,6 +7,7 @@ import inspect
 import re
 
 import mediafork.daemon.config
+import mediafork.sip.profile
 from mediafork.daemon.process import Daemon
 
 from .harness import TREE
@@ -48,6 +49,7 @@ def _accepted_keys() -> set[str]:
     top-level tables."""
     source = inspect.getsource(mediafork.daemon.config)
     keys = set(mediafork.daemon.config._TOP_LEVEL)
+    keys |= mediafork.sip.profile._KEYS  # [connectors.sip], parsed in its own module
     # The allowed set is the first brace literal of quoted names after `_Reader(`; the
     # table path before it may be an f-string with braces of its own.
     for allowed in re.findall(r'_Reader\(.{0,80}?\{(\s*"[^}]*)\}', source, re.S):
