@@ -743,6 +743,8 @@ class SipRecorderLinks:
         h.add("User-Agent", self._user_agent)
         if connector.credentials_header and connector.credentials:
             h.add(connector.credentials_header, connector.credentials)
+        for name, value in connector.profile.headers:  # a recorder may demand them on all
+            h.add(name, value)
         data = request.to_bytes()
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._probes[call_id] = future

@@ -121,6 +121,11 @@ def test_profile_headers_and_the_answered_suite_decrypt(
         await links.stop(SIPREC_SID)
         assert events.kinds() == ["started", "stopped"]
         assert await srs.wait() == 0, srs.messages()
+        # Static headers on every request; parameter headers on the INVITE only.
+        for method in ("INVITE", "ACK", "BYE"):
+            (sent_request,) = tap.sent(method)
+            assert sent_request.headers.get("X-Tenant") == TENANT, method
+            assert (sent_request.headers.get("X-queue") == "sales") == (method == "INVITE")
         await links.close(1.0)
         call.close()
 
@@ -134,7 +139,7 @@ def test_parameters_only_as_headers_and_plain_rtp_avp(
     checks = ["X-P-Agent%20Name: Zo%C3%AB M%C3%BCller", "m=audio [0-9]+ RTP/AVP 0"]
     srs = sipp("srs_profile", keys=_answer(rec1, rec2, None, None), fill=_checks(checks))
     table = {"parameters_as": "headers", "parameter_header_prefix": "X-P-",
-             "transport_profile": "RTP/AVP"}
+             "transport_profile": "RTP/AVP", "session_expires": 0}
 
     async def main() -> None:
         events, tap = EventLog(), Wiretap()
@@ -144,6 +149,7 @@ def test_parameters_only_as_headers_and_plain_rtp_avp(
         await events.wait_for("started")
         (invite,) = tap.sent("INVITE")
         assert b"a=crypto" not in invite.body
+        assert invite.headers.get("Session-Expires") is None  # session_expires = 0: none
         assert parse_metadata(metadata_of(invite)).custom == {}  # headers only
         sent = await pump_media(call, Track.OUTBOUND, 5)
         got = await rec2.receive(5)
