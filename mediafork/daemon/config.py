@@ -752,6 +752,9 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
             r.get("metadata_content_type", str, "application/rs-metadata+xml"),
             f"{where}.metadata_content_type")
         profile = _connector_profile(table.get("sip"), f"{where}.sip", [srs, *standby])
+        if header is not None and header.lower() in (n.lower() for n, _ in profile.headers):
+            raise ConfigError(f"{where}.sip.headers.{header!r}: already the connector's "
+                              "credentials_header")
         clear_secrets += r.clear_secrets
         connectors.append(Connector(
             account_sid=account_sid, unique_name=unique_name, srs=srs,

@@ -167,6 +167,17 @@ def test_bad_profiles_name_the_key_and_never_echo_a_value(toml: str, key: str,
     assert SECRET not in message
 
 
+def test_a_static_header_may_not_shadow_the_credentials_header() -> None:
+    doc = tomllib.loads(HEAD + 'srs = "sip:rec@127.0.0.1:5070"\n'
+                        'credentials_header = "X-Auth"\n'
+                        f'credentials = "{SECRET}"\n'
+                        f'[connectors.sip.headers]\nx-auth = "{SECRET}"\n')
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc, ".")
+    assert "connectors[0].sip.headers.'X-Auth'" in str(info.value)
+    assert SECRET not in str(info.value)
+
+
 def test_a_standby_that_is_secure_makes_the_connector_secure() -> None:
     doc = tomllib.loads(HEAD + 'srs = "sip:rec@127.0.0.1:5070"\n'
                         'standby_srs = ["sip:rec2@127.0.0.1:5072;secure=true"]\n'
