@@ -39,6 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
         scrubber.add(account.auth_token)
     for connector in config.connectors:
         scrubber.add(connector.credentials, connector.digest_password)
+        scrubber.add(*(value for _, value in connector.profile.headers))  # may be tokens
     if config.generated_token_file is not None:
         account = config.accounts[0]
         # Printed once, to the terminal, never to the log.

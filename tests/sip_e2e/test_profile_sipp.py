@@ -28,6 +28,7 @@ from .harness import (
     Sipp,
     Wiretap,
     crypto_line,
+    eventually,
     metadata_of,
     open_links,
     pump_media,
@@ -142,7 +143,7 @@ def test_parameters_only_as_headers_and_plain_rtp_avp(
     checks = ["X-P-Agent%20Name: Zo%C3%AB M%C3%BCller", "m=audio [0-9]+ RTP/AVP 0"]
     srs = sipp("srs_profile", keys=_answer(rec1, rec2, None, None), fill=_checks(checks))
     table = {"parameters_as": "headers", "parameter_header_prefix": "X-P-",
-             "transport_profile": "RTP/AVP", "session_expires": 0}
+             "transport_profile": "RTP/AVP", "session_expires": 0, "keepalive_interval": 1}
 
     async def main() -> None:
         events, tap = EventLog(), Wiretap()
@@ -153,6 +154,8 @@ def test_parameters_only_as_headers_and_plain_rtp_avp(
         invite = tap.sent("INVITE")[0]  # UDP: a retransmission may follow
         assert b"a=crypto" not in invite.body
         assert invite.headers.get("Session-Expires") is None  # session_expires = 0: none
+        # No session timer: in-dialog OPTIONS at the profile's interval (the links' is 30 s).
+        await eventually(lambda: bool(tap.sent("OPTIONS")), timeout=3.0)
         assert parse_metadata(metadata_of(invite)).custom == {}  # headers only
         sent = await pump_media(call, Track.OUTBOUND, 5)
         got = await rec2.receive(5)
