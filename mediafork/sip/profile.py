@@ -116,6 +116,24 @@ class SipProfile:
     transport_profile: TransportProfile | None = None
     """The m= line protocol; None: RTP/SAVP when the connector is secure, else RTP/AVP."""
 
+    def __post_init__(self) -> None:
+        # A profile built in Python (not from TOML) gets the same guarantees the UA relies
+        # on: no header line can be split or replaced, every suite can be keyed.
+        _headers(dict(self.headers), "headers")
+        if len({n.lower() for n, _ in self.headers}) != len(self.headers):
+            raise ProfileError("headers: a name is given twice")
+        if self.parameters_as not in _PARAMETERS_AS:
+            raise ProfileError(f"parameters_as: must be one of {', '.join(_PARAMETERS_AS)}")
+        if not self.parameter_header_prefix or not _TOKEN_RE.fullmatch(
+                self.parameter_header_prefix):
+            raise ProfileError("parameter_header_prefix: must be header-name characters")
+        if not self.srtp_suites or any(s not in SUPPORTED_SUITES for s in self.srtp_suites) \
+                or len(set(self.srtp_suites)) != len(self.srtp_suites):
+            raise ProfileError("srtp_suites: distinct suites from "
+                               f"{', '.join(SUPPORTED_SUITES)}")
+        if self.transport_profile not in (None, *_TRANSPORT_PROFILES):
+            raise ProfileError("transport_profile: must be RTP/SAVP or RTP/AVP")
+
     @property
     def parameters_in_metadata(self) -> bool:
         return self.parameters_as in ("metadata", "both")

@@ -193,6 +193,21 @@ def test_every_supported_suite_is_one_the_engine_can_key() -> None:
     assert {p.value for p in SrtpProfile} == set(SUPPORTED_SUITES)
 
 
+@pytest.mark.parametrize("kwargs", [
+    {"headers": (("X-A", "v\r\nVia: x"),)},
+    {"headers": (("Via", "v"),)},
+    {"headers": (("X-A", "1"), ("x-a", "2"))},
+    {"parameters_as": "body"},
+    {"parameter_header_prefix": "X :"},
+    {"srtp_suites": ("AES_256_CM_HMAC_SHA1_80",)},
+    {"srtp_suites": ()},
+    {"transport_profile": "RTP/AVPF"},
+])
+def test_a_profile_built_in_python_is_checked_too(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        SipProfile(**kwargs)  # type: ignore[arg-type]
+
+
 # --- parameters as headers -------------------------------------------------------------------
 
 NAME_128 = "Ä" + "n" * 126 + " "
