@@ -281,6 +281,18 @@ class Wiretap:
             if d == "out" and isinstance(m, Request) and m.method == method
         ]
 
+    def sent_once(self, method: str) -> list[Request]:
+        """One request per transaction: a UDP retransmission (same Via branch) under load
+        is the transaction layer working, not a second request."""
+        seen: set[str | None] = set()
+        unique = []
+        for request in self.sent(method):
+            branch = request.vias[0].branch if request.vias else None
+            if branch not in seen:
+                seen.add(branch)
+                unique.append(request)
+        return unique
+
 
 def sdp_of(message: Message) -> SessionDescription:
     ctype = message.content_type

@@ -97,7 +97,7 @@ def test_each_codec_to_sipp(name: str, engine: Engine, recorders: Callable[..., 
             start_request(f"{srs.uri};secure=true;transport=udp"), codec=codec)
         await links.start(call, request)
         await events.wait_for("started")
-        (invite,) = tap.sent("INVITE")
+        (invite,) = tap.sent_once("INVITE")
         media = sdp_of(invite).media[0]
         assert media.formats == [str(codec.payload_type)]
         sent = await _send(call, codec, size)
@@ -130,7 +130,7 @@ def test_each_codec_to_the_reference_recorder(name: str, engine: Engine,
                           track="inbound_track"), codec=codec)
         await links.start(call, request)
         await events.wait_for("started")
-        (invite,) = tap.sent("INVITE")
+        (invite,) = tap.sent_once("INVITE")
         offer = sdp_of(invite).media[0]
         assert offer.attribute_values("rtpmap") == [f"{codec.payload_type} {rtpmap}"]
         assert offer.attribute_values("fmtp") == (

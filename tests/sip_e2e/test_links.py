@@ -81,7 +81,7 @@ def test_tls_with_a_self_signed_certificate_and_a_host_name(
         # secure=true without a transport: TLS; "localhost" is resolved and verified.
         await links.start(call, start_request(f"sip:srs@localhost:{srs.port};secure=true"))
         await events.wait_for("started")
-        (invite,) = tap.sent("INVITE")
+        (invite,) = tap.sent_once("INVITE")
         assert {t for _, t, *_ in tap.records} == {"tls"}
         assert invite.top_via.transport.upper() == "TLS"
         # No TLS listener here (no server context): the Contact names the TCP one.

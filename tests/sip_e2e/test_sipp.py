@@ -83,7 +83,7 @@ def _media_flows(
         call = engine.add_call("CA" + secrets.token_hex(16), ingress=False)
         await links.start(call, start_request(f"{srs.uri};secure=true;transport=udp"))
         await events.wait_for("started")
-        (invite,) = tap.sent("INVITE")
+        (invite,) = tap.sent_once("INVITE")
         offer = sdp_of(invite)
         # Both tracks, sendonly, labelled, SAVP with _80 then _32, no telephone-event.
         assert [m.label for m in offer.media] == ["1", "2"]

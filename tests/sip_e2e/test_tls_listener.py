@@ -106,7 +106,7 @@ def test_a_recorder_opens_its_own_tls_connection_to_our_contact(
         call = engine.add_call("CA" + secrets.token_hex(16), ingress=False)
         await links.start(call, start_request(f"sip:srs@127.0.0.1:{srs.port};transport=tls"))
         await events.wait_for("started")
-        (invite,) = tap.sent("INVITE")
+        (invite,) = tap.sent_once("INVITE")
         contact = SipUri.parse((invite.headers.get("Contact") or "").split("<")[1].split(">")[0])
         tls_port = links.tls_port("default")
         assert contact.transport == "tls" and contact.port == tls_port
@@ -164,7 +164,7 @@ def test_without_a_tls_listener_the_contact_names_the_tcp_one(
         call = engine.add_call("CA" + secrets.token_hex(16), ingress=False)
         await links.start(call, start_request(f"sip:srs@127.0.0.1:{srs.port};transport=tls"))
         await events.wait_for("started")
-        (invite,) = tap.sent("INVITE")
+        (invite,) = tap.sent_once("INVITE")
         contact = invite.headers.get("Contact") or ""
         assert f":{links.sip_port('default')};transport=tcp>" in contact
         await links.stop(SIPREC_SID)
