@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -146,6 +147,66 @@ def build_metadata(
         elem = ET.SubElement(
             root,
             q + "participantstreamassoc",
+            {"participant_id": make_id(seed, "participant", p.aor)},
+        )
+        for label in p.send:
+            ET.SubElement(elem, q + "send").text = make_id(seed, "stream", label)
+        for label in p.recv:
+            ET.SubElement(elem, q + "recv").text = make_id(seed, "stream", label)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
+def build_partial_update(
+    *,
+    seed: str,
+    sip_session_ids: list[str],
+    when: datetime,
+    described: Sequence[MetaParticipant] = (),
+    associated: Sequence[str] = (),
+    disassociated: Sequence[str] = (),
+    stream_assocs: Sequence[MetaParticipant] = (),
+) -> bytes:
+    """A ``partial`` document for one call event (RFC 7865 §6: only what changed).
+
+    ``described`` participants get a ``<participant>`` with their ``<nameID>`` (new ones, or a
+    new name for a known AoR); ``associated`` / ``disassociated`` AoRs get a
+    ``participantsessionassoc`` with an ``associate-time`` / ``disassociate-time``;
+    ``stream_assocs`` participants get a ``participantstreamassoc`` listing every stream they
+    now send and receive (an empty one: they send and receive nothing, e.g. both tracks held).
+    Identifiers come from ``seed`` exactly as in :func:`build_metadata`, so they match the
+    session's complete document. The group and session elements are repeated (no
+    associate-time, no start-time) so that an SRS can tie the update to its session.
+    """
+    stamp = _iso(when)
+    q = f"{{{NS}}}"
+    root = ET.Element(q + "recording")
+    ET.SubElement(root, q + "datamode").text = "partial"
+    group_id = make_id(seed, "group")
+    session_id = make_id(seed, "session")
+    ET.SubElement(root, q + "group", {"group_id": group_id})
+    session = ET.SubElement(root, q + "session", {"session_id": session_id})
+    for sid in sip_session_ids:
+        ET.SubElement(session, q + "sipSessionID").text = _clean(sid)
+    ET.SubElement(session, q + "group-ref").text = group_id
+    for p in described:
+        elem = ET.SubElement(
+            root, q + "participant", {"participant_id": make_id(seed, "participant", p.aor)}
+        )
+        name_id = ET.SubElement(elem, q + "nameID", {"aor": _clean(p.aor)})
+        if p.name:
+            ET.SubElement(name_id, q + "name").text = _clean(p.name)
+    # Disassociations first: a transfer reads "the old party left, then the new one joined".
+    for tag, aors in (("disassociate-time", disassociated), ("associate-time", associated)):
+        for aor in aors:
+            assoc = ET.SubElement(
+                root,
+                q + "participantsessionassoc",
+                {"participant_id": make_id(seed, "participant", aor), "session_id": session_id},
+            )
+            ET.SubElement(assoc, q + tag).text = stamp
+    for p in stream_assocs:
+        elem = ET.SubElement(
+            root, q + "participantstreamassoc",
             {"participant_id": make_id(seed, "participant", p.aor)},
         )
         for label in p.send:
