@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from .engine import Call
+from .sip.call_events import CallEvent, Roster
 
 SiprecTrack = Literal["inbound_track", "outbound_track", "both_tracks"]
 
@@ -80,6 +81,9 @@ class SiprecStart:
     callee: str
     """The call's To."""
     codec: CallCodec = CallCodec()
+    roster: Roster | None = None
+    """The call's participants and held tracks after the host's call events (None: none yet);
+    the session's complete metadata starts from it."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,10 @@ class RecorderLinks(Protocol):
 
     async def update_participants(self, call_sid: str, caller: str, callee: str) -> None:
         """Send partial metadata to every session of the call."""
+
+    async def call_event(self, call_sid: str, event: CallEvent) -> list[str]:
+        """Send a call event's partial metadata to every live session of the call, in order
+        per session; returns the Siprec SIDs it was queued for."""
 
     async def hang_up(self, request: SiprecStart, dialog: Mapping[str, Any]) -> None:
         """BYE a session a crashed process left open (``dialog`` from a ``started`` event).

@@ -37,6 +37,7 @@ from prometheus_client import Histogram
 from ..engine import Call, EngineError, EngineEvent, Fork, SrtpKey, SrtpProfile, Track
 from ..recorder_api import Connector, Edge, LinkError, LinkEvent, LinkEventSink, SiprecStart
 from . import events as ev
+from .call_events import CallEvent, CallEventError
 from .dialog import build_response
 from .errors import SipParseError
 from .message import Message, Request, Response
@@ -529,6 +530,7 @@ class SipRecorderLinks:
             stop_timeout=self._stop_timeout,
             setup_timeout=self._setup_timeout,
             user_agent=self._user_agent,
+            roster=request.roster,
         )
 
     @staticmethod
@@ -583,6 +585,25 @@ class SipRecorderLinks:
                     self._now(), _participant(caller), _participant(callee)
                 )
                 self._drive(link)
+
+    async def call_event(self, call_sid: str, event: CallEvent) -> list[str]:
+        """Send a call event's partial metadata to every live session of the call (a
+        re-INVITE each, queued behind that session's earlier ones). Returns the Siprec SIDs
+        it was queued for. The service checked the event against the call's roster, which
+        every live session shares."""
+        sent = []
+        for link in list(self._links.values()):
+            if link.request.call_sid != call_sid or link.reported:
+                continue
+            try:
+                queued = link.session.call_event(self._now(), event)
+            except CallEventError as exc:  # a session out of step with the call: say so
+                link.log.warning("Siprec %s: call event not sent: %s", link.sid, exc)
+                continue
+            if queued:
+                sent.append(link.sid)
+            self._drive(link)
+        return sent
 
     def handle_engine_event(self, event: EngineEvent) -> None:
         """React to an engine event; a ``send_error`` saying the SRS's media address is

@@ -161,6 +161,9 @@ class SessionConfig:
     """Port of our SIP TLS listener on ``local_address`` (Via and Contact over TLS); None:
     there is none, so a TLS dialog's Contact names the TCP listener (``transport=tcp``)
     rather than a TLS port nothing listens on."""
+    roster: Roster | None = None
+    """The call's participants and held tracks when the host already reported call events
+    (its caller/callee are then ``caller``/``callee``); None: just those two."""
 
     def __post_init__(self) -> None:
         labels = [s.label for s in self.streams]
@@ -265,7 +268,7 @@ class RecordingSession:
         self._refresher_is_us = False
         self._interval: int | None = None
         self._update_allowed = False
-        self._roster = Roster(config.caller, config.callee)
+        self._roster = config.roster or Roster(config.caller, config.callee)
         self._removed: list[str] = []
         self._event_docs: deque[bytes] = deque()
         """Partial documents of call events not yet sent, in the order they happened."""
