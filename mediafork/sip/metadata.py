@@ -230,6 +230,8 @@ class ParsedParticipant:
     """stream_ids sent by the participant."""
     recv: list[str] = field(default_factory=list)
     """stream_ids received by the participant."""
+    has_streams: bool = False
+    """The document has a participantstreamassoc for it (empty lists then mean "none now")."""
 
 
 @dataclass
@@ -248,6 +250,8 @@ class ParsedMetadata:
     associate_times: list[str] = field(default_factory=list)
     disassociated: list[str] = field(default_factory=list)
     """participant_ids with a disassociate-time."""
+    associated: list[str] = field(default_factory=list)
+    """participant_ids with an associate-time in a participantsessionassoc."""
 
     def label_of(self, stream_id: str) -> str | None:
         """The SDP label of a stream_id."""
@@ -286,11 +290,14 @@ def parse_metadata(data: bytes) -> ParsedMetadata:
         pid = _attr(elem, "participant_id")
         if elem.find(q + "disassociate-time") is not None:
             out.disassociated.append(pid)
+        elif elem.find(q + "associate-time") is not None:
+            out.associated.append(pid)
     for elem in root.iter(q + "associate-time"):
         out.associate_times.append((elem.text or "").strip())
     for elem in root.findall(q + "participantstreamassoc"):
         pid = _attr(elem, "participant_id")
         part = out.participants.setdefault(pid, ParsedParticipant(pid))
+        part.has_streams = True
         part.send += [(e.text or "").strip() for e in elem.findall(q + "send")]
         part.recv += [(e.text or "").strip() for e in elem.findall(q + "recv")]
     return out
