@@ -135,6 +135,10 @@ class RecorderLinks(Protocol):
     async def update_participants(self, call_sid: str, caller: str, callee: str) -> None:
         """Send partial metadata to every session of the call."""
 
+    def stream_counters(self, siprec_sid: str) -> list[dict[str, Any]]:
+        """A live Siprec's forked streams: label, track, sent, dropped, recorder_lost,
+        recorder_jitter_ms (docs/api.md); empty when it is not live."""
+
     async def call_event(self, call_sid: str, event: CallEvent) -> list[str]:
         """Send a call event's partial metadata to every live session of the call, in order
         per session; returns the Siprec SIDs it was queued for."""

@@ -959,7 +959,30 @@ class ControlService:
         record = await self.store.get_siprec(account_sid, call_sid, sid_or_name)
         if record is None:
             raise errors.not_found("resource")
-        return render_siprec(record)
+        # mediafork's extension of the resource (docs/api.md): fields the platform's clients
+        # ignore, on this fetch only.
+        return {**render_siprec(record), "error": await self._siprec_error(record),
+                "streams": self.links.stream_counters(record.sid) if self.links else []}
+
+    async def _siprec_error(self, record: SiprecRecord) -> dict[str, Any] | None:
+        """The Siprec's last error: code and message from the resource, the SIP details
+        from its stored ``siprec-error`` callback (none for a start refused before any
+        recorder answered). Never credentials: the callback parameters carry none."""
+        if record.error_code is None:
+            return None
+        params: dict[str, str] = {}
+        for event in await self.store.events_for(record.sid):
+            if event.event == "siprec-error":
+                params = dict(event.params)
+        status = params.get("SiprecErrorSipStatus")
+        return {
+            "code": record.error_code,
+            "message": record.error_message,
+            "sip_status": int(status) if status and status.isdigit() else None,
+            "reason": params.get("SiprecErrorReason"),
+            "phase": params.get("SiprecErrorPhase"),
+            "recorder": params.get("SiprecRecorder"),
+        }
 
     async def list_siprecs(self, account_sid: str, call_sid: str,
                            query: Mapping[str, str]) -> dict[str, Any]:

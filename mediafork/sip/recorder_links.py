@@ -147,6 +147,9 @@ def _participant(aor: str) -> Participant:
     return Participant(aor if ":" in aor else f"tel:{aor}")
 
 
+# Fork counters that are packets lost before they reached the recorder (docs/api.md).
+_DROPPED_COUNTERS = ("dropped_full", "send_errors", "srtp_errors", "oversize")
+
 # The session layer's phase names -> the documented words of SiprecErrorPhase.
 _PHASES = {"setup": "set-up", "established": "established", "keepalive": "established",
            "refresh": "refresh", "teardown": "teardown"}
@@ -627,6 +630,32 @@ class SipRecorderLinks:
         # Best effort BYE; its outcome is not reported (the error already was).
         link.session.stop(self._now(), "media unreachable")
         self._drive(link)
+
+    def stream_counters(self, siprec_sid: str) -> list[dict[str, Any]]:
+        """What ``GET …/Siprec/{Sid}.json`` shows of a live Siprec's forked streams: packets
+        sent, dropped on our side, and the recorder's last RTCP receiver report (None until
+        one came). Empty once the Siprec ended (its forks are gone)."""
+        link = self._links.get(siprec_sid)
+        if link is None or link.reported:
+            return []
+        out = []
+        for label, stream in sorted(link.streams.items()):
+            fork = stream.fork
+            counters = fork.counters()
+            reported = bool(counters.get("rr_last_ns"))
+            out.append({
+                "label": label,
+                "track": fork.track.label,
+                "sent": int(counters.get("sent", 0)),
+                # Lost on our side; "skipped" (paused, no destination yet) is not loss.
+                "dropped": sum(int(counters.get(k, 0)) for k in _DROPPED_COUNTERS),
+                "recorder_lost": max(0, int(counters["rr_cumulative_lost"])) if reported
+                else None,
+                "recorder_jitter_ms": round(
+                    counters["rr_jitter"] * 1000 / fork.call.clock_rate, 3) if reported
+                else None,
+            })
+        return out
 
     def session_state(self, siprec_sid: str) -> SessionState | None:
         """The recording session's state (for diagnostics and tests)."""
