@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import ipaddress
 import logging
@@ -603,6 +604,9 @@ class SipRecorderLinks:
             except CallEventError as exc:  # a session out of step with the call: say so
                 link.log.warning("Siprec %s: call event not sent: %s", link.sid, exc)
                 continue
+            # A session started again for this Siprec (failover) begins from the call as
+            # it is now, not as it was at the start.
+            link.request = dataclasses.replace(link.request, roster=link.session.roster)
             if queued:
                 sent.append(link.sid)
             self._drive(link)

@@ -430,6 +430,11 @@ class RecordingSession:
         self._pump(now)
         return True
 
+    @property
+    def roster(self) -> Roster:
+        """The call as this session last described it (participants, held tracks)."""
+        return self._roster
+
     def _labels(self) -> dict[str, tuple[str, ...]]:
         return {
             track: tuple(s.label for s in self.config.streams if s.track == track)

@@ -77,6 +77,10 @@ def test_call_events_are_sent_in_order_one_reinvite_at_a_time(
         assert await links.call_event("CA" + "00" * 16, Hold("inbound")) == []  # other call
         await asyncio.sleep(0.3)  # the SRS holds the first one: the others wait
         assert len(tap.sent("INVITE")) == 2
+        # A session started again for this Siprec (failover) would begin from here.
+        roster = links._links[SIPREC_SID].request.roster
+        assert roster is not None and roster.held == {"inbound"}
+        assert roster.callee == CAROL and [p for p, _ in roster.extra] == [SUPERVISOR]
         await eventually(lambda: len(tap.sent("INVITE")) == 4, timeout=5.0)
         await eventually(lambda: len(tap.sent("ACK")) == 4)
         await links.stop(SIPREC_SID)
