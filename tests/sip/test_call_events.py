@@ -23,8 +23,8 @@ from mediafork.sip.message import parse_message
 from mediafork.sip.metadata import make_id, parse_metadata
 from mediafork.sip.session import Participant, SessionState
 
-from .fakesrs import metadata_of
-from .test_session import established
+from .fakesrs import FakeSrs, metadata_of
+from .test_session import config, established, started
 
 SCHEMA = xmlschema.XMLSchema(str(Path(__file__).parent / "data" / "rfc7865.xsd"))
 WHEN = datetime(2026, 12, 7, 19, 30, 0, tzinfo=UTC)
@@ -214,3 +214,23 @@ def test_complete_metadata_after_events_reflects_the_roster() -> None:
     meta = parse_metadata(doc)
     carol = meta.participants[make_id(s._seed, "participant", CAROL.aor)]
     assert carol.aors == [CAROL.aor] and carol.recv == []  # inbound held
+
+
+def test_event_reported_while_inviting_is_sent_once_established() -> None:
+    srs = FakeSrs("198.51.100.7", invite_script=[None])  # no answer yet
+    wire = started(config(), a=srs)
+    assert wire.session.state is SessionState.INVITING
+    assert wire.session.call_event(wire.now, Hold("outbound")) is True
+    wire.flush()
+    assert len(srs.requests("INVITE")) == 1
+    pending = srs.pending_invite
+    assert pending is not None
+    for reply in srs._answer(pending, 200):
+        wire.session.handle_message(parse_message(reply.to_bytes()), wire.now)
+    wire.flush()
+    assert wire.session.state is SessionState.ESTABLISHED
+    (doc,) = event_docs(srs, 1)
+    meta = parse_metadata(doc)
+    seed = wire.session._seed
+    assert meta.datamode == "partial"
+    assert meta.participants[pid(ALICE.aor, seed)].recv == []  # outbound held
