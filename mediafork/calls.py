@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from .control.call_event_form import participant_of
 from .engine import Call
 from .recorder_api import CallCodec
+from .sip.call_events import Roster
 
 __all__ = ["CallHandle"]
 
@@ -29,6 +31,30 @@ class CallHandle:
     from_: str
     to: str
     codec: CallCodec = CallCodec()
+    roster: Roster | None = None
+    """Who is in the call and which tracks are held, once the host reported a call event
+    (None: just From and To); recorder sessions started later begin from it."""
 
     def with_participants(self, from_: str, to: str) -> CallHandle:
-        return replace(self, from_=from_, to=to)
+        roster = self.roster
+        if roster is not None:
+            # New From/To replace the sides (names unknown); added parties and holds stay.
+            roster = replace(roster, caller=participant_of(from_), callee=participant_of(to))
+        return replace(self, from_=from_, to=to, roster=roster)
+
+    def current_roster(self) -> Roster:
+        """The call's roster (built from From and To until an event changed it)."""
+        if self.roster is not None:
+            return self.roster
+        return Roster(participant_of(self.from_), participant_of(self.to))
+
+    def with_roster(self, roster: Roster) -> CallHandle:
+        """After a call event: a transfer changes From or To as well (a Siprec started later,
+        the call's view and its store row name the new party)."""
+        from_ = self.from_
+        if roster.caller.aor != participant_of(from_).aor:
+            from_ = roster.caller.aor
+        to = self.to
+        if roster.callee.aor != participant_of(to).aor:
+            to = roster.callee.aor
+        return replace(self, roster=roster, from_=from_, to=to)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from .engine import Call
+from .sip.call_events import CallEvent, Roster
 from .sip.profile import SipProfile
 
 SiprecTrack = Literal["inbound_track", "outbound_track", "both_tracks"]
@@ -84,6 +85,9 @@ class SiprecStart:
     callee: str
     """The call's To."""
     codec: CallCodec = CallCodec()
+    roster: Roster | None = None
+    """The call's participants and held tracks after the host's call events (None: none yet);
+    the session's complete metadata starts from it."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,14 @@ class RecorderLinks(Protocol):
 
     async def update_participants(self, call_sid: str, caller: str, callee: str) -> None:
         """Send partial metadata to every session of the call."""
+
+    def stream_counters(self, siprec_sid: str) -> list[dict[str, Any]]:
+        """A live Siprec's forked streams: label, track, sent, dropped, recorder_lost,
+        recorder_jitter_ms (docs/api.md); empty when it is not live."""
+
+    async def call_event(self, call_sid: str, event: CallEvent) -> list[str]:
+        """Send a call event's partial metadata to every live session of the call, in order
+        per session; returns the Siprec SIDs it was queued for."""
 
     async def hang_up(self, request: SiprecStart, dialog: Mapping[str, Any]) -> None:
         """BYE a session a crashed process left open (``dialog`` from a ``started`` event).

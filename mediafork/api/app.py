@@ -324,6 +324,13 @@ async def update_host_call(request: web.Request) -> web.Response:
     return _json(await request.app[SERVICE_KEY].update_call(account, call_sid, body))
 
 
+async def host_call_event(request: web.Request) -> web.Response:
+    account = _account(request)
+    call_sid = _call_sid(request)
+    body = await _json_body(request)
+    return _json(await request.app[SERVICE_KEY].call_event(account, call_sid, body))
+
+
 async def end_call(request: web.Request) -> web.Response:
     account = _account(request)
     call_sid = _call_sid(request)
@@ -369,6 +376,7 @@ _TABLE: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/Calls", list_calls),
     ("GET", "/v1/Calls/{CallSid}", get_call),
     ("POST", "/v1/Calls/{CallSid}", update_host_call),
+    ("POST", "/v1/Calls/{CallSid}/Events", host_call_event),
     ("DELETE", "/v1/Calls/{CallSid}", end_call),
     ("GET", "/v1/Callbacks", list_callbacks),
     ("POST", "/v1/Callbacks/Redeliver", redeliver_callbacks),

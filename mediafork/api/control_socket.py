@@ -12,13 +12,15 @@ Requests carry an ``op`` and an optional ``id`` echoed in the reply::
     {"id": 4, "op": "list"}
     {"id": 5, "op": "update", "call_sid": "CA…", "from": "…", "to": "…"}
     {"id": 6, "op": "end", "call_sid": "CA…"}
+    {"id": 9, "op": "event", "call_sid": "CA…", "event": "hold", "track": "inbound"}
+                                                    call events (POST …/Events' body)
     {"id": 7, "op": "subscribe"}                    then events arrive as they happen
     {"id": 8, "op": "reload"}                       re-read the config file (mediafork reload)
 
 Replies: ``{"id", "ok": true, "result": …}`` or ``{"id", "ok": false, "error": {code,
 message, more_info, status}}`` (the REST error shape). Events: ``{"event": TYPE,
 "account_sid": "AC…", "data": {…}}`` where TYPE is ``call-registered``, ``call-updated``,
-``call-ended`` or a status-callback event (``siprec-started``…, recording statuses) and data
+``call-event``, ``call-ended`` or a status-callback event (``siprec-started``…, recording statuses) and data
 its parameters. Only the authenticated account's events are sent. The socket file is created
 with mode 0600: the credentials are still required, so a shared host is not a weakness.
 
@@ -178,7 +180,7 @@ class _Connection:
         account = self.account
         service = self.service
         call_sid = message.get("call_sid")
-        if op in ("get", "update", "end") and not isinstance(call_sid, str):
+        if op in ("get", "update", "event", "end") and not isinstance(call_sid, str):
             raise errors.not_found("resource")
         if op == "register":
             body = message.get("call")
@@ -192,6 +194,10 @@ class _Connection:
         if op == "update":
             body = {k: v for k, v in message.items() if k in ("from", "to")}
             return await service.update_call(account, call_sid, body)  # type: ignore[arg-type]
+        if op == "event":
+            # The same body as POST /v1/Calls/{CallSid}/Events, beside op/id/call_sid.
+            body = {k: v for k, v in message.items() if k not in ("id", "op", "call_sid")}
+            return await service.call_event(account, call_sid, body)  # type: ignore[arg-type]
         if op == "end":
             await service.end_call(account, call_sid)  # type: ignore[arg-type]
             return None
@@ -203,7 +209,7 @@ class _Connection:
                 self.forwarder = asyncio.get_running_loop().create_task(self.forward(account))
             return {"subscribed": True}
         raise ApiError(errors.INVALID_PARAMETER, "op must be one of auth, register, get, "
-                       "list, update, end, subscribe, reload")
+                       "list, update, event, end, subscribe, reload")
 
     async def _reload(self) -> dict[str, Any]:
         """Counts only: the plan names other accounts' SIDs and connectors, which an

@@ -42,6 +42,7 @@ from typing import Any, Protocol
 
 from ..calls import CallHandle
 from ..control import errors
+from ..control.call_event_form import parse_call_event
 from ..control.codecs import codec_json, parse_codec
 from ..control.errors import ApiError
 from ..control.events import CallInfo, ErrorDetail, siprec_params
@@ -89,6 +90,7 @@ from ..mediasource import (
 )
 from ..mediasource.rtpengine import RtpengineSource, SourceMedia
 from ..recorder_api import CallCodec, Connector, LinkError, LinkEvent, RecorderLinks, SiprecStart
+from ..sip.call_events import CallEventError
 from .config import Config, MediaSourceConfig
 from .logs import log_fields
 from .media_sources import CallSource, MediaSources, api_error, parse_media_source
@@ -612,6 +614,45 @@ class ControlService:
                                    {"CallSid": call_sid, "From": from_, "To": to}))
         return await self.call_view(account_sid, call_sid)
 
+    async def call_event(self, account_sid: str, call_sid: str,
+                         body: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /v1/Calls/{CallSid}/Events``: hold/unhold of a track, a participant replaced
+        (transfer), added or removed. Each live recorder session gets a re-INVITE with the
+        event's partial metadata, after the session's earlier ones (docs/sip.md)."""
+        live = self._live_call(account_sid, call_sid)
+        if not isinstance(body, Mapping):
+            raise ApiError(errors.INVALID_PARAMETER, "the body must be a JSON object")
+        event = parse_call_event(body)  # the whole request, before anything changes
+        async with live.lock:
+            if live.ended or live.handle is None:
+                raise errors.not_found("resource")
+            handle = live.handle
+            roster = handle.current_roster()
+            try:
+                roster.check(event)
+            except CallEventError as exc:
+                raise ApiError(errors.INVALID_PARAMETER, str(exc)) from None
+            updated = handle.with_roster(roster.apply(event))
+            if (updated.from_, updated.to) != (handle.from_, handle.to):
+                # The store first: if it fails, the call in memory still matches it.
+                await self.store.update_call_participants(
+                    call_sid, from_uri=updated.from_, to_uri=updated.to)
+            live.handle = updated
+            sent: list[str] = []
+            if self.links is not None and any(
+                s.call_sid == call_sid and not s.final_sent for s in self._siprecs.values()
+            ):
+                try:
+                    sent = await self.links.call_event(call_sid, event)
+                except Exception:
+                    log.exception("call event for %s failed", call_sid)
+        data = {"CallSid": call_sid, "Event": body["event"]}
+        if "track" in body:
+            data["Track"] = body["track"]
+        self._publish(ServiceEvent(account_sid, "call-event", data))
+        return {"event": body["event"], "sent_to": sent,
+                "call": await self.call_view(account_sid, call_sid)}
+
     async def call_view(self, account_sid: str, call_sid: str) -> dict[str, Any]:
         """The host API's view of a live call: ingress, counters, forks, Siprecs."""
         return await self._render_call(call_sid, self._live_call(account_sid, call_sid))
@@ -642,6 +683,7 @@ class ControlService:
             "ingress": {t.label: _addr(a) for t, a in call.ingress.items()},
             "counters": call.counters() if not call.closed else {},
             "forks": forks,
+            **_roster_view(handle),
             "siprecs": [{**render_siprec(s), "track": s.track,
                          "connector_name": s.connector_name} for s in siprecs],
             **({"media_source": live.source.describe()} if live.source is not None else {}),
@@ -852,7 +894,7 @@ class ControlService:
             siprec_sid=sid, account_sid=handle.account_sid, call_sid=handle.call_sid,
             name=request.name, connector=connector, track=request.track,
             parameters=request.parameters, caller=handle.from_, callee=handle.to,
-            codec=handle.codec)
+            codec=handle.codec, roster=handle.roster)
         try:
             await self.links.start(handle.engine_call, start)
         except LinkError as exc:
@@ -917,7 +959,30 @@ class ControlService:
         record = await self.store.get_siprec(account_sid, call_sid, sid_or_name)
         if record is None:
             raise errors.not_found("resource")
-        return render_siprec(record)
+        # mediafork's extension of the resource (docs/api.md): fields the platform's clients
+        # ignore, on this fetch only.
+        return {**render_siprec(record), "error": await self._siprec_error(record),
+                "streams": self.links.stream_counters(record.sid) if self.links else []}
+
+    async def _siprec_error(self, record: SiprecRecord) -> dict[str, Any] | None:
+        """The Siprec's last error: code and message from the resource, the SIP details
+        from its stored ``siprec-error`` callback (none for a start refused before any
+        recorder answered). Never credentials: the callback parameters carry none."""
+        if record.error_code is None:
+            return None
+        params: dict[str, str] = {}
+        for event in await self.store.events_for(record.sid):
+            if event.event == "siprec-error":
+                params = dict(event.params)
+        status = params.get("SiprecErrorSipStatus")
+        return {
+            "code": record.error_code,
+            "message": record.error_message,
+            "sip_status": int(status) if status and status.isdigit() else None,
+            "reason": params.get("SiprecErrorReason"),
+            "phase": params.get("SiprecErrorPhase"),
+            "recorder": params.get("SiprecRecorder"),
+        }
 
     async def list_siprecs(self, account_sid: str, call_sid: str,
                            query: Mapping[str, str]) -> dict[str, Any]:
@@ -1207,6 +1272,16 @@ def _learned(media: SourceMedia, body: Mapping[str, Any], codec: CallCodec,
 
 def _addr(address: tuple[str, int] | None) -> dict[str, Any] | None:
     return None if address is None else {"address": address[0], "port": address[1]}
+
+
+def _roster_view(handle: CallHandle) -> dict[str, Any]:
+    """The call's participants (after call events) and held tracks, for the call's view."""
+    roster = handle.current_roster()
+    return {
+        "participants": [{"aor": p.aor, "name": p.name, "track": track}
+                         for p, track in roster.members()],
+        "held": sorted(roster.held),
+    }
 
 
 def _participant(value: Any, name: str) -> str:

@@ -70,7 +70,8 @@ class UpdateRejected:
     """An in-dialog re-INVITE of ours was refused; the session itself continues."""
 
     purpose: str
-    """What the request was for: "pause", "resume", "metadata" or "snapshot"."""
+    """What the request was for: "pause", "resume", "metadata", "snapshot" or "event"
+    (a call event's partial metadata)."""
     status: int | None
     """SIP status of the rejection (None on timeout)."""
     reason: str

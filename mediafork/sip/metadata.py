@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -164,6 +165,66 @@ def build_metadata(
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
 
+def build_partial_update(
+    *,
+    seed: str,
+    sip_session_ids: list[str],
+    when: datetime,
+    described: Sequence[MetaParticipant] = (),
+    associated: Sequence[str] = (),
+    disassociated: Sequence[str] = (),
+    stream_assocs: Sequence[MetaParticipant] = (),
+) -> bytes:
+    """A ``partial`` document for one call event (RFC 7865 §6: only what changed).
+
+    ``described`` participants get a ``<participant>`` with their ``<nameID>`` (new ones, or a
+    new name for a known AoR); ``associated`` / ``disassociated`` AoRs get a
+    ``participantsessionassoc`` with an ``associate-time`` / ``disassociate-time``;
+    ``stream_assocs`` participants get a ``participantstreamassoc`` listing every stream they
+    now send and receive (an empty one: they send and receive nothing, e.g. both tracks held).
+    Identifiers come from ``seed`` exactly as in :func:`build_metadata`, so they match the
+    session's complete document. The group and session elements are repeated (no
+    associate-time, no start-time) so that an SRS can tie the update to its session.
+    """
+    stamp = _iso(when)
+    q = f"{{{NS}}}"
+    root = ET.Element(q + "recording")
+    ET.SubElement(root, q + "datamode").text = "partial"
+    group_id = make_id(seed, "group")
+    session_id = make_id(seed, "session")
+    ET.SubElement(root, q + "group", {"group_id": group_id})
+    session = ET.SubElement(root, q + "session", {"session_id": session_id})
+    for sid in sip_session_ids:
+        ET.SubElement(session, q + "sipSessionID").text = _clean(sid)
+    ET.SubElement(session, q + "group-ref").text = group_id
+    for p in described:
+        elem = ET.SubElement(
+            root, q + "participant", {"participant_id": make_id(seed, "participant", p.aor)}
+        )
+        name_id = ET.SubElement(elem, q + "nameID", {"aor": _clean(p.aor)})
+        if p.name:
+            ET.SubElement(name_id, q + "name").text = _clean(p.name)
+    # Disassociations first: a transfer reads "the old party left, then the new one joined".
+    for tag, aors in (("disassociate-time", disassociated), ("associate-time", associated)):
+        for aor in aors:
+            assoc = ET.SubElement(
+                root,
+                q + "participantsessionassoc",
+                {"participant_id": make_id(seed, "participant", aor), "session_id": session_id},
+            )
+            ET.SubElement(assoc, q + tag).text = stamp
+    for p in stream_assocs:
+        elem = ET.SubElement(
+            root, q + "participantstreamassoc",
+            {"participant_id": make_id(seed, "participant", p.aor)},
+        )
+        for label in p.send:
+            ET.SubElement(elem, q + "send").text = make_id(seed, "stream", label)
+        for label in p.recv:
+            ET.SubElement(elem, q + "recv").text = make_id(seed, "stream", label)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
 # --- parsing ----------------------------------------------------------------------------------
 
 
@@ -178,6 +239,8 @@ class ParsedParticipant:
     """stream_ids sent by the participant."""
     recv: list[str] = field(default_factory=list)
     """stream_ids received by the participant."""
+    has_streams: bool = False
+    """The document has a participantstreamassoc for it (empty lists then mean "none now")."""
 
 
 @dataclass
@@ -196,6 +259,8 @@ class ParsedMetadata:
     associate_times: list[str] = field(default_factory=list)
     disassociated: list[str] = field(default_factory=list)
     """participant_ids with a disassociate-time."""
+    associated: list[str] = field(default_factory=list)
+    """participant_ids with an associate-time in a participantsessionassoc."""
 
     def label_of(self, stream_id: str) -> str | None:
         """The SDP label of a stream_id."""
@@ -234,11 +299,14 @@ def parse_metadata(data: bytes) -> ParsedMetadata:
         pid = _attr(elem, "participant_id")
         if elem.find(q + "disassociate-time") is not None:
             out.disassociated.append(pid)
+        elif elem.find(q + "associate-time") is not None:
+            out.associated.append(pid)
     for elem in root.iter(q + "associate-time"):
         out.associate_times.append((elem.text or "").strip())
     for elem in root.findall(q + "participantstreamassoc"):
         pid = _attr(elem, "participant_id")
         part = out.participants.setdefault(pid, ParsedParticipant(pid))
+        part.has_streams = True
         part.send += [(e.text or "").strip() for e in elem.findall(q + "send")]
         part.recv += [(e.text or "").strip() for e in elem.findall(q + "recv")]
     return out

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import ipaddress
 import logging
@@ -37,6 +38,7 @@ from prometheus_client import Histogram
 from ..engine import Call, EngineError, EngineEvent, Fork, SrtpKey, SrtpProfile, Track
 from ..recorder_api import Connector, Edge, LinkError, LinkEvent, LinkEventSink, SiprecStart
 from . import events as ev
+from .call_events import CallEvent, CallEventError
 from .dialog import build_response
 from .errors import SipParseError
 from .message import Message, Request, Response
@@ -145,6 +147,9 @@ def _participant(aor: str) -> Participant:
     # Metadata wants a URI; a bare E.164 number (the seeds allow one) becomes a tel: URI.
     return Participant(aor if ":" in aor else f"tel:{aor}")
 
+
+# Fork counters that are packets lost before they reached the recorder (docs/api.md).
+_DROPPED_COUNTERS = ("dropped_full", "send_errors", "srtp_errors", "oversize")
 
 # The session layer's phase names -> the documented words of SiprecErrorPhase.
 _PHASES = {"setup": "set-up", "established": "established", "keepalive": "established",
@@ -542,6 +547,7 @@ class SipRecorderLinks:
             stop_timeout=self._stop_timeout,
             setup_timeout=profile.setup_timeout or self._setup_timeout,
             user_agent=self._user_agent,
+            roster=request.roster,
         )
 
     @staticmethod
@@ -596,6 +602,28 @@ class SipRecorderLinks:
                 )
                 self._drive(link)
 
+    async def call_event(self, call_sid: str, event: CallEvent) -> list[str]:
+        """Send a call event's partial metadata to every live session of the call (a
+        re-INVITE each, queued behind that session's earlier ones). Returns the Siprec SIDs
+        it was queued for. The service checked the event against the call's roster, which
+        every live session shares."""
+        sent = []
+        for link in list(self._links.values()):
+            if link.request.call_sid != call_sid or link.reported:
+                continue
+            try:
+                queued = link.session.call_event(self._now(), event)
+            except CallEventError as exc:  # a session out of step with the call: say so
+                link.log.warning("Siprec %s: call event not sent: %s", link.sid, exc)
+                continue
+            # A session started again for this Siprec (failover) begins from the call as
+            # it is now, not as it was at the start.
+            link.request = dataclasses.replace(link.request, roster=link.session.roster)
+            if queued:
+                sent.append(link.sid)
+            self._drive(link)
+        return sent
+
     def handle_engine_event(self, event: EngineEvent) -> None:
         """React to an engine event; a ``send_error`` saying the SRS's media address is
         unreachable (ICMP) fails that session ("dead SRS"). Other events are ignored."""
@@ -618,6 +646,32 @@ class SipRecorderLinks:
         # Best effort BYE; its outcome is not reported (the error already was).
         link.session.stop(self._now(), "media unreachable")
         self._drive(link)
+
+    def stream_counters(self, siprec_sid: str) -> list[dict[str, Any]]:
+        """What ``GET …/Siprec/{Sid}.json`` shows of a live Siprec's forked streams: packets
+        sent, dropped on our side, and the recorder's last RTCP receiver report (None until
+        one came). Empty once the Siprec ended (its forks are gone)."""
+        link = self._links.get(siprec_sid)
+        if link is None or link.reported:
+            return []
+        out = []
+        for label, stream in sorted(link.streams.items()):
+            fork = stream.fork
+            counters = fork.counters()
+            reported = bool(counters.get("rr_last_ns"))
+            out.append({
+                "label": label,
+                "track": fork.track.label,
+                "sent": int(counters.get("sent", 0)),
+                # Lost on our side; "skipped" (paused, no destination yet) is not loss.
+                "dropped": sum(int(counters.get(k, 0)) for k in _DROPPED_COUNTERS),
+                "recorder_lost": max(0, int(counters["rr_cumulative_lost"])) if reported
+                else None,
+                "recorder_jitter_ms": round(
+                    counters["rr_jitter"] * 1000 / fork.call.clock_rate, 3) if reported
+                else None,
+            })
+        return out
 
     def session_state(self, siprec_sid: str) -> SessionState | None:
         """The recording session's state (for diagnostics and tests)."""

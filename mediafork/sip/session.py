@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from . import events as ev
+from .call_events import CallEvent, Roster, partial_metadata
 from .dialog import Dialog, build_response
 from .digest import Challenge, DigestClient
 from .errors import SipParseError, SipStateError
@@ -29,7 +30,6 @@ from .metadata import (
     CONTENT_TYPE,
     LEGACY_CONTENT_TYPE,
     REQUEST_CONTENT_TYPE,
-    MetaParticipant,
     MetaStream,
     build_metadata,
 )
@@ -175,6 +175,9 @@ class SessionConfig:
     """Port of our SIP TLS listener on ``local_address`` (Via and Contact over TLS); None:
     there is none, so a TLS dialog's Contact names the TCP listener (``transport=tcp``)
     rather than a TLS port nothing listens on."""
+    roster: Roster | None = None
+    """The call's participants and held tracks when the host already reported call events
+    (its caller/callee are then ``caller``/``callee``); None: just those two."""
 
     def __post_init__(self) -> None:
         labels = [s.label for s in self.streams]
@@ -279,8 +282,11 @@ class RecordingSession:
         self._refresher_is_us = False
         self._interval: int | None = None
         self._update_allowed = False
-        self._participants = (config.caller, config.callee)
+        self._roster = config.roster or Roster(config.caller, config.callee)
         self._removed: list[str] = []
+        self._event_docs: deque[bytes] = deque()
+        """Partial documents of call events not yet sent, in the order they happened."""
+        self._event_inflight: bytes | None = None
         self._start_time: datetime | None = None
         self._offer = [
             OfferStream(s.label, s.rtp_port, s.codec, s.key_80, s.key_32, keys=s.keys)
@@ -412,10 +418,43 @@ class RecordingSession:
 
     def update_participants(self, now: float, caller: Participant, callee: Participant) -> None:
         """The call's participants changed: send a re-INVITE with ``partial`` metadata."""
-        old = self._participants
-        self._participants = (caller, callee)
+        old = (self._roster.caller, self._roster.callee)
+        self._roster = dataclasses.replace(self._roster, caller=caller, callee=callee)
         self._removed = [p.aor for p in old if p.aor not in (caller.aor, callee.aor)]
         self._queue("metadata", now)
+
+    def call_event(self, now: float, event: CallEvent) -> bool:
+        """Report a call event (hold, transfer, participant added or removed) to the SRS: a
+        re-INVITE with its ``partial`` metadata, after every earlier event's (one re-INVITE at
+        a time, in order). Raises ``CallEventError`` (nothing changed) when the event does not
+        fit the call; returns whether a document was queued (False: nothing changed for the
+        SRS, or the session is ending)."""
+        self._roster.check(event)
+        if self.state in (SessionState.STOPPING, SessionState.ENDED, SessionState.FAILED):
+            return False
+        before, self._roster = self._roster, self._roster.apply(event)
+        doc = partial_metadata(
+            event, before, self._roster, labels=self._labels(), seed=self._seed,
+            sip_session_ids=[self.config.call_id], when=datetime.now(UTC),
+        )
+        if doc is None:
+            return False
+        self._event_docs.append(doc)
+        self._ops.append("event")  # never merged: each event is its own re-INVITE
+        self._run_ops(now)
+        self._pump(now)
+        return True
+
+    @property
+    def roster(self) -> Roster:
+        """The call as this session last described it (participants, held tracks)."""
+        return self._roster
+
+    def _labels(self) -> dict[str, tuple[str, ...]]:
+        return {
+            track: tuple(s.label for s in self.config.streams if s.track == track)
+            for track in ("inbound", "outbound")
+        }
 
     def handle_message(
         self, message: Message, now: float, source: tuple[str, int] | None = None
@@ -519,13 +558,8 @@ class RecordingSession:
         ).to_bytes()
 
     def _metadata(self, datamode: str) -> bytes:
-        caller, callee = self._participants
-        inbound = [s.label for s in self.config.streams if s.track == "inbound"]
-        outbound = [s.label for s in self.config.streams if s.track == "outbound"]
-        participants = [
-            MetaParticipant(caller.aor, caller.name, tuple(inbound), tuple(outbound)),
-            MetaParticipant(callee.aor, callee.name, tuple(outbound), tuple(inbound)),
-        ]
+        # The roster: held tracks and added participants are in complete documents too.
+        participants = self._roster.meta(self._labels())
         return build_metadata(
             seed=self._seed,
             datamode=datamode,
@@ -690,7 +724,10 @@ class RecordingSession:
                 # pause, and waits for Resumed to send again.
                 self._events.append(ev.Resumed(False))
                 continue
-            if op == "pause":
+            if op == "event":
+                self._event_inflight = self._event_docs.popleft()
+                body = self._multipart(self._offer_sdp(), self._event_inflight)
+            elif op == "pause":
                 self._sdp_version += 1
                 body = ("application/sdp", self._offer_sdp("inactive"))
             elif op == "resume":
@@ -1015,7 +1052,7 @@ class RecordingSession:
             pass  # the INVITE's own fate (487, 2xx or Timer B) decides
         elif purpose == "bye":
             self._finish(ev.Ended(False, self._stop_reason))
-        elif purpose in ("pause", "resume", "metadata", "snapshot", "refresh"):
+        elif purpose in ("pause", "resume", "metadata", "snapshot", "refresh", "event"):
             if entry is self._reinvite:
                 self._reinvite = None
             phase = "refresh" if purpose == "refresh" else "established"
@@ -1026,6 +1063,8 @@ class RecordingSession:
                 if purpose == "refresh":
                     self._timers["refresh"] = now + RETRY_491_DELAY
                 else:
+                    if purpose == "event" and self._event_inflight is not None:
+                        self._event_docs.appendleft(self._event_inflight)  # same one again
                     self._ops.appendleft(purpose)
                     self._timers["retry491"] = now + RETRY_491_DELAY
             elif purpose == "refresh":

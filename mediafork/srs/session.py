@@ -486,8 +486,11 @@ class RecordedSession:
                     for value in values:
                         if value not in entry[key]:
                             entry[key].append(value)
-                if part.send or part.recv:
+                if part.has_streams:  # a call event's update: these are its streams now
                     entry["send"], entry["recv"] = list(part.send), list(part.recv)
+            for pid in doc.associated:  # (re)joined
+                if pid in participants:
+                    participants[pid]["disassociated"] = False
             for pid in doc.disassociated:
                 if pid in participants:
                     participants[pid]["disassociated"] = True

@@ -85,6 +85,19 @@ def strict(schema: dict[str, Any]) -> dict[str, Any]:
     return {**schema, "additionalProperties": False, "required": sorted(schema["properties"])}
 
 
+SIPREC_EXTENSION = ("error", "streams")
+"""The only fields a Siprec fetch adds to the reference resource (docs/api.md)."""
+
+
+def strict_fetched(reference: dict[str, Any]) -> dict[str, Any]:
+    """The reference's fields exactly, plus the allow-listed extension as documented."""
+    documented = doc_schema("SiprecFetched")["allOf"][1]["properties"]
+    assert set(documented) == set(SIPREC_EXTENSION)
+    properties = {**reference["properties"], **documented}
+    return {**reference, "properties": properties, "additionalProperties": False,
+            "required": sorted(properties)}
+
+
 def test_responses_validate_against_reference(server: Server) -> None:
     siprec_schema = strict(reference_schema("api.v2010.account.call.siprec"))
     recording_schema = strict(reference_schema("api.v2010.account.call.call_recording"))
@@ -92,11 +105,14 @@ def test_responses_validate_against_reference(server: Server) -> None:
     base = f"/2010-04-01/Accounts/{ACCOUNT}/Calls/{call['call_sid']}"
     created = server.host_form("POST", base + "/Siprec.json", {"Name": "v1"})
     assert created.status_code == 201
+    fetched = server.host("GET", base + "/Siprec/v1.json").json()
     for body in (created.json(),
-                 server.host("GET", base + "/Siprec/v1.json").json(),
                  server.host_form("POST", base + "/Siprec/v1.json",
                                   {"Status": "stopped"}).json()):
         jsonschema.validate(body, siprec_schema)
+    jsonschema.validate(fetched, strict_fetched(reference_schema("api.v2010.account.call.siprec")))
+    jsonschema.validate(server.host("GET", base + "/Siprec/v1.json").json(),
+                        strict_fetched(reference_schema("api.v2010.account.call.siprec")))
     listing = server.host("GET", base + "/Siprec.json").json()
     jsonschema.validate(listing, doc_schema("SiprecList"))
     for item in listing["siprec"]:
