@@ -35,6 +35,12 @@ def _seqs(packets: list[tuple[bytes, tuple[str, int]]]) -> list[int]:
     return [struct.unpack_from("!H", p, 2)[0] for p, _ in packets]
 
 
+def _offers(tap: Wiretap) -> list[list[str]]:
+    """The directions of each INVITE we sent, in CSeq order (UDP retransmissions once)."""
+    invites = {m.cseq: m for m in tap.sent("INVITE")}
+    return [[s.direction for s in sdp_of(m).media] for _, m in sorted(invites.items())]
+
+
 def _refused(tap: Wiretap, count: int) -> Callable[[], bool]:
     def check() -> bool:
         return sum(1 for d, *_, m in tap.records
@@ -77,8 +83,7 @@ def test_a_refused_pause_keeps_the_forks_paused(
         # The five held-back packets left no hole in the sequence numbers.
         seqs = _seqs(before + after)
         assert [(b - a) & 0xFFFF for a, b in zip(seqs, seqs[1:], strict=False)] == [1] * 5
-        assert [sdp_of(m).media[0].direction for m in tap.sent("INVITE")] == [
-            "sendonly", "inactive"]
+        assert _offers(tap) == [["sendonly"] * 2, ["inactive"] * 2]
         await links.stop(SIPREC_SID)
         assert events.kinds() == ["started", "stopped"]  # a refusal is not an error
         assert await srs.wait() == 0, srs.messages()
@@ -114,8 +119,38 @@ def test_a_refused_resume_sends_again(
         assert len(after) == 2
         seqs = _seqs(before + after)
         assert [(b - a) & 0xFFFF for a, b in zip(seqs, seqs[1:], strict=False)] == [1] * 3
-        assert [sdp_of(m).media[1].direction for m in tap.sent("INVITE")] == [
-            "sendonly", "inactive", "sendonly"]
+        assert _offers(tap) == [["sendonly"] * 2, ["inactive"] * 2, ["sendonly"] * 2]
+        await links.stop(SIPREC_SID)
+        assert events.kinds() == ["started", "stopped"]
+        assert await srs.wait() == 0, srs.messages()
+        await links.close(1.0)
+
+    run(main())
+
+
+def test_a_pause_before_the_answer_waits_for_it(
+    engine: Engine, recorders: Callable[..., Recorder], sipp: Callable[..., Sipp]
+) -> None:
+    """Paused while the INVITE is unanswered: nothing is ever sent, and the a=inactive
+    re-INVITE follows the 2xx."""
+    rec1, rec2 = recorders(), recorders()
+    srs = sipp("srs_late_answer", fill={"ANSWER_MS": "300"},
+               keys=answer_keys(rec1, rec2, secure=False))
+
+    async def main() -> None:
+        events, tap = EventLog(), Wiretap()
+        links = await open_links(events, tap)
+        call = engine.add_call("CA" + secrets.token_hex(16), ingress=False)
+        await links.start(call, start_request(srs.uri))
+        await links.pause(SIPREC_SID)
+        assert events.kinds() == []  # not answered yet
+        await events.wait_for("started")
+        await pump_media(call, Track.INBOUND, 5)
+        await pump_media(call, Track.OUTBOUND, 5)
+        assert await rec1.receive(1, timeout=0.3) == []
+        assert await rec2.receive(1, timeout=0.05) == []
+        await eventually(lambda: len({m.cseq for m in tap.sent("INVITE")}) == 2)
+        assert _offers(tap) == [["sendonly"] * 2, ["inactive"] * 2]
         await links.stop(SIPREC_SID)
         assert events.kinds() == ["started", "stopped"]
         assert await srs.wait() == 0, srs.messages()
