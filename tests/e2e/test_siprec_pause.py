@@ -22,7 +22,7 @@ import msgpack
 import pytest
 import requests
 from daemon.harness import CallbackSink, wait_until
-from fdcheck import ONE_SHOT_HEADERS
+from fdcheck import ONE_SHOT_HEADERS, DescriptorCheck
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
@@ -56,6 +56,7 @@ class DaemonThread:
     """``Daemon`` with the embedded recorder and a control socket, on its own loop thread."""
 
     def __init__(self, tmp_path: Path) -> None:
+        self.descriptors = DescriptorCheck("daemon")  # before the loop: it is counted too
         config = default_config(tmp_path / "data")
         self.config = dataclasses.replace(
             config, api=dataclasses.replace(config.api, port=0),
@@ -77,6 +78,7 @@ class DaemonThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
+        self.descriptors.assert_released()
 
     @property
     def auth(self) -> tuple[str, str]:
@@ -204,6 +206,8 @@ def test_twilio_client_pauses_and_resumes_a_siprec(daemon: DaemonThread,
 
         paused = client.calls(call_sid).siprec(siprec.sid).update(status="paused")
         assert paused.status == "paused" and paused.sid == siprec.sid
+        wait_until(lambda: sink.events(siprec.sid) == ["siprec-started", "siprec-paused"], 5,
+                   "the paused callback")
         wait_until(lambda: daemon.recorded(call_sid)["directions"][-1:]
                    == [["inactive", "inactive"]], 5, "the a=inactive re-INVITE")
         _watch_paused(daemon, call_sid)
