@@ -177,6 +177,8 @@ class _Siprec:
     method: str
     started_sent: bool = False
     final_sent: bool = False
+    paused: bool = False
+    """Paused through the API (Status=paused): for the metrics."""
     chain: asyncio.Task[None] | None = None
 
 
@@ -263,11 +265,12 @@ class ControlService:
 
     def siprec_counts(self) -> dict[str, int]:
         """Siprecs this process is running, by phase, for the metrics gauge:
-        ``starting`` (INVITE out, no answer yet) and ``in-progress``."""
-        counts = {"starting": 0, "in-progress": 0}
+        ``starting`` (INVITE out, no answer yet), ``in-progress`` and ``paused``."""
+        counts = {"starting": 0, "in-progress": 0, "paused": 0}
         for state in self._siprecs.values():
             if not state.final_sent:
-                counts["in-progress" if state.started_sent else "starting"] += 1
+                phase = "paused" if state.paused else "in-progress"
+                counts[phase if state.started_sent else "starting"] += 1
         return counts
 
     def quota_counts(self) -> dict[str, int]:
@@ -942,6 +945,7 @@ class ControlService:
                                   "pausing" if pause else "resuming", record.sid)
             updated = await self.store.set_siprec_live_status(record.sid, target) or current
             if updated.status == target:
+                state.paused = pause
                 await self._post(LinkEvent(siprec_sid=record.sid,
                                            kind="paused" if pause else "resumed"))
         return render_siprec(updated)

@@ -212,6 +212,10 @@ def test_twilio_client_pauses_and_resumes_a_siprec(daemon: DaemonThread,
                    == [["inactive", "inactive"]], 5, "the a=inactive re-INVITE")
         _watch_paused(daemon, call_sid)
         assert daemon.fetch(call_sid, siprec.sid)["status"] == "paused"
+        metrics = requests.get(f"{daemon.base}/metrics", timeout=10,
+                               headers=ONE_SHOT_HEADERS).text
+        assert 'mediafork_siprecs{status="paused"} 1.0' in metrics
+        assert 'mediafork_siprecs{status="in-progress"} 0.0' in metrics
 
         # A retry changes nothing: no re-INVITE, no callback.
         again = client.calls(call_sid).siprec("pci").update(status="paused")
