@@ -35,6 +35,10 @@ def _seqs(packets: list[tuple[bytes, tuple[str, int]]]) -> list[int]:
     return [struct.unpack_from("!H", p, 2)[0] for p, _ in packets]
 
 
+def _timestamps(packets: list[tuple[bytes, tuple[str, int]]]) -> list[int]:
+    return [struct.unpack_from("!I", p, 4)[0] for p, _ in packets]
+
+
 def _offers(tap: Wiretap) -> list[list[str]]:
     """The directions of each INVITE we sent, in CSeq order (UDP retransmissions once)."""
     invites = {m.cseq: m for m in tap.sent("INVITE")}
@@ -80,9 +84,13 @@ def test_a_refused_pause_keeps_the_forks_paused(
         await pump_media(call, Track.INBOUND, 3, start_seq=9)
         after = await rec1.receive(3)
         assert len(after) == 3
-        # The five held-back packets left no hole in the sequence numbers.
+        # The five held-back packets left no hole in the sequence numbers; the timestamps
+        # carry the held time (6 packets of 160 samples from the last one before).
         seqs = _seqs(before + after)
         assert [(b - a) & 0xFFFF for a, b in zip(seqs, seqs[1:], strict=False)] == [1] * 5
+        stamps = _timestamps(before + after)
+        assert [(b - a) & 0xFFFFFFFF for a, b in zip(stamps, stamps[1:], strict=False)] == [
+            160, 160, 960, 160, 160]
         assert _offers(tap) == [["sendonly"] * 2, ["inactive"] * 2]
         await links.stop(SIPREC_SID)
         assert events.kinds() == ["started", "stopped"]  # a refusal is not an error
