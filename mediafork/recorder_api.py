@@ -95,9 +95,11 @@ class LinkEvent:
     """A recording session's state change, for status callbacks and the store."""
 
     siprec_sid: str
-    kind: Literal["started", "stopped", "error"]
+    kind: Literal["started", "stopped", "error", "paused", "resumed"]
     """``started`` on the recorder's 2xx, ``stopped`` when it ended normally
-    (our BYE, the recorder's BYE, call end), ``error`` when it failed."""
+    (our BYE, the recorder's BYE, call end), ``error`` when it failed. ``paused`` /
+    ``resumed``: the control service's own pause and resume, put on the Siprec's event
+    chain so that their callbacks keep their order with the others."""
     error_code: int | None = None
     """mediafork/Twilio error code for ``error`` (see docs/api-errors.md)."""
     error_message: str | None = None
@@ -132,9 +134,12 @@ class RecorderLinks(Protocol):
     async def stop(self, siprec_sid: str, reason: str = "stopped") -> None:
         """BYE (or CANCEL while inviting), bounded wait; emits ``stopped``. Idempotent."""
 
-    async def pause(self, siprec_sid: str) -> None: ...
+    async def pause(self, siprec_sid: str) -> None:
+        """Stop sending at once (returns once no packet can leave), then re-INVITE the
+        recorder with ``a=inactive``. No-op for a Siprec that is not running."""
 
-    async def resume(self, siprec_sid: str) -> None: ...
+    async def resume(self, siprec_sid: str) -> None:
+        """Re-INVITE with ``a=sendonly``; media flows again once the recorder accepts."""
 
     async def update_participants(self, call_sid: str, caller: str, callee: str) -> None:
         """Send partial metadata to every session of the call."""

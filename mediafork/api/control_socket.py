@@ -12,10 +12,17 @@ Requests carry an ``op`` and an optional ``id`` echoed in the reply::
     {"id": 4, "op": "list"}
     {"id": 5, "op": "update", "call_sid": "CA…", "from": "…", "to": "…"}
     {"id": 6, "op": "end", "call_sid": "CA…"}
-    {"id": 9, "op": "event", "call_sid": "CA…", "event": "hold", "track": "inbound"}
+    {"id": 11, "op": "event", "call_sid": "CA…", "event": "hold", "track": "inbound"}
                                                     call events (POST …/Events' body)
     {"id": 7, "op": "subscribe"}                    then events arrive as they happen
     {"id": 8, "op": "reload"}                       re-read the config file (mediafork reload)
+    {"id": 9, "op": "pause_siprec", "call_sid": "CA…", "siprec": "SR… or its name"}
+    {"id": 10, "op": "resume_siprec", "call_sid": "CA…", "siprec": "SR… or its name"}
+
+``pause_siprec`` / ``resume_siprec`` do what ``POST …/Siprec/{Sid}.json`` with ``Status=paused``
+/ ``Status=in-progress`` does (the forks stop, the recorder gets a re-INVITE with
+``a=inactive``; resuming offers ``a=sendonly`` again) and answer the Siprec resource; the
+status callbacks ``siprec-paused`` / ``siprec-resumed`` also reach subscribers as events.
 
 Replies: ``{"id", "ok": true, "result": …}`` or ``{"id", "ok": false, "error": {code,
 message, more_info, status}}`` (the REST error shape). Events: ``{"event": TYPE,
@@ -52,6 +59,7 @@ log = logging.getLogger("mediafork.control_socket")
 __all__ = ["MAX_FRAME", "ControlSocketServer", "read_frame", "write_frame"]
 
 MAX_FRAME = 1024 * 1024
+_SIPREC_OPS = ("pause_siprec", "resume_siprec")
 _HEADER = struct.Struct("!I")
 
 
@@ -180,8 +188,15 @@ class _Connection:
         account = self.account
         service = self.service
         call_sid = message.get("call_sid")
-        if op in ("get", "update", "event", "end") and not isinstance(call_sid, str):
+        if op in ("get", "update", "event", "end", *_SIPREC_OPS) and not isinstance(call_sid, str):
             raise errors.not_found("resource")
+        if op in _SIPREC_OPS:
+            siprec = message.get("siprec")
+            if not isinstance(siprec, str) or not siprec:
+                raise ApiError(errors.MISSING_PARAMETER,
+                               "siprec (the Siprec's SID or name) is required")
+            change = service.pause_siprec if op == "pause_siprec" else service.resume_siprec
+            return await change(account, call_sid, siprec)  # type: ignore[arg-type]
         if op == "register":
             body = message.get("call")
             if not isinstance(body, dict):
@@ -209,7 +224,8 @@ class _Connection:
                 self.forwarder = asyncio.get_running_loop().create_task(self.forward(account))
             return {"subscribed": True}
         raise ApiError(errors.INVALID_PARAMETER, "op must be one of auth, register, get, "
-                       "list, update, event, end, subscribe, reload")
+                       "list, update, event, end, subscribe, reload, pause_siprec, "
+                       "resume_siprec")
 
     async def _reload(self) -> dict[str, Any]:
         """Counts only: the plan names other accounts' SIDs and connectors, which an

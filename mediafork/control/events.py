@@ -17,8 +17,11 @@ from .timefmt import iso8601, rfc2822
 
 API_VERSION = "2010-04-01"
 
-SiprecEventName = Literal["siprec-started", "siprec-stopped", "siprec-error"]
-SIPREC_EVENTS: tuple[SiprecEventName, ...] = ("siprec-started", "siprec-stopped", "siprec-error")
+SiprecEventName = Literal["siprec-started", "siprec-stopped", "siprec-error", "siprec-paused",
+                          "siprec-resumed"]
+SIPREC_EVENTS: tuple[SiprecEventName, ...] = ("siprec-started", "siprec-stopped", "siprec-error",
+                                              "siprec-paused", "siprec-resumed")
+"""``siprec-paused`` / ``siprec-resumed`` are mediafork's (pause and resume are an extension)."""
 
 
 @dataclass(frozen=True)

@@ -379,21 +379,28 @@ def parse_siprec_create(form: FormInput, egress: EgressPolicy | None = None) -> 
     )
 
 
+SiprecUpdateStatus = Literal["stopped", "paused", "in-progress"]
+SIPREC_UPDATE_STATUSES: tuple[SiprecUpdateStatus, ...] = ("stopped", "paused", "in-progress")
+"""``stopped`` is the platform's only update; ``paused`` and ``in-progress`` (pause and
+resume) are mediafork's extension, in the words the Recording resource uses."""
+
+
 @dataclass(frozen=True)
 class SiprecUpdate:
-    """``POST …/Siprec/{Sid}.json``: the only update the platform allows is stopping."""
+    """``POST …/Siprec/{Sid}.json``: stop, pause or resume."""
 
-    status: Literal["stopped"] = "stopped"
+    status: SiprecUpdateStatus = "stopped"
 
 
 def parse_siprec_update(form: FormInput) -> SiprecUpdate:
     fields = normalize_form(form)
     status = _single(fields, "Status")
+    words = ", ".join(SIPREC_UPDATE_STATUSES)
     if status is None:
-        raise ApiError(MISSING_PARAMETER, "Status is required and must be 'stopped'")
-    if status != "stopped":
-        raise ApiError(INVALID_STATUS, "Status must be 'stopped'")
-    return SiprecUpdate()
+        raise ApiError(MISSING_PARAMETER, f"Status is required: one of {words}")
+    if status not in SIPREC_UPDATE_STATUSES:
+        raise ApiError(INVALID_STATUS, f"Status must be one of {words}")
+    return SiprecUpdate(cast(SiprecUpdateStatus, status))
 
 
 # -- forked-stream budget -------------------------------------------------------------------

@@ -37,7 +37,8 @@ from ..private_dirs import make_private_dir
 from . import errors
 from .timefmt import utcnow
 
-SiprecStatus = Literal["in-progress", "stopped"]
+SiprecStatus = Literal["in-progress", "paused", "stopped"]
+"""``paused`` is a mediafork extension (pause/resume): still live, like ``in-progress``."""
 RecordingStatus = Literal["in-progress", "paused", "stopped", "processing", "completed", "absent"]
 DeliveryState = Literal["pending", "delivered", "failed", "dropped", "no-callback"]
 
@@ -499,9 +500,10 @@ class Store:
         return [_siprec(row) for row in rows]
 
     def active_siprecs(self, call_sid: str) -> list[SiprecRecord]:
-        """The call's in-progress Siprecs (for the forked-stream budget)."""
+        """The call's live (in-progress or paused) Siprecs (for the forked-stream budget)."""
         rows = self._db.execute(
-            "SELECT * FROM siprecs WHERE call_sid = ? AND status = 'in-progress' ORDER BY rowid",
+            "SELECT * FROM siprecs WHERE call_sid = ? AND status IN ('in-progress', 'paused')"
+            " ORDER BY rowid",
             (call_sid,),
         ).fetchall()
         return [_siprec(row) for row in rows]
@@ -522,12 +524,26 @@ class Store:
             row = db.execute("SELECT * FROM siprecs WHERE sid = ?", (sid,)).fetchone()
         return None if row is None else _siprec(row)
 
+    def set_siprec_live_status(self, sid: str, status: SiprecStatus,
+                               now: datetime | None = None) -> SiprecRecord | None:
+        """Pause or resume: set ``paused`` / ``in-progress`` only while the Siprec is live
+        (a stop that won the race stays). Returns the record as it is now."""
+        with self._transaction() as db:
+            db.execute(
+                """UPDATE siprecs SET status = ?, date_updated = ?
+                   WHERE sid = ? AND status IN ('in-progress', 'paused') AND status != ?""",
+                (status, _ts(now or utcnow()), sid, status),
+            )
+            row = db.execute("SELECT * FROM siprecs WHERE sid = ?", (sid,)).fetchone()
+        return None if row is None else _siprec(row)
+
     def save_siprec_dialog(self, sid: str, dialog: str) -> None:
         """Remember an established session's dialog (JSON, no secrets) until it stops."""
         with self._transaction() as db:
             db.execute(
                 """INSERT OR REPLACE INTO siprec_dialogs (sid, dialog)
-                   SELECT sid, ? FROM siprecs WHERE sid = ? AND status = 'in-progress'""",
+                   SELECT sid, ? FROM siprecs
+                   WHERE sid = ? AND status IN ('in-progress', 'paused')""",
                 (dialog, sid),
             )
 
@@ -711,12 +727,12 @@ class Store:
         stamp = _ts(now or utcnow())
         with self._transaction() as db:
             siprec_rows = db.execute(
-                "SELECT sid FROM siprecs WHERE status = 'in-progress' ORDER BY rowid"
+                "SELECT sid FROM siprecs WHERE status IN ('in-progress', 'paused') ORDER BY rowid"
             ).fetchall()
             dialogs = tuple(
                 (r["sid"], r["dialog"]) for r in db.execute(
                     """SELECT d.sid, d.dialog FROM siprec_dialogs d JOIN siprecs s USING (sid)
-                       WHERE s.status = 'in-progress' ORDER BY s.rowid"""
+                       WHERE s.status IN ('in-progress', 'paused') ORDER BY s.rowid"""
                 ).fetchall()
             )
             # Handed to the caller once: a second crash before the BYEs went out leaves
@@ -724,7 +740,7 @@ class Store:
             db.execute("DELETE FROM siprec_dialogs")
             db.execute(
                 """UPDATE siprecs SET status = 'stopped', error_code = ?, error_message = ?,
-                   date_updated = ? WHERE status = 'in-progress'""",
+                   date_updated = ? WHERE status IN ('in-progress', 'paused')""",
                 (ENGINE_RESTARTED_CODE, ENGINE_RESTARTED, stamp),
             )
             call_rows = db.execute(

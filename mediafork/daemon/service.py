@@ -143,7 +143,8 @@ class ServiceEvent:
     account_sid: str
     type: str
     """``call-registered``, ``call-updated``, ``call-ended``, or a status-callback event name
-    (``siprec-started``, ``siprec-stopped``, ``siprec-error``, ``recording-…``/``completed``…)."""
+    (``siprec-started``, ``siprec-stopped``, ``siprec-error``, ``siprec-paused``,
+    ``siprec-resumed``, ``recording-…``/``completed``…)."""
     data: dict[str, Any]
 
 
@@ -178,6 +179,8 @@ class _Siprec:
     method: str
     started_sent: bool = False
     final_sent: bool = False
+    paused: bool = False
+    """Paused through the API (Status=paused): for the metrics."""
     chain: asyncio.Task[None] | None = None
 
 
@@ -264,11 +267,12 @@ class ControlService:
 
     def siprec_counts(self) -> dict[str, int]:
         """Siprecs this process is running, by phase, for the metrics gauge:
-        ``starting`` (INVITE out, no answer yet) and ``in-progress``."""
-        counts = {"starting": 0, "in-progress": 0}
+        ``starting`` (INVITE out, no answer yet), ``in-progress`` and ``paused``."""
+        counts = {"starting": 0, "in-progress": 0, "paused": 0}
         for state in self._siprecs.values():
             if not state.final_sent:
-                counts["in-progress" if state.started_sent else "starting"] += 1
+                phase = "paused" if state.paused else "in-progress"
+                counts[phase if state.started_sent else "starting"] += 1
         return counts
 
     def quota_counts(self) -> dict[str, int]:
@@ -922,11 +926,13 @@ class ControlService:
 
     async def update_siprec(self, account_sid: str, call_sid: str, sid_or_name: str,
                             form: Any) -> dict[str, Any]:
-        parse_siprec_update(form)
+        update = parse_siprec_update(form)
         self._touch(account_sid, call_sid)
         record = await self.store.get_siprec(account_sid, call_sid, sid_or_name)
         if record is None:
             raise errors.not_found("resource")
+        if update.status != "stopped":
+            return await self._pause_or_resume(record, update.status == "paused")
         if record.status == "stopped":
             return render_siprec(record)  # idempotent
         live = self._calls.get(call_sid)
@@ -937,6 +943,53 @@ class ControlService:
             return render_siprec(updated or record)
         async with live.lock:
             updated = await self._stop_locked(live, record, "stopped")
+        return render_siprec(updated)
+
+    async def pause_siprec(self, account_sid: str, call_sid: str,
+                           sid_or_name: str) -> dict[str, Any]:
+        """Pause a Siprec (the Python and control-socket twin of ``Status=paused``)."""
+        return await self.update_siprec(account_sid, call_sid, sid_or_name,
+                                        {"Status": "paused"})
+
+    async def resume_siprec(self, account_sid: str, call_sid: str,
+                            sid_or_name: str) -> dict[str, Any]:
+        """Resume a paused Siprec (the twin of ``Status=in-progress``)."""
+        return await self.update_siprec(account_sid, call_sid, sid_or_name,
+                                        {"Status": "in-progress"})
+
+    async def _pause_or_resume(self, record: SiprecRecord, pause: bool) -> dict[str, Any]:
+        """``Status=paused`` / ``in-progress``: the forks stop (or start again) and the
+        recorder gets a re-INVITE (``a=inactive`` / ``a=sendonly``); then ``siprec-paused``
+        / ``siprec-resumed``. Asking for the current status changes nothing (a retry)."""
+        target = "paused" if pause else "in-progress"
+        live = self._calls.get(record.call_sid)
+        state = self._siprecs.get(record.sid)
+        if (record.status == "stopped" or live is None or live.handle is None
+                or state is None or state.final_sent):
+            raise ApiError(errors.INVALID_STATUS,
+                           "The Siprec is stopped: it can no longer be paused or resumed")
+        async with live.lock:
+            current = await self.store.get_siprec(record.account_sid, record.call_sid,
+                                                  record.sid) or record
+            if current.status == "stopped" or state.final_sent:
+                raise ApiError(errors.INVALID_STATUS,
+                               "The Siprec is stopped: it can no longer be paused or resumed")
+            if current.status == target:
+                return render_siprec(current)  # idempotent: no re-INVITE, no callback
+            if self.links is not None:
+                change = self.links.pause if pause else self.links.resume
+                try:
+                    await asyncio.wait_for(change(record.sid), STOP_TIMEOUT)
+                except Exception:
+                    # The local state still follows the request (a pause must not leak
+                    # media because the worker was slow to confirm): logged, not failed.
+                    log.exception("%s Siprec %s did not finish cleanly",
+                                  "pausing" if pause else "resuming", record.sid)
+            updated = await self.store.set_siprec_live_status(record.sid, target) or current
+            if updated.status == target:
+                state.paused = pause
+                await self._post(LinkEvent(siprec_sid=record.sid,
+                                           kind="paused" if pause else "resumed"))
         return render_siprec(updated)
 
     async def _stop_locked(self, live: _LiveCall, record: SiprecRecord,
@@ -1007,7 +1060,7 @@ class ControlService:
             if live.ended or live.handle.engine_call.closed:
                 raise ApiError(errors.CALL_NOT_LIVE, "the call has ended")
             existing = await self.store.list_siprecs(account_sid, call_sid)
-            check_program(program, [ActiveSiprec(s.name, s.track, s.status == "in-progress")
+            check_program(program, [ActiveSiprec(s.name, s.track, s.status != "stopped")
                                     for s in existing])  # type: ignore[arg-type]
             for action in program.actions:
                 if isinstance(action, StartSiprec):
@@ -1023,7 +1076,7 @@ class ControlService:
                     started.append(record.sid)
                 else:
                     target = await self.store.get_siprec(account_sid, call_sid, action.name)
-                    if target is not None and target.status == "in-progress":
+                    if target is not None and target.status != "stopped":
                         await self._stop_locked(live, target, "stopped")
                         stopped.append(target.sid)
         if program.ignored:
@@ -1045,7 +1098,7 @@ class ControlService:
         """The whole program's Siprecs against the account's limits, before any action runs
         (each start checks again). Siprecs the program stops first make room."""
         starts = [a.request for a in actions if isinstance(a, StartSiprec)]
-        running = {s.name: s for s in existing if s.status == "in-progress"}
+        running = {s.name: s for s in existing if s.status != "stopped"}
         stopped = [running[a.name] for a in actions
                    if isinstance(a, StopSiprec) and a.name in running]
         siprecs = len(starts) - len(stopped)
@@ -1099,6 +1152,11 @@ class ControlService:
             await self._handle_state(state, event)
 
     async def _handle_state(self, state: _Siprec, event: LinkEvent) -> None:
+        if event.kind in ("paused", "resumed"):
+            record = await self.store.get_siprec(state.account_sid, state.call_sid, state.sid)
+            if record is not None:
+                await self._emit(record, self._call_info(state), f"siprec-{event.kind}")
+            return
         if event.kind == "started":
             if state.started_sent:
                 return

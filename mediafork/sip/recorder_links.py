@@ -999,6 +999,14 @@ class SipRecorderLinks:
                 event.status,
                 _short(event.reason),
             )
+            # The session goes on with the SDP before the refused offer (RFC 3261 §14.1);
+            # the forks follow the API, not the recorder's answer: a refused pause keeps them
+            # paused (no media the user wanted withheld may leave), a refused resume sends
+            # again (the user asked to record; an SRS still at a=inactive just drops it).
+            if (event.purpose == "resume" and not link.locally_paused
+                    and not link.remotely_paused and not link.reported):
+                for stream in link.streams.values():
+                    self._fork_call(link, lambda fork=stream.fork: fork.resume(wait=False))
         elif isinstance(event, ev.FailingOver):
             link.log.warning(
                 "Siprec %s: SRS %s failed (%s %s); trying standby %s",

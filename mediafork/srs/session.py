@@ -202,6 +202,9 @@ class RecordedSession:
         self.snapshot_requests = 0
         self.srs_reinvites = 0
         """Re-INVITEs the recorder sent that the SRC accepted."""
+        self.offered_directions: list[list[str]] = []
+        """Per SDP offer from the SRC, in order: each m-line's direction (``sendonly``;
+        ``inactive`` while the SRC pauses). Bounded: the last 64 offers."""
         self._pending_offer: SessionDescription | None = None
         self.sdp_version = 0
         self.sdp_session_id = secrets.randbelow(2**31)
@@ -266,6 +269,8 @@ class RecordedSession:
         return answer
 
     async def _answer(self, offer: SessionDescription) -> SessionDescription:
+        self.offered_directions = [*self.offered_directions[-63:],
+                                   [m.direction for m in offer.media]]
         kind = "IP6" if ":" in self.media_host else "IP4"
         answer = SessionDescription(
             origin=f"mediafork-srs {self.sdp_session_id} {self.sdp_version} IN {kind} "
@@ -568,6 +573,7 @@ class RecordedSession:
             "ended_by": self.ended_by,
             "bye_status": self.bye_status,
             "reinvites": self.reinvites,
+            "offered_directions": [list(d) for d in self.offered_directions],
             "updates": self.updates,
             "snapshot_requests": self.snapshot_requests,
             "srs_reinvites": self.srs_reinvites,

@@ -117,3 +117,43 @@ def test_malformed_frames_close_only_that_connection(server: Server, sock_path: 
     good.pending = []
     assert good.call("auth", account_sid=ACCOUNT, auth_token=TOKEN)["ok"]
     good.sock.close()
+
+
+def test_pause_and_resume_ops_validate_and_isolate(server: Server, sock_path: Path) -> None:
+    """pause_siprec / resume_siprec: bad fields are refused before anything changes, another
+    account cannot reach the Siprec, and the ops answer the resource as REST does."""
+    peer, other = Peer(sock_path), Peer(sock_path)
+    peer.pending, other.pending = [], []
+    assert peer.call("pause_siprec", call_sid="CA" + "0" * 32, siprec="x")["error"][
+        "code"] == 20003  # auth first
+    assert peer.call("auth", account_sid=ACCOUNT, auth_token=TOKEN)["ok"]
+    assert other.call("auth", account_sid=OTHER, auth_token=OTHER_TOKEN)["ok"]
+    call_sid = server.register()["call_sid"]
+    base = f"/2010-04-01/Accounts/{ACCOUNT}/Calls/{call_sid}/Siprec"
+    siprec = server.host_form("POST", base + ".json", {"Name": "ops"}).json()
+
+    def status() -> str:
+        return server.host("GET", f"{base}/{siprec['sid']}.json").json()["status"]
+
+    for fields, http in [({"siprec": "ops"}, 404),                      # no call_sid
+                         ({"call_sid": 7, "siprec": "ops"}, 404),
+                         ({"call_sid": call_sid}, 400),                  # no siprec
+                         ({"call_sid": call_sid, "siprec": 3}, 400),
+                         ({"call_sid": call_sid, "siprec": ""}, 400),
+                         ({"call_sid": call_sid, "siprec": "nobody"}, 404)]:
+        reply = peer.call("pause_siprec", **fields)
+        assert not reply["ok"] and reply["error"]["status"] == http, (fields, reply)
+    assert other.call("pause_siprec", call_sid=call_sid, siprec="ops")["error"]["code"] == 20404
+    assert status() == "in-progress"
+
+    paused = peer.call("pause_siprec", call_sid=call_sid, siprec="ops")
+    assert paused["ok"] and paused["result"]["status"] == "paused" == status()
+    assert paused["result"]["sid"] == siprec["sid"]
+    assert peer.call("pause_siprec", call_sid=call_sid, siprec=siprec["sid"])["ok"]  # again
+    resumed = peer.call("resume_siprec", call_sid=call_sid, siprec="ops")
+    assert resumed["ok"] and resumed["result"]["status"] == "in-progress" == status()
+    assert server.host("DELETE", f"/v1/Calls/{call_sid}").status_code == 204
+    late = peer.call("resume_siprec", call_sid=call_sid, siprec="ops")
+    assert late["error"]["code"] == 900010 and "stopped" in late["error"]["message"]
+    peer.sock.close()
+    other.sock.close()

@@ -118,6 +118,30 @@ def test_responses_validate_against_reference(server: Server) -> None:
     for item in listing["siprec"]:
         jsonschema.validate(item, siprec_schema)
 
+    # Pause and resume are mediafork's extension: the reference enum (in-progress, stopped)
+    # gets `paused`, the Recording resource's word, and nothing else; the rest stays strict.
+    reference_status = reference_schema("siprec_enum_status")
+    assert reference_status["enum"] == ["in-progress", "stopped"]
+    extended = copy.deepcopy(siprec_schema)
+    extended["properties"]["status"] = {**reference_status,
+                                        "enum": [*reference_status["enum"], "paused"]}
+    paused_call = server.register()
+    paused_base = f"/2010-04-01/Accounts/{ACCOUNT}/Calls/{paused_call['call_sid']}"
+    assert server.host_form("POST", paused_base + "/Siprec.json",
+                            {"Name": "p1"}).status_code == 201
+    paused = server.host_form("POST", paused_base + "/Siprec/p1.json", {"Status": "paused"})
+    assert paused.status_code == 200 and paused.json()["status"] == "paused", paused.text
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(paused.json(), siprec_schema)  # what the extension adds
+    # A fetch carries both extensions: the paused status and the `error`/`streams` fields.
+    jsonschema.validate(server.host("GET", paused_base + "/Siprec/p1.json").json(),
+                        strict_fetched(extended))
+    for body in (paused.json(), server.host_form("POST", paused_base + "/Siprec/p1.json",
+                                                 {"Status": "in-progress"}).json()):
+        jsonschema.validate(body, extended)
+    assert set(doc_schema("siprec_enum_status")["enum"]) == set(extended["properties"]["status"]["enum"])
+    assert server.host("DELETE", f"/v1/Calls/{paused_call['call_sid']}").status_code == 204
+
     rec = server.host_form("POST", base + "/Recordings.json", {"RecordingChannels": "dual"})
     assert rec.status_code == 201, rec.text
     jsonschema.validate(rec.json(), recording_schema)

@@ -151,9 +151,11 @@ def test_refusals_change_nothing(server: Server, recorders: Recorders) -> None:
     recorders.recorded(recorders.default, call["call_sid"], lambda got: len(got) == 2 and all(
         s["state"] == "established" for s in got))
     assert recorders.total() == before + 1
+    # `in-progress` and `paused` are accepted now (resume and pause); other words are not.
     with pytest.raises(TwilioRestException) as info:
-        siprecs("dup").update(status="in-progress")
+        siprecs("dup").update(status="running")
     assert info.value.status == 400 and info.value.code == 900010
+    assert "stopped, paused, in-progress" in info.value.msg
 
 
 def test_missing_default_connector_is_31940(server: Server) -> None:

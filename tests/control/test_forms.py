@@ -257,11 +257,15 @@ def test_any_form_either_parses_or_raises_api_error(form):
 # -- Siprec update --------------------------------------------------------------------------
 
 
-def test_siprec_update_only_stopped():
-    assert parse_siprec_update({"Status": "stopped"}).status == "stopped"
+def test_siprec_update_stop_pause_resume():
+    # `stopped` is the platform's; `paused` / `in-progress` are mediafork's pause and resume.
+    for status in ["stopped", "paused", "in-progress"]:
+        assert parse_siprec_update({"Status": status}).status == status
     assert refused({}, parse_siprec_update).code == errors.MISSING_PARAMETER.code
-    for status in ["in-progress", "Stopped", "paused"]:
-        assert refused({"Status": status}, parse_siprec_update).code == errors.INVALID_STATUS.code
+    for status in ["Stopped", "Paused", "resumed", "completed", " paused"]:
+        error = refused({"Status": status}, parse_siprec_update)
+        assert error.code == errors.INVALID_STATUS.code, status
+        assert "stopped, paused, in-progress" in str(error), status
 
 
 # -- stream budget --------------------------------------------------------------------------

@@ -99,7 +99,10 @@ def test_siprec_error_params_and_unnamed_siprec():
     assert "SiprecError" not in stopped and "SiprecErrorCode" not in stopped
     with pytest.raises(ValueError):
         siprec_params(call=CALL, siprec_sid="SR", siprec_name=None,
-                      event="siprec-paused", timestamp=T)  # type: ignore[arg-type]
+                      event="siprec-held", timestamp=T)  # type: ignore[arg-type]
+    paused = dict(siprec_params(call=CALL, siprec_sid="SR" + "c" * 32, siprec_name="x",
+                                event="siprec-paused", timestamp=T, error="ignored"))
+    assert paused["SiprecEvent"] == "siprec-paused" and "SiprecError" not in paused
 
 
 def test_recording_params():

@@ -137,6 +137,33 @@ def test_siprec_status_update_and_active_list(store: Store):
     assert store.set_siprec_status("SR" + "0" * 32, "stopped") is None
 
 
+def test_paused_siprecs_are_live_and_a_stop_always_wins(store: Store):
+    """``paused`` (pause/resume) counts as live everywhere ``in-progress`` does: the stream
+    budget, the dialog kept for a restart, crash reconciliation. Pausing or resuming never
+    brings a stopped Siprec back."""
+    store.register_call(call())
+    a = store.create_siprec(siprec("a"))
+    b = store.create_siprec(siprec("b"))
+    later = T0 + timedelta(seconds=5)
+    paused = store.set_siprec_live_status(a.sid, "paused", now=later)
+    assert paused.status == "paused" and paused.date_updated == later
+    # Asking again is no change: the date stays.
+    assert store.set_siprec_live_status(a.sid, "paused").date_updated == later
+    assert [s.sid for s in store.active_siprecs(CALL)] == [a.sid, b.sid]
+    store.save_siprec_dialog(a.sid, '{"dialog": "paused"}')
+    assert store.set_siprec_live_status(a.sid, "in-progress").status == "in-progress"
+    assert store.set_siprec_live_status(a.sid, "paused").status == "paused"
+    store.set_siprec_status(b.sid, "stopped")
+    assert store.set_siprec_live_status(b.sid, "paused").status == "stopped"
+    assert store.set_siprec_live_status(b.sid, "in-progress").status == "stopped"
+    assert store.set_siprec_live_status("SR" + "0" * 32, "paused") is None
+    report = store.reconcile_after_crash(now=T0 + timedelta(hours=1))
+    assert [s.sid for s in report.siprecs] == [a.sid]
+    assert report.siprecs[0].status == "stopped"
+    assert report.siprecs[0].error_code == ENGINE_RESTARTED_CODE
+    assert report.dialogs == ((a.sid, '{"dialog": "paused"}'),)
+
+
 def test_events_keep_order_and_delivery_state(store: Store):
     store.register_call(call())
     s = store.create_siprec(siprec("a"))
