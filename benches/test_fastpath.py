@@ -12,7 +12,7 @@ from pylibsrtp import Policy, Session
 
 from mediafork.engine import Engine, SrtpKey, Track
 
-from .loadsetup import run_engine_load, run_raw_load
+from .loadsetup import run_engine_load, run_floor_load, run_raw_load
 
 PACKET = struct.pack("!BBHII", 0x80, 0, 1, 160, 0x1234) + b"\xff" * 160  # 172-byte PCMU
 N = 200_000
@@ -112,19 +112,55 @@ def test_e2e_forwarding(benchmark):
     reference = int(os.environ.get("MEDIAFORK_BENCH_REFERENCE", "1000"))
     if reference not in results or not results[reference].zero_loss:
         reference = max(zero) if zero else min(results)
-    # The CPU comparison is noisy on shared machines: interleave engine and
-    # raw runs at the reference load and compare medians.
+    # The CPU comparison is noisy on shared machines: interleave engine, floor and
+    # raw runs at the reference load, and take each ratio within one repeat, so that
+    # neighbours and CPU frequency move both sides of it together.
     engine_cpu, raw_cpu, raw_loss = [results[reference].cpu_us_per_pkt], [], []
-    repeats = int(os.environ.get("MEDIAFORK_BENCH_REPEATS", "3"))
-    shared_cpu = []
+    repeats = max(3, int(os.environ.get("MEDIAFORK_BENCH_REPEATS", "3")))
+    tick_us = int(os.environ.get("MEDIAFORK_BENCH_FLOOR_TICK_US", "200"))
+    shared_cpu: list[float] = []
+    floor_cpu: dict[str, list[float]] = {"mmsg": [], "io_uring": []}
+    floor_skipped: dict[str, str] = {}
+    vs_floor: list[float] = []
+    vs_raw: list[float] = []
     for i in range(repeats):
+        if i > 0:
+            engine_cpu.append(run_engine_load(reference, duration).cpu_us_per_pkt)
+        cheapest = None
+        for mode in floor_cpu:
+            if mode in floor_skipped:
+                continue
+            try:
+                floor = run_floor_load(reference, duration, mode, tick_us=tick_us)
+            except OSError as exc:  # io_uring disabled by the kernel or seccomp
+                floor_skipped[mode] = str(exc)
+                continue
+            floor_cpu[mode].append(floor.cpu_us_per_pkt)
+            cheapest = min(cheapest or floor.cpu_us_per_pkt, floor.cpu_us_per_pkt)
         cpu, generated, forwarded = run_raw_load(reference, duration)
         raw_cpu.append(cpu)
         raw_loss.append(100.0 * max(0, generated - forwarded) / max(1, generated))
         shared_cpu.append(run_raw_load(reference, duration, shared_socket=True)[0])
-        if i < repeats - 1:
-            engine_cpu.append(run_engine_load(reference, duration).cpu_us_per_pkt)
+        if cheapest:
+            vs_floor.append(engine_cpu[-1] / cheapest)
+        vs_raw.append(engine_cpu[-1] / cpu)
     ref = results[reference]
+    if vs_floor:
+        benchmark.extra_info.update({
+            "e2e_vs_floor": statistics.median(vs_floor),
+            "e2e_vs_floor_runs": vs_floor,
+            "e2e_vs_floor_spread": [min(vs_floor), max(vs_floor)],
+        })
+    benchmark.extra_info.update({
+        "e2e_vs_raw_paired": statistics.median(vs_raw),
+        "e2e_vs_raw_runs": vs_raw,
+        "e2e_vs_raw_spread": [min(vs_raw), max(vs_raw)],
+        "floor_tick_us": tick_us,
+        "floor_skipped": floor_skipped,
+        **{f"floor_{mode}_cpu_us_per_pkt": statistics.median(v)
+           for mode, v in floor_cpu.items() if v},
+        **{f"floor_{mode}_cpu_us_per_pkt_runs": v for mode, v in floor_cpu.items() if v},
+    })
     # Control operations under the same load: how long the API waits on the worker.
     probe = sorted(run_engine_load(reference, duration, probe_commands=True).command_ms or [0.0])
     benchmark.extra_info.update({

@@ -57,4 +57,35 @@ typedef struct {
 
 void mf_loadgen_run(mf_loadgen *g, volatile int *stop);
 
+
+/* The honest floor: the cheapest plain C forwarder over the same sockets as
+ * the end-to-end bench, batched by a tick like the engine. Ingress stream i
+ * arrives on in_fds[i] and is copied to `nforks` fork sockets
+ * out_fds[i * nforks + k], each sending to dests[i * nforks + k].
+ *   MF_FLOOR_MMSG:     sleep a tick, epoll_wait(0) for the ready sockets,
+ *                      recvmmsg each (no EAGAIN round trip: level-triggered
+ *                      readiness, a short batch means drained), one sendmmsg
+ *                      per fork socket.
+ *   MF_FLOOR_IO_URING: raw io_uring (no liburing): a multishot recv with a
+ *                      provided buffer ring on every ingress socket, every
+ *                      fork send of a tick queued as SENDMSG and submitted
+ *                      with the reaping of the next tick's receives in one
+ *                      io_uring_enter.
+ * Returns 0, or -errno when the backend cannot run here (io_uring disabled
+ * by the kernel or a seccomp profile): the caller reports it as skipped. */
+enum { MF_FLOOR_MMSG = 0, MF_FLOOR_IO_URING = 1 };
+
+typedef struct {
+    uint64_t received;
+    uint64_t forwarded;  /* fork sends that succeeded */
+    uint64_t cpu_ns;     /* the calling thread's CPU time */
+    uint64_t wall_ns;
+    uint64_t syscalls;   /* system calls made in the loop (not counting the tick sleep) */
+    uint64_t ticks;
+} mf_floor_result;
+
+int mf_bench_floor_forward(int mode, const int *in_fds, uint32_t n_in, const int *out_fds,
+                           uint32_t nforks, const struct sockaddr_in *dests, uint32_t tick_us,
+                           uint64_t max_ns, volatile int *stop, mf_floor_result *out);
+
 #endif

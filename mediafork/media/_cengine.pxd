@@ -218,3 +218,13 @@ cdef extern from "bench.h":
                               uint32_t n, uint64_t packets, uint64_t max_ns, volatile int *stop,
                               mf_raw_forward_result *out) nogil
     void mf_loadgen_run(mf_loadgen *g, volatile int *stop) nogil
+    ctypedef struct mf_floor_result:
+        uint64_t received
+        uint64_t forwarded
+        uint64_t cpu_ns
+        uint64_t wall_ns
+        uint64_t syscalls
+        uint64_t ticks
+    int mf_bench_floor_forward(int mode, const int *in_fds, uint32_t n_in, const int *out_fds,
+                               uint32_t nforks, const sockaddr_in *dests, uint32_t tick_us,
+                               uint64_t max_ns, volatile int *stop, mf_floor_result *out) nogil
