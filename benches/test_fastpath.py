@@ -99,6 +99,8 @@ def _steps() -> list[int]:
 def test_e2e_forwarding(benchmark):
     duration = float(os.environ.get("MEDIAFORK_BENCH_SECONDS", "6"))
     steps = _steps()
+    if benchmark.disabled:  # pytest benches --benchmark-disable: a quick smoke run
+        duration, steps = 2.0, [100]
     results = {}
 
     def run():
