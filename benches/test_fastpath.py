@@ -180,3 +180,31 @@ def test_e2e_forwarding(benchmark):
         "e2e_calls_zero_loss": max(zero) if zero else 0,
         "e2e_steps": {c: vars(r) for c, r in results.items()},
     })
+
+
+def test_srtp_spread(benchmark):
+    """srtp_protect over many contexts in turn, as a worker with that many SRTP forks meets
+    them (packet i on context i % k): the cost of contexts that no longer fit in cache.
+    Thread CPU time, medians of interleaved rounds."""
+    from mediafork.media import _fastpath
+    from mediafork.media.srtp import outbound_session
+
+    counts = (1, 100, 1000, 4000)
+    n = 20_000 if benchmark.disabled else 200_000
+    sets = {k: [outbound_session(SrtpKey.generate()) for _ in range(k)] for k in counts}
+    done = dict.fromkeys(counts, 0)
+    per_pkt: dict[int, list[float]] = {k: [] for k in counts}
+
+    def rounds() -> None:
+        for _ in range(5):
+            for k in counts:
+                ns = _fastpath.bench_protect_spread(sets[k], PACKET, done[k], n)
+                per_pkt[k].append(ns / n)
+                done[k] += n
+
+    benchmark.pedantic(rounds, rounds=1, iterations=1)
+    medians = {k: statistics.median(v) for k, v in per_pkt.items()}
+    benchmark.extra_info["srtp_spread_ns_per_pkt"] = medians
+    benchmark.extra_info["srtp_spread_1000_vs_1"] = medians[1000] / medians[1]
+    assert all(v > 0 for v in medians.values())
+

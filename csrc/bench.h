@@ -13,6 +13,17 @@
  * protect. Returns elapsed nanoseconds. */
 uint64_t mf_bench_raw_protect(void *session, const uint8_t *pkt, uint32_t len, uint64_t n);
 
+/* srtp_protect over `nsessions` contexts in turn (packet i on session
+ * i % nsessions), as a worker with that many SRTP forks meets them: how the
+ * per-packet cost grows once the contexts no longer fit in cache.
+ * `prefetch` warms the next session's top-level context first. Packet i in
+ * [first, first + n) has sequence number i / nsessions: pass the previous
+ * call's first + n to keep every session's sequence rising (a repeated
+ * index takes libsrtp's replay-failure path instead). Returns the thread's
+ * CPU ns (not wall time: on a shared machine neighbours preempt the loop). */
+uint64_t mf_bench_protect_spread(void *const *sessions, uint32_t nsessions, const uint8_t *pkt,
+                                 uint32_t len, uint64_t first, uint64_t n, int prefetch);
+
 /* The same packets through mf_call_process into the call's forks (drain
  * mode), discarding ring contents as a consumer would. Returns elapsed ns. */
 uint64_t mf_bench_process(mf_engine *e, mf_call *c, int track, const uint8_t *pkt, uint32_t len,

@@ -212,6 +212,8 @@ cdef extern from "bench.h":
         uint64_t sink_bytes
         uint64_t late_ticks
     uint64_t mf_bench_raw_protect(void *session, const uint8_t *pkt, uint32_t len, uint64_t n) nogil
+    uint64_t mf_bench_protect_spread(void *const *sessions, uint32_t nsessions, const uint8_t *pkt,
+                                     uint32_t len, uint64_t first, uint64_t n, int prefetch) nogil
     uint64_t mf_bench_process(mf_engine *e, mf_call *c, int track, const uint8_t *pkt,
                               uint32_t len, uint64_t n) nogil
     void mf_bench_raw_forward(const int *in_fds, const int *out_fds, const sockaddr_in *dests,

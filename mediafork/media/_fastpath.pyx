@@ -692,3 +692,21 @@ def floor_forward(str mode, list in_fds, list out_fds, list dests, uint32_t tick
         raise OSError(-rc, f"floor_forward({mode}): {os.strerror(-rc)}")
     return {"received": res.received, "forwarded": res.forwarded, "cpu_ns": res.cpu_ns,
             "wall_ns": res.wall_ns, "syscalls": res.syscalls, "ticks": res.ticks}
+
+
+def bench_protect_spread(list sessions, const uint8_t[::1] packet, uint64_t first, uint64_t n,
+                         bint prefetch=False):
+    """Benchmark kernel: srtp_protect over the sessions in turn, packets first..first+n-1
+    (see bench.h). Thread CPU ns."""
+    if not sessions:
+        raise ValueError("no sessions")
+    ptrs = np.zeros(len(sessions), dtype=np.uintp)
+    cdef Py_ssize_t i
+    for i in range(len(sessions)):
+        ptrs[i] = <uintptr_t>(<SrtpSession?>sessions[i]).ptr
+    cdef uintptr_t[::1] p = ptrs
+    cdef uint64_t ns
+    with nogil:
+        ns = mf_bench_protect_spread(<void *const *>&p[0], p.shape[0], &packet[0],
+                                     packet.shape[0], first, n, prefetch)
+    return ns
