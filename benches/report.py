@@ -159,23 +159,39 @@ def plot(vs: dict | None, path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     series = [("mediafork", False, "tab:blue", "--"), ("mediafork", True, "tab:blue", "-"),
               ("rtpengine", False, "tab:red", "--"), ("rtpengine", True, "tab:red", "-")]
+    lossy = False
+
+    def draw(pts: list[tuple[int, float, float]], style: str, marker: str, color: str,
+             label: str) -> None:
+        nonlocal lossy
+        if not pts:
+            return
+        xs, ys, losses = zip(*sorted(pts), strict=True)
+        ax.plot(xs, ys, style, color=color, label=label)
+        # Filled: nothing lost; open: packets lost (saturated or starved of CPU), so the
+        # CPU per packet is flattered by work not done.
+        for x, y, loss in zip(xs, ys, losses, strict=True):
+            ax.plot([x], [y], marker=marker, color=color,
+                    markerfacecolor=color if loss <= 0.1 else "white")
+            lossy = lossy or loss > 0.1
+
     for engine, srtp, color, style in series:
-        pts = sorted((c["calls"], c[engine]["cpu_us_per_pkt"]) for c in vs["cells"]
-                     if c["forks"] == 2 and c["srtp"] == srtp and engine in c)
-        if pts:
-            ax.plot(*zip(*pts, strict=True), style, marker="o", color=color,
-                    label=f"{engine} {'SRTP' if srtp else 'RTP'}")
-    floor = sorted((f["calls"], f["cpu_us_per_pkt"]) for f in vs.get("floor", [])
-                   if f.get("forks") == 2 and "cpu_us_per_pkt" in f)
-    if floor:
-        ax.plot(*zip(*floor, strict=True), ":", marker="s", color="tab:gray",
-                label="C floor (RTP)")
+        draw([(c["calls"], c[engine]["cpu_us_per_pkt"], c[engine]["loss_pct"])
+              for c in vs["cells"] if c["forks"] == 2 and c["srtp"] == srtp and engine in c],
+             style, "o", color, f"{engine} {'SRTP' if srtp else 'RTP'}")
+    draw([(f["calls"], f["cpu_us_per_pkt"], f.get("loss_pct", 0.0)) for f in vs.get("floor", [])
+          if f.get("forks") == 2 and "cpu_us_per_pkt" in f], ":", "s", "tab:gray",
+         "C floor (RTP)")
+    if lossy:
+        ax.text(0.01, 0.01, "open marker: packets lost (saturated or starved)",
+                transform=ax.transAxes, fontsize=8, color="dimgray")
     ax.set_xlabel("calls (2 tracks x 50 pps, 2 forked streams per call)")
     ax.set_ylabel("CPU µs per forked packet")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title("CPU per forked packet (each engine pinned to one core)")
+    ax.set_title("CPU per forked packet" + (" (each engine pinned to one core)"
+                                           if vs.get("pinned", True) else ""))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

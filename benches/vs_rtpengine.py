@@ -59,9 +59,15 @@ DEFAULT_CALLS = (100, 500, 1000)
 DEFAULT_CELLS = ((2, False), (2, True), (4, True))
 
 
+def _pinning() -> bool:
+    """``MEDIAFORK_BENCH_PIN=0`` turns pinning off: on a machine shared with other work a
+    pinned engine cannot move away from a busy CPU."""
+    return (os.cpu_count() or 1) >= 2 and os.environ.get("MEDIAFORK_BENCH_PIN", "1") != "0"
+
+
 def _pin(cpu: int) -> None:
     """Pin the calling thread (Linux: pid 0 is the thread) when there is a CPU to spare."""
-    if (os.cpu_count() or 1) >= 2:
+    if _pinning():
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, {cpu})
 
@@ -73,7 +79,7 @@ def _unpin() -> None:
 
 def _pin_process(pid: int, cpu: int) -> bool:
     """Pin every thread of a running process (rtpengine) to ``cpu``."""
-    if (os.cpu_count() or 1) < 2:
+    if not _pinning():
         return False
     ok = False
     for tid in os.listdir(f"/proc/{pid}/task"):
@@ -341,8 +347,10 @@ def run_floor(calls: int, forks: int, seconds: float, tick_us: int = 200) -> dic
     best: dict[str, Any] | None = None
     for mode in ("mmsg", "io_uring"):
         try:
+            pin = _pinning()
             r = run_floor_load(calls, seconds, mode, forks_per_track=forks // 2, tick_us=tick_us,
-                               forwarder_cpu=0, generator_cpu=1)
+                               forwarder_cpu=0 if pin else None,
+                               generator_cpu=1 if pin else None)
         except OSError:
             continue
         if best is None or r.cpu_us_per_pkt < best["cpu_us_per_pkt"]:
@@ -357,7 +365,8 @@ def run(calls_steps: list[int], seconds: float, cells: tuple[tuple[int, bool], .
     (calls, forks). Returns {"cells": [...], "floor": [...], ...}."""
     binary = find_rtpengine()
     out: dict[str, Any] = {"seconds": seconds, "cpus": os.cpu_count(), "cells": [],
-                           "floor": []}
+                           "floor": [], "pinned": _pinning(),
+                           "load_average_before": os.getloadavg()[0]}
     if binary is None:
         out["skipped"] = "rtpengine is not installed (Debian package rtpengine-daemon)"
     else:
