@@ -21,6 +21,8 @@ FLOORS = {  # from the data-plane issues; floors, not targets
     # where rtpengine was saturated (losing packets: its cost per packet is flattered).
     "vs_rtpengine_cpu_ratio_500": ("<=", 0.5),
     "vs_rtpengine_cpu_ratio_1000": ("<=", 0.5),
+    # the cost must not explode at low load (2 SRTP forks; only set when both were lossless)
+    "mediafork_cpu_100_vs_500": ("<=", 1.5),
 }
 PLOT = Path(__file__).resolve().parents[1] / "docs" / "img" / "cpu_per_forked_packet.png"
 
@@ -73,6 +75,7 @@ def main(raw_path: str, out_path: str) -> int:
         ("e2e_command_ms_max", "{:.2f}"),
         ("vs_rtpengine_cpu_ratio_500", "{:.3f}"),
         ("vs_rtpengine_cpu_ratio_1000", "{:.3f}"),
+        ("mediafork_cpu_100_vs_500", "{:.3f}"),
     ]
     saturated = _saturated_ratios(figures.get("vs_rtpengine", {}))
     print(f"\n{'metric':32} {'value':>16}  floor")
@@ -144,6 +147,30 @@ def _print_vs_rtpengine(vs: dict | None) -> None:
               f"{_fmt(floors.get((c['calls'], c['forks'])), '6.2f')}{sat}")
 
 
+def markdown_table(vs: dict) -> str:
+    """The comparison as a Markdown table (for docs/dataplane.md)."""
+    floors = {(f["calls"], f["forks"]): f for f in vs.get("floor", [])}
+    out = ["| calls | forks | SRTP | mediafork µs/pkt (loss %, p99 ms) | "
+           "rtpengine µs/pkt (loss %, p99 ms) | ratio | C floor µs/pkt (loss %) |",
+           "|---|---|---|---|---|---|---|"]
+
+    def eng(e: dict) -> str:
+        if not e:
+            return "-"
+        return (f"{_fmt(e.get('cpu_us_per_pkt'), '.2f')} ({_fmt(e.get('loss_pct'), '.2f')}, "
+                f"{_fmt(e.get('p99_ms'), '.1f')})")
+
+    for c in vs.get("cells", []):
+        f = floors.get((c["calls"], c["forks"]), {})
+        floor = f"{_fmt(f.get('cpu_us_per_pkt'), '.2f')} ({_fmt(f.get('loss_pct'), '.2f')})" \
+            if f else "-"
+        sat = " (rtpengine saturated)" if c.get("rtpengine_saturated") else ""
+        out.append(f"| {c['calls']} | {c['forks']} | {'yes' if c['srtp'] else 'no'} | "
+                   f"{eng(c['mediafork'])} | {eng(c.get('rtpengine', {}))} | "
+                   f"{_fmt(c.get('cpu_ratio'), '.2f')}{sat} | {floor} |")
+    return "\n".join(out)
+
+
 def plot(vs: dict | None, path: Path) -> Path | None:
     """CPU us per forked packet against calls (2 forks per call): mediafork and rtpengine,
     RTP and SRTP, and the C floor. None when there is nothing to plot or no matplotlib."""
@@ -205,5 +232,6 @@ if __name__ == "__main__":
         vs = json.loads(Path(sys.argv[2]).read_text())
         _print_vs_rtpengine(vs)
         print(plot(vs, PLOT))
+        print(markdown_table(vs))
         sys.exit(0)
     sys.exit(main(sys.argv[1], sys.argv[2]))

@@ -30,7 +30,8 @@ def test_vs_rtpengine(benchmark):
 
     benchmark.pedantic(once, rounds=1, iterations=1)
     benchmark.extra_info["vs_rtpengine"] = result
-    for key in ("vs_rtpengine_cpu_ratio_500", "vs_rtpengine_cpu_ratio_1000"):
+    for key in ("vs_rtpengine_cpu_ratio_500", "vs_rtpengine_cpu_ratio_1000",
+                "mediafork_cpu_100_vs_500"):
         if key in result:
             benchmark.extra_info[key] = result[key]
     for cell in result["cells"]:

@@ -393,6 +393,12 @@ def run(calls_steps: list[int], seconds: float, cells: tuple[tuple[int, bool], .
                 # flattered by the work it did not do, and the ratio is no floor.
                 cell["rtpengine_saturated"] = rt["loss_pct"] > 0.1
             out["cells"].append(cell)
+    # The low-load floor: mediafork's cost at 100 calls against 500 (2 SRTP forks),
+    # only where both ran without loss (a lossy cell's cost per packet is flattered).
+    mf = {c["calls"]: c["mediafork"] for c in out["cells"] if c["forks"] == 2 and c["srtp"]}
+    if 100 in mf and 500 in mf and mf[100]["loss_pct"] <= 0.1 and mf[500]["loss_pct"] <= 0.1:
+        out["mediafork_cpu_100_vs_500"] = round(
+            mf[100]["cpu_us_per_pkt"] / mf[500]["cpu_us_per_pkt"], 3)
     for calls in (500, 1000):
         for cell in out["cells"]:
             if cell["calls"] == calls and cell["forks"] == 2 and cell["srtp"] \
