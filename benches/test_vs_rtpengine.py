@@ -2,7 +2,7 @@
 packet, loss and p99 added latency of both engines, and the C floor, per load step.
 
 ``MEDIAFORK_BENCH_RTPENGINE_CALLS`` (100,500,1000) and ``MEDIAFORK_BENCH_RTPENGINE_SECONDS``
-(6) size it (about 5 minutes with the defaults); with ``--benchmark-disable`` it is a
+(5) size it (about 8 minutes with the defaults); with ``--benchmark-disable`` it is a
 smoke run of 20 calls, one cell, two seconds."""
 
 from __future__ import annotations
