@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from mediafork.engine import Engine, SrtpKey, Track
 from mediafork.media import _fastpath
 from mediafork.media.sockets import udp_socket
+from mediafork.media.srtp import outbound_session
 
 PPS = 50
 PAYLOAD = 160  # PCMU 20 ms -> 172-byte RTP packets
@@ -200,20 +201,24 @@ class FloorResult:
     """Forwarder thread CPU per forked packet (the whole loop, as for the engine's window)."""
     syscalls_per_pkt: float
     loss_pct: float
+    sink_bytes: int = 0
 
 
 def run_floor_load(calls: int, duration: float, mode: str = "mmsg", *, forks_per_track: int = 1,
-                   tick_us: int = 200, forwarder_cpu: int | None = None,
+                   tick_us: int = 200, srtp: bool = False, forwarder_cpu: int | None = None,
                    generator_cpu: int | None = None) -> FloorResult:
     """The honest floor (csrc/bench.c ``mf_bench_floor_forward``): the same streams and
     sinks as :func:`run_engine_load`, each ingress socket copied to ``forks_per_track`` fork
     sockets of its own by the cheapest plain C loop batched by a tick (``mmsg``: epoll +
     recvmmsg + sendmmsg; ``io_uring``: multishot recv + one submission per tick). Raises
-    OSError when the backend cannot run here (io_uring disabled). ``forwarder_cpu`` and
+    OSError when the backend cannot run here (io_uring disabled). With ``srtp`` each fork
+    socket has a libsrtp session protecting its copies, as the engine's SRTP forks do
+    (the end-to-end bench's forks are SRTP). ``forwarder_cpu`` and
     ``generator_cpu`` pin those threads (benches/vs_rtpengine.py)."""
     sinks = _sinks(4)
     ingress: list[socket.socket] = []
     egress: list[socket.socket] = []
+    sessions: list = []
     port = 20000
     try:
         while len(ingress) < 2 * calls:
@@ -223,6 +228,8 @@ def run_floor_load(calls: int, duration: float, mode: str = "mmsg", *, forks_per
         streams = len(ingress)
         egress = [udp_socket("127.0.0.1", 0, send_buffer=1 << 19)
                   for _ in range(streams * forks_per_track)]
+        if srtp:
+            sessions = [outbound_session(SrtpKey.generate()) for _ in egress]
         dests = [sinks[i % len(sinks)].getsockname() for i in range(len(egress))]
         result: dict = {}
         out: dict = {}
@@ -236,7 +243,8 @@ def run_floor_load(calls: int, duration: float, mode: str = "mmsg", *, forks_per
             try:
                 out["r"] = _fastpath.floor_forward(mode, [s.fileno() for s in ingress],
                                                    [s.fileno() for s in egress], dests,
-                                                   tick_us, duration + 0.3)
+                                                   tick_us, duration + 0.3,
+                                                   sessions if srtp else None)
             except OSError as exc:
                 out["error"] = exc
 
@@ -259,7 +267,10 @@ def run_floor_load(calls: int, duration: float, mode: str = "mmsg", *, forks_per
             forwarded=r["forwarded"], sink_received=result["sink_received"],
             cpu_us_per_pkt=r["cpu_ns"] / 1e3 / max(1, r["forwarded"]),
             syscalls_per_pkt=r["syscalls"] / max(1, r["forwarded"]),
+            sink_bytes=result["sink_bytes"],
             loss_pct=100.0 * max(0, expected - result["sink_received"]) / max(1, expected))
     finally:
         for s in ingress + egress + sinks:
             s.close()
+        for session in sessions:
+            session.close()

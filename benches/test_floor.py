@@ -9,16 +9,18 @@ from .loadsetup import run_floor_load
 
 
 @pytest.mark.parametrize("mode", ["mmsg", "io_uring"])
-@pytest.mark.parametrize("forks_per_track", [1, 2])
-def test_floor_forwards_every_packet(mode: str, forks_per_track: int) -> None:
+@pytest.mark.parametrize(("forks_per_track", "srtp"), [(1, False), (2, False), (1, True)])
+def test_floor_forwards_every_packet(mode: str, forks_per_track: int, srtp: bool) -> None:
     try:
-        r = run_floor_load(20, 1.0, mode, forks_per_track=forks_per_track)
+        r = run_floor_load(20, 1.0, mode, forks_per_track=forks_per_track, srtp=srtp)
     except OSError as exc:  # io_uring disabled by the kernel or a seccomp profile
         pytest.skip(f"{mode} cannot run here: {exc}")
     assert r.generated > 1500  # 40 streams at 50 pps for a second
     assert r.received == r.generated
     assert r.forwarded == r.generated * forks_per_track
     assert r.sink_received == r.forwarded
+    # 172-byte PCMU packets; SRTP (AES_CM_128_HMAC_SHA1_80) appends a 10-byte tag
+    assert r.sink_bytes == r.forwarded * (182 if srtp else 172)
     assert r.cpu_us_per_pkt > 0
 
 

@@ -198,8 +198,8 @@ static void floor_sleep(uint32_t tick_us)
 }
 
 static int floor_mmsg(const int *in_fds, uint32_t n_in, const int *out_fds, uint32_t nforks,
-                      const struct sockaddr_in *dests, uint32_t tick_us, uint64_t max_ns,
-                      volatile int *stop, mf_floor_result *out)
+                      const struct sockaddr_in *dests, void *const *sessions, uint32_t tick_us,
+                      uint64_t max_ns, volatile int *stop, mf_floor_result *out)
 {
     int ep = epoll_create1(EPOLL_CLOEXEC);
     if (ep < 0)
@@ -213,7 +213,7 @@ static int floor_mmsg(const int *in_fds, uint32_t n_in, const int *out_fds, uint
         }
     }
     static uint8_t rx[FLOOR_BATCH][MF_RX_BUF];
-    static uint8_t tx[FLOOR_BATCH][MF_RX_BUF];
+    static uint8_t tx[FLOOR_BATCH][MF_RX_BUF + MF_SRTP_MAX_TRAILER];
     struct mmsghdr rmsg[FLOOR_BATCH], smsg[FLOOR_BATCH];
     struct iovec riov[FLOOR_BATCH], siov[FLOOR_BATCH];
     struct epoll_event evs[1024];
@@ -251,7 +251,10 @@ static int floor_mmsg(const int *in_fds, uint32_t n_in, const int *out_fds, uint
                         /* Each fork sends its own copy, as a forwarder that
                          * rewrites headers per fork must. */
                         memcpy(tx[j], rx[j], rmsg[j].msg_len);
-                        siov[j].iov_len = rmsg[j].msg_len;
+                        int l = (int)rmsg[j].msg_len;
+                        if (sessions)
+                            mf_srtp.protect(sessions[(size_t)i * nforks + k], tx[j], &l);
+                        siov[j].iov_len = (size_t)l;
                         memset(&smsg[j].msg_hdr, 0, sizeof(smsg[j].msg_hdr));
                         smsg[j].msg_hdr.msg_iov = &siov[j];
                         smsg[j].msg_hdr.msg_iovlen = 1;
@@ -300,7 +303,7 @@ typedef struct {
 typedef struct {
     struct msghdr msg;
     struct iovec iov;
-    uint8_t buf[MF_RX_BUF];
+    uint8_t buf[MF_RX_BUF + MF_SRTP_MAX_TRAILER];
 } ur_slot;
 
 static int ur_enter(ur_ring *r, unsigned to_submit, unsigned min_complete, unsigned flags,
@@ -425,8 +428,8 @@ static int ur_arm_recv(ur_ring *r, int fd, uint32_t i, mf_floor_result *out)
 }
 
 static int floor_uring(const int *in_fds, uint32_t n_in, const int *out_fds, uint32_t nforks,
-                       const struct sockaddr_in *dests, uint32_t tick_us, uint64_t max_ns,
-                       volatile int *stop, mf_floor_result *out)
+                       const struct sockaddr_in *dests, void *const *sessions, uint32_t tick_us,
+                       uint64_t max_ns, volatile int *stop, mf_floor_result *out)
 {
     ur_ring r;
     int rc = ur_setup(&r);
@@ -529,7 +532,10 @@ static int floor_uring(const int *in_fds, uint32_t n_in, const int *out_fds, uin
                 }
                 ur_slot *sl = &slots[s];
                 memcpy(sl->buf, pkt, len);
-                sl->iov.iov_len = len;
+                int l = (int)len;
+                if (sessions)
+                    mf_srtp.protect(sessions[(size_t)i * nforks + k], sl->buf, &l);
+                sl->iov.iov_len = (size_t)l;
                 sl->msg.msg_name = (void *)&dests[(size_t)i * nforks + k];
                 sqe->opcode = IORING_OP_SENDMSG;
                 sqe->fd = out_fds[(size_t)i * nforks + k];
@@ -596,15 +602,17 @@ done:
 }
 
 int mf_bench_floor_forward(int mode, const int *in_fds, uint32_t n_in, const int *out_fds,
-                           uint32_t nforks, const struct sockaddr_in *dests, uint32_t tick_us,
-                           uint64_t max_ns, volatile int *stop, mf_floor_result *out)
+                           uint32_t nforks, const struct sockaddr_in *dests,
+                           void *const *sessions, uint32_t tick_us, uint64_t max_ns,
+                           volatile int *stop, mf_floor_result *out)
 {
     memset(out, 0, sizeof(*out));
     if (!n_in || !nforks)
         return -EINVAL;
     if (mode == MF_FLOOR_IO_URING)
-        return floor_uring(in_fds, n_in, out_fds, nforks, dests, tick_us, max_ns, stop, out);
-    return floor_mmsg(in_fds, n_in, out_fds, nforks, dests, tick_us, max_ns, stop, out);
+        return floor_uring(in_fds, n_in, out_fds, nforks, dests, sessions, tick_us, max_ns, stop,
+                           out);
+    return floor_mmsg(in_fds, n_in, out_fds, nforks, dests, sessions, tick_us, max_ns, stop, out);
 }
 
 uint64_t mf_bench_protect_spread(void *const *sessions, uint32_t nsessions, const uint8_t *pkt,

@@ -82,6 +82,8 @@ void mf_loadgen_run(mf_loadgen *g, volatile int *stop);
  *                      fork send of a tick queued as SENDMSG and submitted
  *                      with the reaping of the next tick's receives in one
  *                      io_uring_enter.
+ * `sessions` (NULL: plain RTP) gives each fork socket a libsrtp session
+ * that protects its copy, the same work as an SRTP fork.
  * Returns 0, or -errno when the backend cannot run here (io_uring disabled
  * by the kernel or a seccomp profile): the caller reports it as skipped. */
 enum { MF_FLOOR_MMSG = 0, MF_FLOOR_IO_URING = 1 };
@@ -96,7 +98,8 @@ typedef struct {
 } mf_floor_result;
 
 int mf_bench_floor_forward(int mode, const int *in_fds, uint32_t n_in, const int *out_fds,
-                           uint32_t nforks, const struct sockaddr_in *dests, uint32_t tick_us,
-                           uint64_t max_ns, volatile int *stop, mf_floor_result *out);
+                           uint32_t nforks, const struct sockaddr_in *dests,
+                           void *const *sessions, uint32_t tick_us, uint64_t max_ns,
+                           volatile int *stop, mf_floor_result *out);
 
 #endif

@@ -228,5 +228,6 @@ cdef extern from "bench.h":
         uint64_t syscalls
         uint64_t ticks
     int mf_bench_floor_forward(int mode, const int *in_fds, uint32_t n_in, const int *out_fds,
-                               uint32_t nforks, const sockaddr_in *dests, uint32_t tick_us,
-                               uint64_t max_ns, volatile int *stop, mf_floor_result *out) nogil
+                               uint32_t nforks, const sockaddr_in *dests, void *const *sessions,
+                               uint32_t tick_us, uint64_t max_ns, volatile int *stop,
+                               mf_floor_result *out) nogil

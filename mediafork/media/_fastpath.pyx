@@ -665,11 +665,12 @@ def run_loadgen(int send_fd, list dests, uint32_t pps, uint32_t payload_len, int
 
 
 def floor_forward(str mode, list in_fds, list out_fds, list dests, uint32_t tick_us,
-                  double max_seconds):
+                  double max_seconds, list sessions=None):
     """The benchmark floor (see bench.h): ``mode`` "mmsg" or "io_uring"; stream i from
     in_fds[i] copied to the len(out_fds) // len(in_fds) fork sockets
-    out_fds[i * forks + k], sending to dests[i * forks + k]. Returns a dict of counters, or
-    raises OSError when the backend cannot run here."""
+    out_fds[i * forks + k], sending to dests[i * forks + k]; ``sessions`` (one SrtpSession
+    per out fd) protects each copy. Returns a dict of counters, or raises OSError when the
+    backend cannot run here."""
     if not in_fds or len(out_fds) != len(dests) or len(out_fds) % len(in_fds):
         raise ValueError("out_fds and dests: the same non-zero multiple of len(in_fds)")
     if mode not in ("mmsg", "io_uring"):
@@ -680,13 +681,23 @@ def floor_forward(str mode, list in_fds, list out_fds, list dests, uint32_t tick
     dest_buf = _sockaddr_array(dests)
     cdef uint8_t[::1] db = dest_buf
     cdef uint32_t forks = len(out_fds) // len(in_fds)
+    if sessions is not None and len(sessions) != len(out_fds):
+        raise ValueError("one SRTP session per out fd")
+    ptrs = np.zeros(max(1, len(out_fds)), dtype=np.uintp)
+    cdef Py_ssize_t j
+    if sessions is not None:
+        for j in range(len(sessions)):
+            ptrs[j] = <uintptr_t>(<SrtpSession?>sessions[j]).ptr
+    cdef uintptr_t[::1] sp = ptrs
+    cdef void *const *csessions = <void *const *>&sp[0] if sessions is not None else NULL
     cdef mf_floor_result res
     cdef volatile int stop = 0
     cdef uint64_t max_ns = <uint64_t>(max_seconds * 1e9)
     cdef int rc
     with nogil:
         rc = mf_bench_floor_forward(cmode, &cin[0], cin.shape[0], &cout[0], forks,
-                                    <const sockaddr_in *>&db[0], tick_us, max_ns, &stop, &res)
+                                    <const sockaddr_in *>&db[0], csessions, tick_us, max_ns,
+                                    &stop, &res)
     if rc < 0:
         import os
         raise OSError(-rc, f"floor_forward({mode}): {os.strerror(-rc)}")
