@@ -31,3 +31,16 @@ def test_floor_rejects_mismatched_sockets() -> None:
         _fastpath.floor_forward("mmsg", [3, 4], [5, 6, 7], [("127.0.0.1", 9)] * 3, 200, 0.1)
     with pytest.raises(ValueError):
         _fastpath.floor_forward("epoll", [3], [5], [("127.0.0.1", 9)], 200, 0.1)
+
+
+def test_closed_srtp_session_is_refused() -> None:
+    from mediafork.engine import SrtpKey
+    from mediafork.media import _fastpath
+    from mediafork.media.srtp import outbound_session
+
+    session = outbound_session(SrtpKey.generate())
+    session.close()
+    with pytest.raises(ValueError, match="closed"):
+        _fastpath.bench_protect_spread([session], b"\x80" + bytes(171), 0, 1)
+    with pytest.raises(ValueError, match="closed"):
+        _fastpath.floor_forward("mmsg", [3], [5], [("127.0.0.1", 9)], 200, 0.1, [session])

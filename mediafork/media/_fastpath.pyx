@@ -688,6 +688,8 @@ def floor_forward(str mode, list in_fds, list out_fds, list dests, uint32_t tick
     if sessions is not None:
         for j in range(len(sessions)):
             ptrs[j] = <uintptr_t>(<SrtpSession?>sessions[j]).ptr
+            if ptrs[j] == 0:
+                raise ValueError("a closed SRTP session")
     cdef uintptr_t[::1] sp = ptrs
     cdef void *const *csessions = <void *const *>&sp[0] if sessions is not None else NULL
     cdef mf_floor_result res
@@ -715,6 +717,8 @@ def bench_protect_spread(list sessions, const uint8_t[::1] packet, uint64_t firs
     cdef Py_ssize_t i
     for i in range(len(sessions)):
         ptrs[i] = <uintptr_t>(<SrtpSession?>sessions[i]).ptr
+        if ptrs[i] == 0:
+            raise ValueError("a closed SRTP session")
     cdef uintptr_t[::1] p = ptrs
     cdef uint64_t ns
     with nogil:
