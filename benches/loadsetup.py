@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import socket
 import threading
 import time
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from mediafork.engine import Engine, SrtpKey, Track
 from mediafork.media import _fastpath
 from mediafork.media.sockets import udp_socket
+from mediafork.media.srtp import outbound_session
 
 PPS = 50
 PAYLOAD = 160  # PCMU 20 ms -> 172-byte RTP packets
@@ -185,3 +187,90 @@ def run_raw_load(calls: int, duration: float, *, shared_socket: bool = False) ->
     finally:
         for s in ingress + egress + sinks:
             s.close()
+
+
+@dataclass
+class FloorResult:
+    mode: str
+    calls: int
+    generated: int
+    received: int
+    forwarded: int
+    sink_received: int
+    cpu_us_per_pkt: float
+    """Forwarder thread CPU per forked packet (the whole loop, as for the engine's window)."""
+    syscalls_per_pkt: float
+    loss_pct: float
+    sink_bytes: int = 0
+
+
+def run_floor_load(calls: int, duration: float, mode: str = "mmsg", *, forks_per_track: int = 1,
+                   tick_us: int = 200, srtp: bool = False, forwarder_cpu: int | None = None,
+                   generator_cpu: int | None = None) -> FloorResult:
+    """The honest floor (csrc/bench.c ``mf_bench_floor_forward``): the same streams and
+    sinks as :func:`run_engine_load`, each ingress socket copied to ``forks_per_track`` fork
+    sockets of its own by the cheapest plain C loop batched by a tick (``mmsg``: epoll +
+    recvmmsg + sendmmsg; ``io_uring``: multishot recv + one submission per tick). Raises
+    OSError when the backend cannot run here (io_uring disabled). With ``srtp`` each fork
+    socket has a libsrtp session protecting its copies, as the engine's SRTP forks do
+    (the end-to-end bench's forks are SRTP). ``forwarder_cpu`` and
+    ``generator_cpu`` pin those threads (benches/vs_rtpengine.py)."""
+    sinks = _sinks(4)
+    ingress: list[socket.socket] = []
+    egress: list[socket.socket] = []
+    sessions: list = []
+    port = 20000
+    try:
+        while len(ingress) < 2 * calls:
+            with contextlib.suppress(OSError):
+                ingress.append(udp_socket("127.0.0.1", port, receive_buffer=1 << 20))
+            port += 2
+        streams = len(ingress)
+        egress = [udp_socket("127.0.0.1", 0, send_buffer=1 << 19)
+                  for _ in range(streams * forks_per_track)]
+        if srtp:
+            sessions = [outbound_session(SrtpKey.generate()) for _ in egress]
+        dests = [sinks[i % len(sinks)].getsockname() for i in range(len(egress))]
+        result: dict = {}
+        out: dict = {}
+
+        def pin(cpu: int | None) -> None:
+            if cpu is not None and (os.cpu_count() or 1) > cpu:
+                os.sched_setaffinity(0, {cpu})  # Linux: the calling thread
+
+        def forward() -> None:
+            pin(forwarder_cpu)
+            try:
+                out["r"] = _fastpath.floor_forward(mode, [s.fileno() for s in ingress],
+                                                   [s.fileno() for s in egress], dests,
+                                                   tick_us, duration + 0.3,
+                                                   sessions if srtp else None)
+            except OSError as exc:
+                out["error"] = exc
+
+        fwd = threading.Thread(target=forward)
+        fwd.start()
+        def generate() -> None:
+            pin(generator_cpu)
+            _run_generator([s.getsockname() for s in ingress], duration, sinks, result)
+
+        gen = threading.Thread(target=generate)
+        gen.start()
+        gen.join()
+        fwd.join()
+        if "error" in out:
+            raise out["error"]
+        r = out["r"]
+        expected = result["sent"] * forks_per_track
+        return FloorResult(
+            mode=mode, calls=calls, generated=result["sent"], received=r["received"],
+            forwarded=r["forwarded"], sink_received=result["sink_received"],
+            cpu_us_per_pkt=r["cpu_ns"] / 1e3 / max(1, r["forwarded"]),
+            syscalls_per_pkt=r["syscalls"] / max(1, r["forwarded"]),
+            sink_bytes=result["sink_bytes"],
+            loss_pct=100.0 * max(0, expected - result["sink_received"]) / max(1, expected))
+    finally:
+        for s in ingress + egress + sinks:
+            s.close()
+        for session in sessions:
+            session.close()

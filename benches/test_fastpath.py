@@ -12,10 +12,17 @@ from pylibsrtp import Policy, Session
 
 from mediafork.engine import Engine, SrtpKey, Track
 
-from .loadsetup import run_engine_load, run_raw_load
+from .loadsetup import run_engine_load, run_floor_load, run_raw_load
 
 PACKET = struct.pack("!BBHII", 0x80, 0, 1, 160, 0x1234) + b"\xff" * 160  # 172-byte PCMU
 N = 200_000
+
+
+def _record(benchmark, key: str, count: float) -> None:
+    """``count`` per second of the median round into extra_info (nothing is timed under
+    ``--benchmark-disable``: the smoke run only checks that the kernel runs)."""
+    if benchmark.stats is not None:
+        benchmark.extra_info[key] = count / benchmark.stats.stats.median
 
 
 def _inline_call(forks: int, secure: bool):
@@ -32,7 +39,7 @@ def test_fanout_copies(benchmark):
     try:
         benchmark.pedantic(engine._core.bench_process, args=(call._core, 0, PACKET, N),
                            rounds=7, warmup_rounds=1)
-        benchmark.extra_info["fanout_copies_per_s"] = 4 * N / benchmark.stats.stats.median
+        _record(benchmark, "fanout_copies_per_s", 4 * N)
     finally:
         engine.close()
 
@@ -44,7 +51,7 @@ def test_srtp_fork(benchmark):
     try:
         benchmark.pedantic(engine._core.bench_process, args=(call._core, 0, PACKET, N),
                            rounds=7, warmup_rounds=1)
-        benchmark.extra_info["srtp_fork_pkts_per_s"] = N / benchmark.stats.stats.median
+        _record(benchmark, "srtp_fork_pkts_per_s", N)
         # The ratio to the raw protect loop from interleaved pairs: on a shared machine
         # two separately timed medians drift apart by more than the difference measured.
         raw = outbound_session(SrtpKey.generate())
@@ -63,7 +70,7 @@ def test_raw_srtp_protect(benchmark):
 
     session = outbound_session(SrtpKey.generate())
     benchmark.pedantic(session.bench_raw_protect, args=(PACKET, N), rounds=7, warmup_rounds=1)
-    benchmark.extra_info["raw_srtp_protect_pkts_per_s"] = N / benchmark.stats.stats.median
+    _record(benchmark, "raw_srtp_protect_pkts_per_s", N)
 
 
 _python_seq = 0
@@ -87,7 +94,7 @@ def test_python_baseline(benchmark):
     key = SrtpKey.generate()
     session = Session(Policy(key=key.master, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
     benchmark.pedantic(_python_fork, args=(n, session), rounds=5, warmup_rounds=1)
-    benchmark.extra_info["python_baseline_pkts_per_s"] = n / benchmark.stats.stats.median
+    _record(benchmark, "python_baseline_pkts_per_s", n)
 
 
 def _steps() -> list[int]:
@@ -99,6 +106,8 @@ def _steps() -> list[int]:
 def test_e2e_forwarding(benchmark):
     duration = float(os.environ.get("MEDIAFORK_BENCH_SECONDS", "6"))
     steps = _steps()
+    if benchmark.disabled:  # pytest benches --benchmark-disable: a quick smoke run
+        duration, steps = 2.0, [100]
     results = {}
 
     def run():
@@ -112,19 +121,60 @@ def test_e2e_forwarding(benchmark):
     reference = int(os.environ.get("MEDIAFORK_BENCH_REFERENCE", "1000"))
     if reference not in results or not results[reference].zero_loss:
         reference = max(zero) if zero else min(results)
-    # The CPU comparison is noisy on shared machines: interleave engine and
-    # raw runs at the reference load and compare medians.
+    # The CPU comparison is noisy on shared machines: interleave engine, floor and
+    # raw runs at the reference load, and take each ratio within one repeat, so that
+    # neighbours and CPU frequency move both sides of it together.
     engine_cpu, raw_cpu, raw_loss = [results[reference].cpu_us_per_pkt], [], []
-    repeats = int(os.environ.get("MEDIAFORK_BENCH_REPEATS", "3"))
-    shared_cpu = []
+    repeats = max(3, int(os.environ.get("MEDIAFORK_BENCH_REPEATS", "3")))
+    tick_us = int(os.environ.get("MEDIAFORK_BENCH_FLOOR_TICK_US", "200"))
+    shared_cpu: list[float] = []
+    floor_cpu: dict[str, list[float]] = {"mmsg": [], "io_uring": []}
+    floor_skipped: dict[str, str] = {}
+    floor_loss: list[float] = []
+    vs_floor: list[float] = []
+    vs_raw: list[float] = []
     for i in range(repeats):
+        if i > 0:
+            engine_cpu.append(run_engine_load(reference, duration).cpu_us_per_pkt)
+        cheapest = None
+        for mode in floor_cpu:
+            if mode in floor_skipped:
+                continue
+            try:
+                # SRTP like the engine's forks here: the same work, the cheapest loop
+                floor = run_floor_load(reference, duration, mode, tick_us=tick_us, srtp=True)
+            except OSError as exc:  # io_uring disabled by the kernel or seccomp
+                floor_skipped[mode] = str(exc)
+                continue
+            floor_cpu[mode].append(floor.cpu_us_per_pkt)
+            floor_loss.append(floor.loss_pct)
+            cheapest = min(cheapest or floor.cpu_us_per_pkt, floor.cpu_us_per_pkt)
         cpu, generated, forwarded = run_raw_load(reference, duration)
         raw_cpu.append(cpu)
         raw_loss.append(100.0 * max(0, generated - forwarded) / max(1, generated))
         shared_cpu.append(run_raw_load(reference, duration, shared_socket=True)[0])
-        if i < repeats - 1:
-            engine_cpu.append(run_engine_load(reference, duration).cpu_us_per_pkt)
+        if cheapest:
+            vs_floor.append(engine_cpu[-1] / cheapest)
+        vs_raw.append(engine_cpu[-1] / cpu)
     ref = results[reference]
+    if vs_floor:
+        benchmark.extra_info.update({
+            "e2e_vs_floor": statistics.median(vs_floor),
+            "e2e_vs_floor_runs": vs_floor,
+            "e2e_vs_floor_spread": [min(vs_floor), max(vs_floor)],
+        })
+    benchmark.extra_info.update({
+        "e2e_vs_raw_paired": statistics.median(vs_raw),
+        "e2e_vs_raw_runs": vs_raw,
+        "e2e_vs_raw_spread": [min(vs_raw), max(vs_raw)],
+        "floor_tick_us": tick_us,
+        "floor_skipped": floor_skipped,
+        # a floor that lost packets is flattered by the work it did not do
+        "floor_loss_pct": max(floor_loss, default=0.0),
+        **{f"floor_{mode}_cpu_us_per_pkt": statistics.median(v)
+           for mode, v in floor_cpu.items() if v},
+        **{f"floor_{mode}_cpu_us_per_pkt_runs": v for mode, v in floor_cpu.items() if v},
+    })
     # Control operations under the same load: how long the API waits on the worker.
     probe = sorted(run_engine_load(reference, duration, probe_commands=True).command_ms or [0.0])
     benchmark.extra_info.update({
@@ -142,3 +192,31 @@ def test_e2e_forwarding(benchmark):
         "e2e_calls_zero_loss": max(zero) if zero else 0,
         "e2e_steps": {c: vars(r) for c, r in results.items()},
     })
+
+
+def test_srtp_spread(benchmark):
+    """srtp_protect over many contexts in turn, as a worker with that many SRTP forks meets
+    them (packet i on context i % k): the cost of contexts that no longer fit in cache.
+    Thread CPU time, medians of interleaved rounds."""
+    from mediafork.media import _fastpath
+    from mediafork.media.srtp import outbound_session
+
+    counts = (1, 100, 1000, 4000)
+    n = 20_000 if benchmark.disabled else 200_000
+    sets = {k: [outbound_session(SrtpKey.generate()) for _ in range(k)] for k in counts}
+    done = dict.fromkeys(counts, 0)
+    per_pkt: dict[int, list[float]] = {k: [] for k in counts}
+
+    def rounds() -> None:
+        for _ in range(5):
+            for k in counts:
+                ns = _fastpath.bench_protect_spread(sets[k], PACKET, done[k], n)
+                per_pkt[k].append(ns / n)
+                done[k] += n
+
+    benchmark.pedantic(rounds, rounds=1, iterations=1)
+    medians = {k: statistics.median(v) for k, v in per_pkt.items()}
+    benchmark.extra_info["srtp_spread_ns_per_pkt"] = medians
+    benchmark.extra_info["srtp_spread_1000_vs_1"] = medians[1000] / medians[1]
+    assert all(v > 0 for v in medians.values())
+

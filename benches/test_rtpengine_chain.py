@@ -1,7 +1,7 @@
 """The rtpengine chain bench (benches/rtpengine_chain.py) under scripts/bench: rtpengine
 relaying and forking N calls to mediafork, mediafork forking them to the recorder. Skipped
-when rtpengine is not installed. ``MEDIAFORK_BENCH_RTPENGINE_CALLS`` (500) and
-``MEDIAFORK_BENCH_RTPENGINE_SECONDS`` (20) size it; it stays under a minute."""
+when rtpengine is not installed. ``MEDIAFORK_BENCH_CHAIN_CALLS`` (500) and
+``MEDIAFORK_BENCH_CHAIN_SECONDS`` (20) size it; it stays under a minute."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from . import rtpengine_chain
 @pytest.mark.e2e
 @pytest.mark.skipif(find_rtpengine() is None, reason="rtpengine is not installed")
 def test_rtpengine_chain(benchmark):
-    calls = int(os.environ.get("MEDIAFORK_BENCH_RTPENGINE_CALLS", "500"))
-    seconds = float(os.environ.get("MEDIAFORK_BENCH_RTPENGINE_SECONDS", "20"))
+    calls = int(os.environ.get("MEDIAFORK_BENCH_CHAIN_CALLS", "500"))
+    seconds = float(os.environ.get("MEDIAFORK_BENCH_CHAIN_SECONDS", "20"))
     result: dict = {}
 
     def once() -> None:

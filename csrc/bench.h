@@ -13,6 +13,17 @@
  * protect. Returns elapsed nanoseconds. */
 uint64_t mf_bench_raw_protect(void *session, const uint8_t *pkt, uint32_t len, uint64_t n);
 
+/* srtp_protect over `nsessions` contexts in turn (packet i on session
+ * i % nsessions), as a worker with that many SRTP forks meets them: how the
+ * per-packet cost grows once the contexts no longer fit in cache.
+ * `prefetch` warms the next session's top-level context first. Packet i in
+ * [first, first + n) has sequence number i / nsessions: pass the previous
+ * call's first + n to keep every session's sequence rising (a repeated
+ * index takes libsrtp's replay-failure path instead). Returns the thread's
+ * CPU ns (not wall time: on a shared machine neighbours preempt the loop). */
+uint64_t mf_bench_protect_spread(void *const *sessions, uint32_t nsessions, const uint8_t *pkt,
+                                 uint32_t len, uint64_t first, uint64_t n, int prefetch);
+
 /* The same packets through mf_call_process into the call's forks (drain
  * mode), discarding ring contents as a consumer would. Returns elapsed ns. */
 uint64_t mf_bench_process(mf_engine *e, mf_call *c, int track, const uint8_t *pkt, uint32_t len,
@@ -56,5 +67,39 @@ typedef struct {
 } mf_loadgen;
 
 void mf_loadgen_run(mf_loadgen *g, volatile int *stop);
+
+
+/* The honest floor: the cheapest plain C forwarder over the same sockets as
+ * the end-to-end bench, batched by a tick like the engine. Ingress stream i
+ * arrives on in_fds[i] and is copied to `nforks` fork sockets
+ * out_fds[i * nforks + k], each sending to dests[i * nforks + k].
+ *   MF_FLOOR_MMSG:     sleep a tick, epoll_wait(0) for the ready sockets,
+ *                      recvmmsg each (no EAGAIN round trip: level-triggered
+ *                      readiness, a short batch means drained), one sendmmsg
+ *                      per fork socket.
+ *   MF_FLOOR_IO_URING: raw io_uring (no liburing): a multishot recv with a
+ *                      provided buffer ring on every ingress socket, every
+ *                      fork send of a tick queued as SENDMSG and submitted
+ *                      with the reaping of the next tick's receives in one
+ *                      io_uring_enter.
+ * `sessions` (NULL: plain RTP) gives each fork socket a libsrtp session
+ * that protects its copy, the same work as an SRTP fork.
+ * Returns 0, or -errno when the backend cannot run here (io_uring disabled
+ * by the kernel or a seccomp profile): the caller reports it as skipped. */
+enum { MF_FLOOR_MMSG = 0, MF_FLOOR_IO_URING = 1 };
+
+typedef struct {
+    uint64_t received;
+    uint64_t forwarded;  /* fork sends that succeeded */
+    uint64_t cpu_ns;     /* the calling thread's CPU time */
+    uint64_t wall_ns;
+    uint64_t syscalls;   /* system calls made in the loop (not counting the tick sleep) */
+    uint64_t ticks;
+} mf_floor_result;
+
+int mf_bench_floor_forward(int mode, const int *in_fds, uint32_t n_in, const int *out_fds,
+                           uint32_t nforks, const struct sockaddr_in *dests,
+                           void *const *sessions, uint32_t tick_us, uint64_t max_ns,
+                           volatile int *stop, mf_floor_result *out);
 
 #endif

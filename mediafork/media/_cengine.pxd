@@ -212,9 +212,22 @@ cdef extern from "bench.h":
         uint64_t sink_bytes
         uint64_t late_ticks
     uint64_t mf_bench_raw_protect(void *session, const uint8_t *pkt, uint32_t len, uint64_t n) nogil
+    uint64_t mf_bench_protect_spread(void *const *sessions, uint32_t nsessions, const uint8_t *pkt,
+                                     uint32_t len, uint64_t first, uint64_t n, int prefetch) nogil
     uint64_t mf_bench_process(mf_engine *e, mf_call *c, int track, const uint8_t *pkt,
                               uint32_t len, uint64_t n) nogil
     void mf_bench_raw_forward(const int *in_fds, const int *out_fds, const sockaddr_in *dests,
                               uint32_t n, uint64_t packets, uint64_t max_ns, volatile int *stop,
                               mf_raw_forward_result *out) nogil
     void mf_loadgen_run(mf_loadgen *g, volatile int *stop) nogil
+    ctypedef struct mf_floor_result:
+        uint64_t received
+        uint64_t forwarded
+        uint64_t cpu_ns
+        uint64_t wall_ns
+        uint64_t syscalls
+        uint64_t ticks
+    int mf_bench_floor_forward(int mode, const int *in_fds, uint32_t n_in, const int *out_fds,
+                               uint32_t nforks, const sockaddr_in *dests, void *const *sessions,
+                               uint32_t tick_us, uint64_t max_ns, volatile int *stop,
+                               mf_floor_result *out) nogil

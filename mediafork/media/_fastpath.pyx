@@ -662,3 +662,66 @@ def run_loadgen(int send_fd, list dests, uint32_t pps, uint32_t payload_len, int
         mf_loadgen_run(&g, &stop)
     return {"sent": g.sent, "send_errors": g.send_errors, "sink_received": g.sink_received,
             "sink_bytes": g.sink_bytes, "late_ticks": g.late_ticks}
+
+
+def floor_forward(str mode, list in_fds, list out_fds, list dests, uint32_t tick_us,
+                  double max_seconds, list sessions=None):
+    """The benchmark floor (see bench.h): ``mode`` "mmsg" or "io_uring"; stream i from
+    in_fds[i] copied to the len(out_fds) // len(in_fds) fork sockets
+    out_fds[i * forks + k], sending to dests[i * forks + k]; ``sessions`` (one SrtpSession
+    per out fd) protects each copy. Returns a dict of counters, or raises OSError when the
+    backend cannot run here."""
+    if not in_fds or len(out_fds) != len(dests) or len(out_fds) % len(in_fds):
+        raise ValueError("out_fds and dests: the same non-zero multiple of len(in_fds)")
+    if mode not in ("mmsg", "io_uring"):
+        raise ValueError("mode is 'mmsg' or 'io_uring'")
+    cdef int cmode = 1 if mode == "io_uring" else 0
+    cdef int[::1] cin = np.asarray(in_fds, dtype=np.intc)
+    cdef int[::1] cout = np.asarray(out_fds, dtype=np.intc)
+    dest_buf = _sockaddr_array(dests)
+    cdef uint8_t[::1] db = dest_buf
+    cdef uint32_t forks = len(out_fds) // len(in_fds)
+    if sessions is not None and len(sessions) != len(out_fds):
+        raise ValueError("one SRTP session per out fd")
+    ptrs = np.zeros(max(1, len(out_fds)), dtype=np.uintp)
+    cdef Py_ssize_t j
+    if sessions is not None:
+        for j in range(len(sessions)):
+            ptrs[j] = <uintptr_t>(<SrtpSession?>sessions[j]).ptr
+            if ptrs[j] == 0:
+                raise ValueError("a closed SRTP session")
+    cdef uintptr_t[::1] sp = ptrs
+    cdef void *const *csessions = <void *const *>&sp[0] if sessions is not None else NULL
+    cdef mf_floor_result res
+    cdef volatile int stop = 0
+    cdef uint64_t max_ns = <uint64_t>(max_seconds * 1e9)
+    cdef int rc
+    with nogil:
+        rc = mf_bench_floor_forward(cmode, &cin[0], cin.shape[0], &cout[0], forks,
+                                    <const sockaddr_in *>&db[0], csessions, tick_us, max_ns,
+                                    &stop, &res)
+    if rc < 0:
+        import os
+        raise OSError(-rc, f"floor_forward({mode}): {os.strerror(-rc)}")
+    return {"received": res.received, "forwarded": res.forwarded, "cpu_ns": res.cpu_ns,
+            "wall_ns": res.wall_ns, "syscalls": res.syscalls, "ticks": res.ticks}
+
+
+def bench_protect_spread(list sessions, const uint8_t[::1] packet, uint64_t first, uint64_t n,
+                         bint prefetch=False):
+    """Benchmark kernel: srtp_protect over the sessions in turn, packets first..first+n-1
+    (see bench.h). Thread CPU ns."""
+    if not sessions:
+        raise ValueError("no sessions")
+    ptrs = np.zeros(len(sessions), dtype=np.uintp)
+    cdef Py_ssize_t i
+    for i in range(len(sessions)):
+        ptrs[i] = <uintptr_t>(<SrtpSession?>sessions[i]).ptr
+        if ptrs[i] == 0:
+            raise ValueError("a closed SRTP session")
+    cdef uintptr_t[::1] p = ptrs
+    cdef uint64_t ns
+    with nogil:
+        ns = mf_bench_protect_spread(<void *const *>&p[0], p.shape[0], &packet[0],
+                                     packet.shape[0], first, n, prefetch)
+    return ns
