@@ -60,7 +60,9 @@ class MiniSrs:
                 def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
                     srs._handle(parse_message(data), addr, lambda b: srs._sendto(b, addr))
 
-            transport, _ = await loop.create_datagram_endpoint(Udp, local_addr=(self.ip, 0))
+            # ``port`` set: bind that one (a recorder coming back on its old address).
+            transport, _ = await loop.create_datagram_endpoint(
+                Udp, local_addr=(self.ip, self.port))
             self._udp = transport  # type: ignore[assignment]
             self.port = transport.get_extra_info("sockname")[1]
         else:
