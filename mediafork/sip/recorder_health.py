@@ -71,14 +71,15 @@ class RecorderHealth:
         self._states: dict[RecorderKey, _State] = {}
 
     def set_targets(self, keys: Iterable[RecorderKey], now: float) -> None:
-        """The recorders to watch (after start or a reload): new ones are probed at once,
-        gone ones forgotten, known ones keep their mark."""
+        """The recorders to watch (after start or a reload): new ones are first probed one
+        interval from now (up until then, as a recorder is before any probe), gone ones
+        forgotten, known ones keep their mark and schedule."""
         wanted = set(keys)
         for key in list(self._states):
             if key not in wanted:
                 del self._states[key]
         for key in wanted:
-            self._states.setdefault(key, _State(next_probe=now))
+            self._states.setdefault(key, _State(next_probe=now + self.config.interval))
 
     def due(self, now: float) -> list[RecorderKey]:
         """Recorders to probe now; each is marked in flight until :meth:`result`."""
