@@ -415,9 +415,11 @@ class SipRecorderLinks:
         for link in list(self._links.values()):
             self._report_end(link, LinkEvent(link.sid, "stopped"))
             self._drop(link)
-        for task in (self._health_task, *self._health_probes):
-            if task is not None:
-                task.cancel()
+        health = [t for t in (self._health_task, *self._health_probes) if t is not None]
+        for task in health:
+            task.cancel()
+        if health:  # cancelled, they end at once: released here, not by the GC
+            await asyncio.wait(health, timeout=1.0)
         for future in self._probes.values():
             future.cancel()
         senders = [t for t in self._senders if not t.done()]
