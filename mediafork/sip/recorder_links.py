@@ -95,6 +95,8 @@ _DEAD_MEDIA_ERRNOS = {
     getattr(errno, "EHOSTDOWN", 112),
 }
 _PROBE_CACHE_SECONDS = 30.0
+_MEDIA_GRACE_SECONDS = 1.0
+"""After a failover, dead-media events are ignored this long (the engine's rate limit)."""
 
 
 @dataclass
@@ -138,6 +140,8 @@ class _Link:
     and phase (reported with the ``failover`` event, or in the error if none took over)."""
     participants: tuple[str, str] | None = None
     """The call's caller and callee after update_participants (a failover's metadata)."""
+    media_grace_until: float = 0.0
+    """Dead-media events before this (loop time) are the lost recorder's late ICMP."""
 
     @property
     def sid(self) -> str:
@@ -629,6 +633,11 @@ class SipRecorderLinks:
             return
         if link.session.state is not SessionState.ESTABLISHED:
             return  # lost already: a failover is setting up, or the end is being reported
+        if self._now() < link.media_grace_until:
+            # ICMP for packets sent to the lost recorder can be reported after the new one
+            # answered; the engine repeats a real one every second (rate limit), so a dead
+            # new address is still found after this grace.
+            return
         name = errno.errorcode.get(event.value, str(event.value))
         message = (
             f"SRS media unreachable ({name} on forked stream of track {event.track.label}) "
@@ -967,6 +976,7 @@ class SipRecorderLinks:
         if link.reported:
             return
         self._apply(link, event.streams)
+        link.media_grace_until = self._now() + _MEDIA_GRACE_SECONDS
         if link.locally_paused:
             link.session.pause(self._now())  # the forks stay paused; tell the recorder
         else:
