@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import secrets
 import socket
 import xml.etree.ElementTree as ET
@@ -15,7 +16,7 @@ import pytest
 from pylibsrtp import Error as SrtpError
 
 from mediafork.daemon.metrics import link_metrics
-from mediafork.engine import Engine, Track
+from mediafork.engine import Engine, EngineEvent, Track
 from mediafork.sip.recorder_health import HealthConfig
 from mediafork.sip.recorder_links import ERR_SESSION_LOST, ERR_SETUP_FAILED
 from mediafork.sip.sdp import SUITE_80
@@ -167,6 +168,13 @@ def test_icmp_on_media_fails_over_and_byes_the_old_recorder(
         assert primary.requests("BYE")  # the lost session was hung up
         assert len({m.call_id for _, m in standby.requests("INVITE")}) == 1
         assert events.kinds() == ["started", "failover"]
+        # Late ICMP for packets sent to the lost recorder: no second failover, no error.
+        fork = call.forks[0]
+        links.handle_engine_event(EngineEvent("send_error", None, fork.id, fork.track,
+                                              errno.ECONNREFUSED, 0))
+        await asyncio.sleep(0.1)
+        assert events.kinds() == ["started", "failover"]
+        assert len({m.call_id for _, m in standby.requests("INVITE")}) == 1
         await links.close(1.0)
         await primary.close()
         await standby.close()
