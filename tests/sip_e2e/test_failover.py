@@ -319,3 +319,42 @@ def test_health_checks_mark_a_dead_primary_down_new_siprecs_skip_it_and_it_recov
 
     with caplog.at_level("INFO", logger="mediafork.sip.recorder_links"):
         run(main())
+
+
+def test_a_paused_siprec_stays_paused_across_a_failover_and_resumes_at_the_standby(
+    engine: Engine, recorders: Callable[..., Recorder]
+) -> None:
+    rec1, rec2, rec3, rec4 = (recorders() for _ in range(4))
+
+    async def main() -> None:
+        primary = await MiniSrs(media=[("127.0.0.1", rec1.port), ("127.0.0.1", rec2.port)]).start()
+        standby = await MiniSrs(media=[("127.0.0.1", rec3.port), ("127.0.0.1", rec4.port)]).start()
+        events = EventLog()
+        links = await open_links(events, **KEEPALIVE)
+        call = _new_call(engine)
+        await links.start(call, start_request(primary.uri, standby=(standby.uri,)))
+        await events.wait_for("started")
+        await links.pause(SIPREC_SID)
+        await eventually(lambda: len(primary.requests("INVITE")) >= 2)
+        await primary.close()
+        await events.wait_for("failover", timeout=5.0)
+
+        def directions() -> list[list[str]]:
+            out = []
+            for _, invite in standby.requests("INVITE"):
+                out.append([m.direction for m in sdp_of(invite).media])
+            return out
+
+        # Once up, the standby is told at once that the recording is paused...
+        await eventually(lambda: ["inactive", "inactive"] in directions())
+        await pump_media(call, Track.INBOUND, 10)
+        assert await rec3.receive(1, timeout=0.3) == []  # ...and gets no media while paused
+        await links.resume(SIPREC_SID)
+        await eventually(lambda: directions()[-1] == ["sendonly", "sendonly"])
+        got = await _pump_until(call, engine, links, rec3, 50)
+        assert len(got) == 5
+        assert events.kinds() == ["started", "failover"]
+        await links.close(1.0)
+        await standby.close()
+
+    run(main())
