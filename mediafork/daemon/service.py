@@ -141,7 +141,8 @@ class ServiceEvent:
     account_sid: str
     type: str
     """``call-registered``, ``call-updated``, ``call-ended``, or a status-callback event name
-    (``siprec-started``, ``siprec-stopped``, ``siprec-error``, ``recording-…``/``completed``…)."""
+    (``siprec-started``, ``siprec-failover``, ``siprec-stopped``, ``siprec-error``,
+    ``recording-…``/``completed``…)."""
     data: dict[str, Any]
 
 
