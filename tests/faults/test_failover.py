@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import socket
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,12 @@ def test_icmp_on_media_fails_over_to_the_standby_with_a_failover_callback(
                 assert await srs.wait(5) == 0, srs.messages()  # the lost dialog got its BYE
                 view = await st.api.siprec(call["call_sid"], sid)
                 assert view["status"] == "in-progress"
+                # A crash from now on BYEs the standby's session: its dialog replaced the lost one.
+                with contextlib.closing(sqlite3.connect(config.storage.path)) as db:
+                    (dialog,), = db.execute("SELECT dialog FROM siprec_dialogs WHERE sid = ?",
+                                            (sid,)).fetchall()
+                record = json.loads(dialog)
+                assert record["srs_uri"].endswith(f":{standby.address[1]}"), record
                 await st.api.end_call(call["call_sid"])
                 await st.receiver.wait_events(
                     sid, ["siprec-started", "siprec-failover", "siprec-stopped"])
