@@ -358,3 +358,26 @@ def test_a_paused_siprec_stays_paused_across_a_failover_and_resumes_at_the_stand
         await standby.close()
 
     run(main())
+
+
+def test_a_bye_from_the_recorder_is_not_a_loss(
+    engine: Engine, recorders: Callable[..., Recorder], sipp: Callable[..., Sipp]
+) -> None:
+    rec1, rec2 = recorders(), recorders()
+    primary = sipp("srs_bye", fill={"HOLD_MS": "300"}, keys=answer_keys(rec1, rec2, secure=False))
+
+    async def main() -> None:
+        standby = await MiniSrs().start()
+        events = EventLog()
+        links = await open_links(events)
+        await links.start(_new_call(engine), start_request(primary.uri, standby=(standby.uri,)))
+        stopped = await events.wait_for("stopped", timeout=5.0)
+        assert stopped.by_remote  # the recorder ended the recording on purpose
+        await asyncio.sleep(0.2)
+        assert events.kinds() == ["started", "stopped"]
+        assert standby.requests("INVITE") == []
+        assert await primary.wait() == 0, primary.messages()
+        await links.close(1.0)
+        await standby.close()
+
+    run(main())
