@@ -860,8 +860,11 @@ class SipRecorderLinks:
             self._health_task = asyncio.ensure_future(self._health_loop())
 
     def recorder_states(self) -> dict[tuple[str, str], bool]:
-        """(``host:port``, transport) -> up, for every health-checked recorder (metrics)."""
-        out = {}
+        """(``host:port``, transport) -> up, for every health-checked recorder (metrics);
+        empty when health checks are off (no mark to report)."""
+        out: dict[tuple[str, str], bool] = {}
+        if not self._health.config.enabled:
+            return out
         for (transport, host, port), up in self._health.states().items():
             where = f"[{host}]" if ":" in host else host
             out[(f"{where}:{port}", transport)] = up
