@@ -51,6 +51,8 @@ class Connector:
     profile: SipProfile = SipProfile()
     """The connector's ``[connectors.sip]`` table: headers, parameters as headers, metadata
     extensions, timers, SRTP suites (mediafork.sip.profile)."""
+    skip_failover_codes: tuple[int, ...] = ()
+    """Set-up answers (SIP statuses) that end the attempt without trying the standbys."""
 
 
 @dataclass(frozen=True)
@@ -95,11 +97,14 @@ class LinkEvent:
     """A recording session's state change, for status callbacks and the store."""
 
     siprec_sid: str
-    kind: Literal["started", "stopped", "error", "paused", "resumed"]
+    kind: Literal["started", "stopped", "error", "paused", "resumed", "failover"]
     """``started`` on the recorder's 2xx, ``stopped`` when it ended normally
     (our BYE, the recorder's BYE, call end), ``error`` when it failed. ``paused`` /
     ``resumed``: the control service's own pause and resume, put on the Siprec's event
-    chain so that their callbacks keep their order with the others."""
+    chain so that their callbacks keep their order with the others. ``failover`` when
+    a session lost mid-call was replaced by one with another recorder of the connector
+    (``recorder`` the new one, ``previous_recorder`` the lost one; ``error_message``,
+    ``sip_status`` and ``phase`` say why it was lost; ``dialog`` is the new session's)."""
     error_code: int | None = None
     """mediafork/Twilio error code for ``error`` (see docs/api-errors.md)."""
     error_message: str | None = None
@@ -112,6 +117,10 @@ class LinkEvent:
     """For ``error``: ``set-up``, ``established``, ``refresh`` or ``teardown``."""
     recorder: str | None = None
     """For ``error``: the recorder's SIP URI, without credentials."""
+    previous_recorder: str | None = None
+    """For ``failover``: the recorder whose session was lost, without credentials."""
+    failover_count: int | None = None
+    """For ``failover``: how many mid-call failovers this Siprec has had, this one included."""
     by_remote: bool = False
     """For ``stopped``: the recorder hung up."""
     dialog: Mapping[str, Any] | None = None

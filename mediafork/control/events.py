@@ -18,10 +18,12 @@ from .timefmt import iso8601, rfc2822
 API_VERSION = "2010-04-01"
 
 SiprecEventName = Literal["siprec-started", "siprec-stopped", "siprec-error", "siprec-paused",
-                          "siprec-resumed"]
+                          "siprec-resumed", "siprec-failover"]
 SIPREC_EVENTS: tuple[SiprecEventName, ...] = ("siprec-started", "siprec-stopped", "siprec-error",
-                                              "siprec-paused", "siprec-resumed")
-"""``siprec-paused`` / ``siprec-resumed`` are mediafork's (pause and resume are an extension)."""
+                                              "siprec-paused", "siprec-resumed",
+                                              "siprec-failover")
+"""``siprec-paused`` / ``siprec-resumed`` / ``siprec-failover`` are mediafork's (pause, resume
+and mid-call failover are extensions)."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,31 @@ class ErrorDetail:
         return out
 
 
+@dataclass(frozen=True)
+class FailoverDetail:
+    """What a ``siprec-failover`` callback says (docs/api.md): the recorder that took over,
+    the one whose session was lost (URIs without credentials), why it was lost (text, SIP
+    status when there was one, phase) and how many failovers the Siprec has had."""
+
+    recorder: str
+    previous_recorder: str
+    reason: str
+    count: int
+    sip_status: int | None = None
+    phase: str | None = None
+
+    def params(self) -> list[tuple[str, str]]:
+        out = [("SiprecRecorder", self.recorder),
+               ("SiprecPreviousRecorder", self.previous_recorder),
+               ("SiprecFailoverReason", self.reason),
+               ("SiprecFailoverCount", str(self.count))]
+        if self.sip_status is not None:
+            out.append(("SiprecFailoverSipStatus", str(self.sip_status)))
+        if self.phase:
+            out.append(("SiprecFailoverPhase", self.phase))
+        return out
+
+
 def siprec_params(
     *,
     call: CallInfo,
@@ -96,6 +123,7 @@ def siprec_params(
     error: str | None = None,
     error_code: int | None = None,
     detail: ErrorDetail | None = None,
+    failover: FailoverDetail | None = None,
 ) -> tuple[tuple[str, str], ...]:
     """Parameters of a Siprec status callback (seed 002's table plus From, To, ApiVersion).
 
@@ -120,6 +148,8 @@ def siprec_params(
         params.append(("SiprecErrorCode", str(error_code if error_code is not None else 0)))
         if detail is not None:
             params += detail.params()
+    if event == "siprec-failover" and failover is not None:
+        params += failover.params()
     return tuple(params)
 
 

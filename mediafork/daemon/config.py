@@ -14,7 +14,7 @@ Keys (ARCHITECTURE.md, "External contracts"; docs/api.md has the full list)::
     [[connectors]] account_sid, unique_name, srs, standby_srs, credentials_header,
                  credentials | credentials_env | credentials_encrypted,
                  digest_username, digest_password | digest_password_env | digest_password_encrypted,
-                 metadata_content_type,
+                 metadata_content_type, skip_failover_codes = [],
                  [connectors.sip] headers, parameters_as, parameter_header_prefix,
                  parameter_headers_max_bytes, group_name, extension_xml, session_expires,
                  keepalive_interval, setup_timeout, srtp_suites, transport_profile
@@ -23,6 +23,8 @@ Keys (ARCHITECTURE.md, "External contracts"; docs/api.md has the full list)::
     [sip]        port = 5060, start_degraded = false, max_connections, max_connections_per_peer,
                  tls_handshake_timeout = 10.0, idle_timeout = 30.0,
                  [sip.tls] ca_file, cert_file, key_file, server_cert_file, server_key_file
+                 [sip.health] interval = 30.0, timeout = 5.0, down_after = 2
+                 [sip.failover] max_failovers = 2
     [secrets]    key_file | key_env                      # Fernet key for *_encrypted values
     [control_socket] path = "…/mediafork.sock"           # optional msgpack host socket
                  max_connections, idle_timeout = 300.0
@@ -54,6 +56,7 @@ from ..control.quotas import DEFAULT_MAX_CALLS, DEFAULT_MAX_RECORDINGS, DEFAULT_
 from ..private_dirs import make_private_dir
 from ..recorder_api import Connector, Edge
 from ..sip.profile import ProfileError, SipProfile, parse_profile
+from ..sip.recorder_health import HealthConfig
 from .secret_rules import (
     ANY_SECRET,
     AUTH_TOKEN,
@@ -208,6 +211,10 @@ class SipConfig:
     tls_handshake_timeout: float = 10.0
     idle_timeout: float = 30.0
     """Seconds an inbound connection may go without a complete SIP message either way."""
+    health: HealthConfig = HealthConfig()
+    """``[sip.health]``: OPTIONS health checks of every connector's recorders."""
+    max_failovers: int = 2
+    """``[sip.failover] max_failovers``: mid-call failovers per Siprec (0: none)."""
 
 
 @dataclass(frozen=True)
@@ -716,7 +723,7 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
             "account_sid", "unique_name", "srs", "standby_srs", "credentials_header",
             "credentials", "credentials_env", "credentials_encrypted", "digest_username",
             "digest_password", "digest_password_env", "digest_password_encrypted",
-            "metadata_content_type", "sip"})
+            "metadata_content_type", "sip", "skip_failover_codes"})
         account_sid = r.get("account_sid", str, required=True)
         if account_sid not in seen_accounts:
             raise ConfigError(f"{where}.account_sid: not a configured account")
@@ -760,7 +767,8 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
             account_sid=account_sid, unique_name=unique_name, srs=srs,
             standby_srs=tuple(standby), credentials_header=header, credentials=credentials,
             digest_username=digest_user, digest_password=digest_password,
-            metadata_content_type=content_type, profile=profile))
+            metadata_content_type=content_type, profile=profile,
+            skip_failover_codes=_skip_failover_codes(r, where)))
 
     cb_r = _Reader(_table(root, "callbacks"), "callbacks",
                    {"timeout", "max_attempts", "retry_for", "backoff_max", "allow", "deny"})
@@ -784,6 +792,7 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
 
     sip_table = dict(_table(root, "sip"))
     tls_table = sip_table.pop("tls", {})
+    health, max_failovers = _sip_resilience(sip_table)
     if not isinstance(tls_table, dict):
         raise ConfigError("sip.tls: must be a table")
     sip_r = _Reader(sip_table, "sip", {"port", "start_degraded", "max_connections",
@@ -810,7 +819,8 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
                     max_connections=_cap(sip_r, "max_connections"),
                     max_connections_per_peer=_cap(sip_r, "max_connections_per_peer"),
                     tls_handshake_timeout=_seconds(sip_r, "tls_handshake_timeout", 10.0, 0.1, 60.0),
-                    idle_timeout=_seconds(sip_r, "idle_timeout", 30.0, 0.1, 60.0))
+                    idle_timeout=_seconds(sip_r, "idle_timeout", 30.0, 0.1, 60.0),
+                    health=health, max_failovers=max_failovers)
     if (sip.tls_cert_file is None) != (sip.tls_key_file is None):
         raise ConfigError("sip.tls.key_file: cert_file and key_file go together")
     if (sip.tls_server_cert_file is None) != (sip.tls_server_key_file is None):
@@ -844,6 +854,41 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
                   sip=sip, control_socket=socket_path, control_socket_limits=socket_limits,
                   media_sources=_media_sources(root), source=source, log_level=log_level,
                   clear_secrets=tuple(clear_secrets))
+
+
+def _skip_failover_codes(r: _Reader, where: str) -> tuple[int, ...]:
+    """A connector's ``skip_failover_codes``: final SIP statuses (300-699) to an INVITE that
+    end set-up without trying the standbys."""
+    codes = r.get("skip_failover_codes", list, [])
+    for j, code in enumerate(codes):
+        if isinstance(code, bool) or not isinstance(code, int) or not 300 <= code <= 699:
+            raise ConfigError(f"{where}.skip_failover_codes[{j}]: must be a SIP status "
+                              "from 300 to 699")
+    return tuple(sorted(set(codes)))
+
+
+def _sip_resilience(sip_table: dict[str, Any]) -> tuple[HealthConfig, int]:
+    """``[sip.health]`` and ``[sip.failover]`` (removed from ``sip_table``)."""
+    tables = {}
+    for name in ("health", "failover"):
+        table = sip_table.pop(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"sip.{name}: must be a table")
+        tables[name] = table
+    h_r = _Reader(tables["health"], "sip.health", {"interval", "timeout", "down_after"})
+    interval = _seconds(h_r, "interval", 30.0, 0.0, 3600.0)
+    if 0 < interval < 0.1:
+        raise ConfigError("sip.health.interval: must be 0 (off) or at least 0.1 seconds")
+    down_after = h_r.get("down_after", int, 2)
+    if not 1 <= down_after <= 100:
+        raise ConfigError("sip.health.down_after: must be between 1 and 100")
+    health = HealthConfig(interval=interval, timeout=_seconds(h_r, "timeout", 5.0, 0.1, 60.0),
+                          down_after=down_after)
+    f_r = _Reader(tables["failover"], "sip.failover", {"max_failovers"})
+    max_failovers = f_r.get("max_failovers", int, 2)
+    if not 0 <= max_failovers <= 10:
+        raise ConfigError("sip.failover.max_failovers: must be between 0 and 10")
+    return health, max_failovers
 
 
 def _media_sources(root: Mapping[str, Any]) -> tuple[MediaSourceConfig, ...]:

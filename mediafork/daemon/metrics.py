@@ -208,6 +208,13 @@ def link_metrics(links: object) -> Callable[[], Iterable[Metric]]:
         for name, up in sorted(links.edge_states().items()):  # type: ignore[attr-defined]
             edges.add_metric([name], 1 if up else 0)
         yield edges
+        recorders = GaugeMetricFamily(
+            "mediafork_recorder_up", "1 while the recorder answers OPTIONS health checks, 0 "
+            "once it is marked down ([sip.health]); per recorder address, no credentials.",
+            labels=["recorder", "transport"])
+        for (where, transport), up in sorted(links.recorder_states().items()):  # type: ignore[attr-defined]
+            recorders.add_metric([where, transport], 1 if up else 0)
+        yield recorders
         yield from without_created(links.setup_seconds.collect())  # type: ignore[attr-defined]
         lost = GaugeMetricFamily(
             "mediafork_recorder_packets_lost", "Packets the recorders report lost (RTCP "

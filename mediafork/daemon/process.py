@@ -140,8 +140,10 @@ class Daemon:
             listener_options={"admission": self.admissions["sip"],
                               "idle_timeout": sip.idle_timeout,
                               "tls_handshake_timeout": sip.tls_handshake_timeout},
+            health=sip.health, max_failovers=sip.max_failovers,
         )
         await self.links.open()  # bind SIP on every edge now: bind errors surface at start
+        self.links.watch_recorders(config.connectors)  # OPTIONS health checks ([sip.health])
         unusable = self.links.unusable_edges()
         if unusable and not sip.start_degraded:
             # A SIP port held by a colocated PBX would otherwise look healthy while no
@@ -359,6 +361,7 @@ class Daemon:
                 generated_token_file=running.generated_token_file)
             systemd.notify("RELOADING=1\nSTATUS=reloading the configuration")
             await self.links.update_edges(new.edges)
+            self.links.watch_recorders(new.connectors)
             self.service.apply_config(new)
             self.service.outbox.dispatcher.egress = new.callbacks.egress_policy()
             self.config = new

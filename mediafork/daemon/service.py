@@ -45,7 +45,7 @@ from ..control import errors
 from ..control.call_event_form import parse_call_event
 from ..control.codecs import codec_json, parse_codec
 from ..control.errors import ApiError
-from ..control.events import CallInfo, ErrorDetail, siprec_params
+from ..control.events import CallInfo, ErrorDetail, FailoverDetail, siprec_params
 from ..control.forms import (
     DEFAULT_CONNECTOR,
     RecordingRequest,
@@ -143,8 +143,8 @@ class ServiceEvent:
     account_sid: str
     type: str
     """``call-registered``, ``call-updated``, ``call-ended``, or a status-callback event name
-    (``siprec-started``, ``siprec-stopped``, ``siprec-error``, ``siprec-paused``,
-    ``siprec-resumed``, ``recording-…``/``completed``…)."""
+    (``siprec-started``, ``siprec-failover``, ``siprec-stopped``, ``siprec-error``,
+    ``siprec-paused``, ``siprec-resumed``, ``recording-…``/``completed``…)."""
     data: dict[str, Any]
 
 
@@ -1168,6 +1168,9 @@ class ControlService:
             if record is not None:
                 await self._emit(record, self._call_info(state), "siprec-started")
             return
+        if event.kind == "failover":
+            await self._failed_over(state, event)
+            return
         state.final_sent = True
         if event.kind == "stopped":
             record = await self.store.set_siprec_status(state.sid, "stopped")
@@ -1191,6 +1194,21 @@ class ControlService:
         if live is not None:
             await self._release_source(live)  # the last one: rtpengine stops forking
 
+    async def _failed_over(self, state: _Siprec, event: LinkEvent) -> None:
+        """Another recorder took over a lost session: keep its dialog (a crash BYEs that
+        one now) and send ``siprec-failover``; the Siprec stays in progress."""
+        if event.dialog is not None:
+            await self.store.save_siprec_dialog(state.sid, json.dumps(event.dialog))
+        record = await self.store.get_siprec(state.account_sid, state.call_sid, state.sid)
+        if record is not None:
+            await self._emit(record, self._call_info(state), "siprec-failover",
+                             failover=FailoverDetail(
+                                 recorder=event.recorder or "",
+                                 previous_recorder=event.previous_recorder or "",
+                                 reason=event.error_message or "recording session lost",
+                                 count=event.failover_count or 1,
+                                 sip_status=event.sip_status, phase=event.phase))
+
     def _call_info(self, state: _Siprec) -> CallInfo:
         live = self._calls.get(state.call_sid)
         handle = live.handle if live is not None else None
@@ -1199,10 +1217,12 @@ class ControlService:
 
     async def _emit(self, record: SiprecRecord, call: CallInfo, event: str, *,
                     error: str | None = None, error_code: int | None = None,
-                    detail: ErrorDetail | None = None) -> None:
+                    detail: ErrorDetail | None = None,
+                    failover: FailoverDetail | None = None) -> None:
         params = siprec_params(call=call, siprec_sid=record.sid, siprec_name=record.name,
                                event=event, timestamp=utcnow(),  # type: ignore[arg-type]
-                               error=error, error_code=error_code, detail=detail)
+                               error=error, error_code=error_code, detail=detail,
+                               failover=failover)
         await self.outbox.emit(resource_sid=record.sid, account_sid=record.account_sid,
                                event=event, url=record.status_callback,
                                method=record.status_callback_method,  # type: ignore[arg-type]

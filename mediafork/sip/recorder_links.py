@@ -42,6 +42,7 @@ from .call_events import CallEvent, CallEventError
 from .dialog import build_response
 from .errors import SipParseError
 from .message import Message, Request, Response
+from .recorder_health import HealthConfig, RecorderHealth, RecorderKey
 from .sdp import Codec
 from .session import (
     Destination,
@@ -95,6 +96,8 @@ _DEAD_MEDIA_ERRNOS = {
     getattr(errno, "EHOSTDOWN", 112),
 }
 _PROBE_CACHE_SECONDS = 30.0
+_MEDIA_GRACE_SECONDS = 1.0
+"""After a failover, dead-media events are ignored this long (the engine's rate limit)."""
 
 
 @dataclass
@@ -127,6 +130,19 @@ class _Link:
     started: bool = False
     created: float = field(default_factory=time.monotonic)
     """When start() took the request: the set-up time runs from here to the 2xx."""
+    targets: tuple[str, ...] = ()
+    """The connector's recorders (clean URIs, primary first): mid-call failover targets."""
+    transport: str | None = None
+    """The signalling transport start() chose for the connector (None: from each URI)."""
+    failovers: int = 0
+    """Mid-call failovers so far (bounded by ``max_failovers``)."""
+    failover_from: tuple[str, str, int | None, str] | None = None
+    """While a failover session is being set up: the lost recorder, why, its SIP status
+    and phase (reported with the ``failover`` event, or in the error if none took over)."""
+    participants: tuple[str, str] | None = None
+    """The call's caller and callee after update_participants (a failover's metadata)."""
+    media_grace_until: float = 0.0
+    """Dead-media events before this (loop time) are the lost recorder's late ICMP."""
 
     @property
     def sid(self) -> str:
@@ -199,6 +215,8 @@ class SipRecorderLinks:
         connect_timeout: float = 5.0,
         user_agent: str = "mediafork",
         listener_options: Mapping[str, Any] | None = None,
+        health: HealthConfig | None = None,
+        max_failovers: int = 2,
     ) -> None:
         """``edges``: named local addresses (none: one edge ``default`` on
         ``default_address``). ``sip_port``: the SIP port on every edge address (UDP and
@@ -208,8 +226,10 @@ class SipRecorderLinks:
         Contact of TLS dialogs names; without it that Contact names the TCP listener.
         ``listener_options`` bound the
         inbound TCP/TLS listener (``admission``, ``idle_timeout``, ``tls_handshake_timeout``
-        of :class:`~mediafork.sip.transport.SipTransport`). The other arguments tune every
-        session (see :class:`~mediafork.sip.session.SessionConfig`)."""
+        of :class:`~mediafork.sip.transport.SipTransport`). ``health``: OPTIONS health
+        checks of the recorders named by :meth:`watch_recorders`; ``max_failovers``: mid-call
+        failovers per Siprec (0: none). The other arguments tune every session (see
+        :class:`~mediafork.sip.session.SessionConfig`)."""
         self._sink = sink
         self._response_counts: dict[str, int] = {}
         self._edges: dict[str, Edge] = {e.name: e for e in edges} or {
@@ -247,6 +267,11 @@ class SipRecorderLinks:
         self._warned: set[tuple[str, str]] = set()
         self._senders: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._health = RecorderHealth(health or HealthConfig())
+        self._health_targets: dict[RecorderKey, tuple[Connector, str, str | None, str | None]] = {}
+        self._health_task: asyncio.Task[None] | None = None
+        self._health_probes: set[asyncio.Task[None]] = set()
+        self._max_failovers = max_failovers
         # Not registered anywhere: the daemon's collector yields it with the other metrics,
         # so several links (tests, embedders) can live in one process.
         self.setup_seconds = Histogram(
@@ -398,6 +423,11 @@ class SipRecorderLinks:
         for link in list(self._links.values()):
             self._report_end(link, LinkEvent(link.sid, "stopped"))
             self._drop(link)
+        health = [t for t in (self._health_task, *self._health_probes) if t is not None]
+        for task in health:
+            task.cancel()
+        if health:  # cancelled, they end at once: released here, not by the GC
+            await asyncio.wait(health, timeout=1.0)
         for future in self._probes.values():
             future.cancel()
         senders = [t for t in self._senders if not t.done()]
@@ -428,6 +458,9 @@ class SipRecorderLinks:
                 self._warn_clear_keys(connector, explicit)
             elif explicit is None:
                 transport = "tls"  # secure media needs secure signalling: SDES keys are in it
+        targets = (srs, *standbys)
+        ordered = self._by_health(targets, transport)  # a down-marked primary goes last
+        srs, standbys = ordered[0], tuple(ordered[1:])
         edge = await self._choose_edge(edge_name, connector, srs, transport)
         port = self._ports[edge.name]
         streams = self._create_forks(call, request, edge, secure, connector.profile.srtp_suites)
@@ -442,7 +475,8 @@ class SipRecorderLinks:
             raise LinkError(
                 f"connector {connector.unique_name} cannot be used: {exc}", ERR_BAD_CONNECTOR_URI
             ) from None
-        link = _Link(request, edge, RecordingSession(config), {s.label: s for s in streams})
+        link = _Link(request, edge, RecordingSession(config), {s.label: s for s in streams},
+                     targets=targets, transport=transport)
         self._register(link)
         link.log.info(
             "Siprec %s: recording session to %s from edge %s (%s)",
@@ -548,6 +582,7 @@ class SipRecorderLinks:
             setup_timeout=profile.setup_timeout or self._setup_timeout,
             user_agent=self._user_agent,
             roster=request.roster,
+            skip_failover_codes=frozenset(connector.skip_failover_codes),
         )
 
     @staticmethod
@@ -597,6 +632,7 @@ class SipRecorderLinks:
         """Send partial metadata (re-INVITE) to every live session of the call."""
         for link in list(self._links.values()):
             if link.request.call_sid == call_sid and not link.reported:
+                link.participants = (caller, callee)
                 link.session.update_participants(
                     self._now(), _participant(caller), _participant(callee)
                 )
@@ -634,11 +670,21 @@ class SipRecorderLinks:
             return
         if event.value not in _DEAD_MEDIA_ERRNOS:
             return
+        if link.session.state is not SessionState.ESTABLISHED:
+            return  # lost already: a failover is setting up, or the end is being reported
+        if self._now() < link.media_grace_until:
+            # ICMP for packets sent to the lost recorder can be reported after the new one
+            # answered; the engine repeats a real one every second (rate limit), so a dead
+            # new address is still found after this grace.
+            return
         name = errno.errorcode.get(event.value, str(event.value))
         message = (
             f"SRS media unreachable ({name} on forked stream of track {event.track.label}) "
             f"during established phase, SRS {_safe_uri(link.session.srs_uri)}"
         )
+        if self._fail_over(link, message, None, "established"):
+            self._drive(link)
+            return
         link.log.warning("Siprec %s: %s", link.sid, message)
         self._report_end(link, LinkEvent(link.sid, "error", ERR_MEDIA_UNREACHABLE, message,
                                          phase="established",
@@ -776,12 +822,17 @@ class SipRecorderLinks:
     async def _probe(
         self, edge: Edge, connector: Connector, srs: str, transport: str | None
     ) -> float | None:
+        answer = await self._options(edge, connector, srs, transport, self._probe_timeout)
+        return answer[0] if answer is not None else None
+
+    async def _options(
+        self, edge: Edge, connector: Connector, srs: str, transport: str | None, timeout: float
+    ) -> tuple[float, Response] | None:
+        """One out-of-dialog OPTIONS from ``edge``: (round-trip, final answer), or None when
+        none came within ``timeout`` or the transport failed."""
         uri = SipUri.parse(srs)
-        kind = uri.transport or ("tls" if uri.scheme == "sips" else transport or "udp")
-        host = uri.param("maddr") or uri.host
-        destination = Destination(
-            host.strip("[]"), uri.port or (5061 if kind == "tls" else 5060), kind
-        )
+        destination = _destination(uri, transport)
+        kind = destination.transport
         port = self._ports[edge.name]
         address = f"[{edge.address}]" if ":" in edge.address else edge.address
         call_id = f"{secrets.token_hex(12)}@{edge.address}"
@@ -804,7 +855,7 @@ class SipRecorderLinks:
         self._probes[call_id] = future
         started = self._now()
         try:
-            deadline = started + self._probe_timeout
+            deadline = started + timeout
             interval = self._timers.t1
             while not future.done() and self._now() < deadline:
                 await self.transport.send(data, destination, edge.address)
@@ -816,7 +867,7 @@ class SipRecorderLinks:
                     )
                 interval *= 2
             if future.done() and not future.cancelled():
-                return self._now() - started
+                return self._now() - started, future.result()
             return None
         except TransportError as exc:
             log.debug("OPTIONS from edge %s failed: %s", edge.name, exc.reason)
@@ -855,6 +906,176 @@ class SipRecorderLinks:
             with contextlib.suppress(Exception):
                 stream.fork.close()
 
+    # --- recorder health (OPTIONS) ------------------------------------------------------------
+
+    def watch_recorders(self, connectors: Iterable[Connector]) -> None:
+        """Health-check every distinct recorder (SRS and standbys) of ``connectors`` from now
+        on (call at start and after a reload; see :mod:`.recorder_health`). Each recorder is
+        probed from its connector's edge (else the default or first usable one), with the
+        connector's credentials header, over the transport a session to it would use."""
+        targets: dict[RecorderKey, tuple[Connector, str, str | None, str | None]] = {}
+        for connector in connectors:
+            try:
+                srs, secure, edge, standbys = self._parse_connector(connector)
+            except LinkError:
+                continue  # the config check refuses such a connector; never probe it
+            transport = _signalling_transport(srs, secure)
+            for uri in (srs, *standbys):
+                targets.setdefault(_recorder_key(uri, transport), (connector, uri, transport, edge))
+        self._health_targets = targets
+        self._health.set_targets(targets, self._now())
+        if self._health.config.enabled and targets and self._health_task is None \
+                and not self._closed:
+            self._health_task = asyncio.ensure_future(self._health_loop())
+
+    def recorder_states(self) -> dict[tuple[str, str], bool]:
+        """(``host:port``, transport) -> up, for every health-checked recorder (metrics);
+        empty when health checks are off (no mark to report)."""
+        out: dict[tuple[str, str], bool] = {}
+        if not self._health.config.enabled:
+            return out
+        for (transport, host, port), up in self._health.states().items():
+            where = f"[{host}]" if ":" in host else host
+            out[(f"{where}:{port}", transport)] = up
+        return out
+
+    def _by_health(self, uris: Sequence[str], transport: str | None) -> list[str]:
+        return self._health.order(list(uris), [_recorder_key(u, transport) for u in uris])
+
+    async def _health_loop(self) -> None:
+        """Start the probes that are due; one in flight per recorder (RecorderHealth.due)."""
+        while not self._closed:
+            now = self._now()
+            for key in self._health.due(now):
+                task = asyncio.ensure_future(self._health_probe(key))
+                self._health_probes.add(task)
+                task.add_done_callback(self._health_probes.discard)
+            deadline = self._health.next_deadline()
+            wait = 1.0 if deadline is None else deadline - self._now()
+            await asyncio.sleep(min(max(wait, 0.01), 1.0))  # wakes for reloaded targets too
+
+    async def _health_probe(self, key: RecorderKey) -> None:
+        status: int | None = None
+        try:
+            target = self._health_targets.get(key)
+            edge = self._probe_edge(target[3]) if target is not None else None
+            if target is not None and edge is not None:
+                connector, uri, transport, _ = target
+                answer = await self._options(edge, connector, uri, transport,
+                                             self._health.config.timeout)
+                status = answer[1].status if answer is not None else None
+        except Exception:
+            log.exception("OPTIONS health check of %s:%s failed", key[1], key[2])
+        finally:
+            changed = self._health.result(key, status, self._now())
+        where = f"{key[1]}:{key[2]} ({key[0]})"
+        if changed is False:
+            log.warning("recorder %s is down: %d health checks in a row failed (last: %s); "
+                        "new Siprecs try it last", where, self._health.config.down_after,
+                        f"SIP {status}" if status is not None else "no answer")
+        elif changed is True:
+            log.info("recorder %s is up again (SIP %s to OPTIONS)", where, status)
+
+    def _probe_edge(self, name: str | None) -> Edge | None:
+        """The edge a health check leaves from: the connector's, else the default, else the
+        first usable one (no round-trip race: a probe is not a session)."""
+        usable = [e for e in self._edges.values() if e.name not in self._unusable]
+        for edge in usable:
+            if edge.name == name:
+                return edge
+        if name is not None:
+            return None
+        return next((e for e in usable if e.default), usable[0] if usable else None)
+
+    # --- mid-call failover --------------------------------------------------------------------
+
+    def _fail_over(self, link: _Link, cause: str, status: int | None, phase: str) -> bool:
+        """The established session is lost: start one with the connector's other recorders
+        (up ones first, in the connector's order; one pass, the session's own set-up
+        failover). The forks stay; they get fresh SRTP keys and send nothing until the new
+        recorder answered. False when there is nothing to fail over to (report the error)."""
+        if link.stop_requested or link.reported or not link.targets:
+            return False
+        old = link.session
+        lost = old.srs_uri
+        if link.failovers >= self._max_failovers:
+            link.log.warning("Siprec %s: recording session with %s lost; no failover "
+                             "(max_failovers = %d reached)", link.sid, _safe_uri(lost),
+                             self._max_failovers)
+            return False
+        candidates = self._by_health([u for u in link.targets if u != lost], link.transport)
+        if not candidates:
+            return False
+        now = self._now()
+        # The old dialog: a best-effort BYE (the session queued one when it failed), and no
+        # more routing of its Call-ID to this link: stray requests get 481 from the links.
+        if old.state is SessionState.ESTABLISHED:
+            old.stop(now, "recorder lost")
+        for out in old.messages_to_send():
+            link.outbox.put_nowait(out)
+        if self._by_call_id.get(old.call_id) is link:
+            del self._by_call_id[old.call_id]
+        link.call_ids.discard(old.call_id)
+        for stream in link.streams.values():
+            if stream.keys:  # secure: new keys for every offered suite, never the lost ones
+                stream.keys = {s: SrtpKey.generate(SrtpProfile(s)) for s in stream.keys}
+                stream.applied = (None, None)  # _apply_keys installs them on the answer
+            self._fork_call(link, lambda fork=stream.fork: fork.clear_destination(wait=False))
+        request = link.request
+        config = old.config
+        caller, callee = link.participants or (request.caller, request.callee)
+        config = dataclasses.replace(
+            config, srs_uri=candidates[0], standby_uris=tuple(candidates[1:]),
+            streams=self._forked_streams(list(link.streams.values()), config.streams[0].codec),
+            caller=_participant(caller), callee=_participant(callee),
+            roster=request.roster, metadata_seed=old.metadata_seed)
+        link.session = RecordingSession(config)
+        link.failovers += 1
+        link.failover_from = (lost, cause, status, phase)
+        link.remotely_paused = False
+        link.log.warning("Siprec %s: recording session with %s lost (%s); failing over to %s "
+                         "(failover %d of at most %d)", link.sid, _safe_uri(lost), _short(cause),
+                         _safe_uri(candidates[0]), link.failovers, self._max_failovers)
+        link.session.start(now, old.start_time)
+        return True
+
+    def _failed_over(self, link: _Link, event: ev.Established) -> None:
+        """The failover session is up: media to the new recorder, the ``failover`` event."""
+        assert link.failover_from is not None
+        lost, cause, status, phase = link.failover_from
+        link.failover_from = None
+        if link.reported:
+            return
+        self._apply(link, event.streams)
+        link.media_grace_until = self._now() + _MEDIA_GRACE_SECONDS
+        if link.locally_paused:
+            link.session.pause(self._now())  # the forks stay paused; tell the recorder
+        else:
+            for stream in link.streams.values():
+                self._fork_call(link, lambda fork=stream.fork: fork.resume(wait=False))
+        record = link.session.dialog_record()
+        if record is not None:
+            record["edge"] = link.edge.name
+        link.log.info("Siprec %s: recording continues with %s after losing %s", link.sid,
+                      _safe_uri(event.srs_uri), _safe_uri(lost))
+        self._emit(LinkEvent(link.sid, "failover", error_message=cause, sip_status=status,
+                             phase=phase, recorder=_safe_uri(event.srs_uri),
+                             previous_recorder=_safe_uri(lost),
+                             failover_count=link.failovers, dialog=record))
+
+    def _failover_failed(self, link: _Link, event: ev.Failed) -> None:
+        """No other recorder took the lost session over: the one ``siprec-error``."""
+        assert link.failover_from is not None
+        lost, cause, _, phase = link.failover_from
+        link.failover_from = None
+        message = (f"{_short(cause, 240)}; failover failed: "
+                   f"{self._failure_message(link, event)}")
+        link.log.warning("Siprec %s: %s", link.sid, message)
+        self._report_end(link, LinkEvent(
+            link.sid, "error", ERR_SESSION_LOST, message, sip_status=event.status,
+            reason_header=event.reason_header, phase=phase,
+            recorder=_safe_uri(link.session.srs_uri), previous_recorder=_safe_uri(lost)))
+
     # --- driving sessions -------------------------------------------------------------------
 
     def _now(self) -> float:
@@ -862,8 +1083,8 @@ class SipRecorderLinks:
 
     def _drive(self, link: _Link) -> None:
         """Move the session's output to the sender, act on its events, re-arm its timer."""
-        session = link.session
         for _ in range(100):  # handlers may call back into the session; bounded
+            session = link.session  # a mid-call failover swaps it
             progressed = False
             for out in session.messages_to_send():
                 link.outbox.put_nowait(out)
@@ -882,7 +1103,7 @@ class SipRecorderLinks:
         if link.timer is not None:
             link.timer.cancel()
             link.timer = None
-        deadline = session.get_timer()
+        deadline = link.session.get_timer()
         if deadline is not None:
             loop = asyncio.get_running_loop()
             link.timer = loop.call_at(deadline, self._on_timer, link, deadline)
@@ -964,6 +1185,9 @@ class SipRecorderLinks:
 
     def _on_event(self, link: _Link, event: ev.SessionEvent) -> None:
         if isinstance(event, ev.Established):
+            if link.failover_from is not None:
+                self._failed_over(link, event)
+                return
             link.started = True
             if not link.reported:
                 self._apply(link, event.streams)
@@ -1019,6 +1243,12 @@ class SipRecorderLinks:
         elif isinstance(event, ev.Failed):
             if link.stop_requested:
                 self._report_end(link, LinkEvent(link.sid, "stopped"))
+            elif link.failover_from is not None:
+                self._failover_failed(link, event)
+            elif event.phase != "setup" and self._fail_over(
+                    link, self._failure_message(link, event), event.status,
+                    _PHASES.get(event.phase, "established")):
+                pass  # a new session with the next recorder is being set up
             else:
                 code = ERR_SETUP_FAILED if event.phase == "setup" else ERR_SESSION_LOST
                 message = self._failure_message(link, event)
@@ -1189,6 +1419,25 @@ class SipRecorderLinks:
             self._sink(event)
         except Exception:
             log.exception("link event sink failed for Siprec %s", event.siprec_sid)
+
+
+def _destination(uri: SipUri, transport: str | None) -> Destination:
+    """Where a request to ``uri`` goes, as a session would send it (``transport``: the
+    connector's, None = from the URI)."""
+    kind = uri.transport or ("tls" if uri.scheme == "sips" else transport or "udp")
+    host = uri.param("maddr") or uri.host
+    return Destination(host.strip("[]"), uri.port or (5061 if kind == "tls" else 5060), kind)
+
+
+def _recorder_key(uri: str, transport: str | None) -> RecorderKey:
+    destination = _destination(SipUri.parse(uri), transport)
+    return destination.transport, destination.host, destination.port
+
+
+def _signalling_transport(srs: str, secure: bool) -> str | None:
+    """Secure media needs secure signalling (SDES keys are in it): TLS unless the URI names
+    a transport; else None (from each URI)."""
+    return "tls" if secure and SipUri.parse(srs).transport is None else None
 
 
 def _is_ip(host: str) -> bool:

@@ -178,6 +178,13 @@ class SessionConfig:
     roster: Roster | None = None
     """The call's participants and held tracks when the host already reported call events
     (its caller/callee are then ``caller``/``callee``); None: just those two."""
+    skip_failover_codes: frozenset[int] = frozenset()
+    """Final statuses to the INVITE that end set-up at once, without trying the next
+    standby (the connector's ``skip_failover_codes``)."""
+    metadata_seed: str | None = None
+    """The metadata identifiers' seed; None: derived from ``call_id`` and this session.
+    A mid-call failover passes the lost session's, so that the new recorder gets the same
+    recording-session, group, participant and stream identifiers (RFC 7865 §6)."""
 
     def __post_init__(self) -> None:
         labels = [s.label for s in self.streams]
@@ -577,7 +584,17 @@ class RecordingSession:
     @property
     def _seed(self) -> str:
         # Stable across failover and re-INVITEs: identifiers in partial metadata must match.
-        return f"{self.config.call_id}/{self._sdp_id}"
+        return self.config.metadata_seed or f"{self.config.call_id}/{self._sdp_id}"
+
+    @property
+    def metadata_seed(self) -> str:
+        """The seed of this session's metadata identifiers (for a mid-call failover)."""
+        return self._seed
+
+    @property
+    def start_time(self) -> datetime | None:
+        """The metadata's start time (``start()``'s wallclock), None before start."""
+        return self._start_time
 
     def _multipart(self, sdp: bytes, metadata: bytes) -> tuple[str, bytes]:
         sdp_headers = Headers([("Content-Type", "application/sdp")])
@@ -1154,7 +1171,8 @@ class RecordingSession:
     ) -> None:
         self._invite = None
         self._timers.pop("setup", None)
-        if self._target_index + 1 < len(self._targets):
+        skip = status is not None and status in self.config.skip_failover_codes
+        if self._target_index + 1 < len(self._targets) and not skip:
             failed = self.srs_uri
             self._target_index += 1
             self._events.append(ev.FailingOver(failed, self.srs_uri, status, reason))

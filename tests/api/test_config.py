@@ -157,3 +157,40 @@ def test_default_config_generates_a_private_token_once(tmp_path: Path) -> None:
     again = default_config(tmp_path / "data")
     assert again.generated_token_file is None and again.accounts == first.accounts
     assert account.auth_token not in repr(first)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["connectors"][0].update(skip_failover_codes=[403, 200]),
+     "connectors[0].skip_failover_codes[1]: must be a SIP status from 300 to 699"),
+    (lambda d: d["connectors"][0].update(skip_failover_codes=[True]),
+     "connectors[0].skip_failover_codes[0]"),
+    (lambda d: d["connectors"][0].update(skip_failover_codes="403"),
+     "connectors[0].skip_failover_codes: must be"),
+    (lambda d: d.update(sip={"health": {"interval": -1}}), "sip.health.interval"),
+    (lambda d: d.update(sip={"health": {"interval": 0.01}}), "sip.health.interval: must be 0"),
+    (lambda d: d.update(sip={"health": {"timeout": 0}}), "sip.health.timeout"),
+    (lambda d: d.update(sip={"health": {"down_after": 0}}), "sip.health.down_after"),
+    (lambda d: d.update(sip={"health": {"often": 1}}), "sip.health.often: unknown key"),
+    (lambda d: d.update(sip={"health": 5}), "sip.health: must be a table"),
+    (lambda d: d.update(sip={"failover": {"max_failovers": 11}}), "sip.failover.max_failovers"),
+])
+def test_resilience_keys_are_checked(mutate, message: str) -> None:  # type: ignore[no-untyped-def]
+    doc = base()
+    mutate(doc)
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc)
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_resilience_keys_and_their_defaults() -> None:
+    config = parse_config(base())
+    assert config.connectors[0].skip_failover_codes == ()
+    assert (config.sip.health.interval, config.sip.health.timeout,
+            config.sip.health.down_after, config.sip.max_failovers) == (30.0, 5.0, 2, 2)
+    doc = base(sip={"health": {"interval": 0, "timeout": 2, "down_after": 3},
+                    "failover": {"max_failovers": 0}})
+    doc["connectors"][0]["skip_failover_codes"] = [404, 403, 404]  # type: ignore[index]
+    config = parse_config(doc)
+    assert config.connectors[0].skip_failover_codes == (403, 404)
+    assert not config.sip.health.enabled and config.sip.health.down_after == 3
+    assert config.sip.max_failovers == 0

@@ -12,6 +12,7 @@ from mediafork.control import errors
 from mediafork.control.errors import ApiError
 from mediafork.control.events import (
     CallInfo,
+    FailoverDetail,
     recording_params,
     recording_url,
     siprec_params,
@@ -103,6 +104,23 @@ def test_siprec_error_params_and_unnamed_siprec():
     paused = dict(siprec_params(call=CALL, siprec_sid="SR" + "c" * 32, siprec_name="x",
                                 event="siprec-paused", timestamp=T, error="ignored"))
     assert paused["SiprecEvent"] == "siprec-paused" and "SiprecError" not in paused
+
+
+def test_siprec_failover_params():
+    detail = FailoverDetail(recorder="sip:b@192.0.2.2", previous_recorder="sip:a@192.0.2.1",
+                            reason="recording session lost: SIP 408", count=1, sip_status=408,
+                            phase="established")
+    params = siprec_params(call=CALL, siprec_sid="SR" + "c" * 32, siprec_name="x",
+                           event="siprec-failover", timestamp=T, failover=detail)
+    tail = dict(params[9:])
+    assert dict(params)["SiprecEvent"] == "siprec-failover"
+    assert tail == {"SiprecRecorder": "sip:b@192.0.2.2", "SiprecPreviousRecorder": "sip:a@192.0.2.1",
+                    "SiprecFailoverReason": "recording session lost: SIP 408",
+                    "SiprecFailoverCount": "1", "SiprecFailoverSipStatus": "408",
+                    "SiprecFailoverPhase": "established"}
+    # No status for an ICMP loss: the field is left out, never empty.
+    bare = dict(FailoverDetail("r", "p", "media unreachable", 2).params())
+    assert "SiprecFailoverSipStatus" not in bare and "SiprecFailoverPhase" not in bare
 
 
 def test_recording_params():

@@ -31,9 +31,11 @@ from .harness import (
 DASHBOARD = TREE / "docs" / "grafana" / "mediafork-dashboard.json"
 # Every label the exporter may use: engine-level dimensions only, never a call or fork.
 # "connector" and "edge" are bounded by the config file; "listener" is api, sip, srs or
-# control_socket; "le" is a histogram's bucket; build_info's labels are constant.
+# control_socket; "le" is a histogram's bucket; build_info's labels are constant;
+# "recorder" (host:port) and "transport" name a connector's recorder, bounded by the config.
 ALLOWED_LABELS = {"state", "reason", "class", "outcome", "status", "worker", "connector",
-                  "edge", "le", "version", "python", "pylibsrtp", "listener"}
+                  "edge", "le", "version", "python", "pylibsrtp", "listener", "recorder",
+                  "transport"}
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

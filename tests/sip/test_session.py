@@ -155,6 +155,31 @@ def test_failure_then_standby() -> None:
     assert primary.requests("INVITE")[0].call_id != standby.requests("INVITE")[0].call_id
 
 
+@pytest.mark.parametrize("codes", [frozenset({403}), frozenset()])
+def test_skip_failover_codes_end_setup_without_the_standby(codes: frozenset[int]) -> None:
+    primary = FakeSrs("198.51.100.7", invite_script=[403])
+    standby = FakeSrs("198.51.100.8")
+    cfg = config(standby_uris=("sip:rec@198.51.100.8",), skip_failover_codes=codes)
+    wire = started(cfg, a=primary, b=standby)
+    if codes:
+        (failed,) = wire.of(ev.Failed)
+        assert failed.status == 403 and failed.phase == "setup"
+        assert standby.requests("INVITE") == [] and wire.of(ev.FailingOver) == []
+    else:
+        assert len(wire.of(ev.Established)) == 1 and len(standby.requests("INVITE")) == 1
+
+
+def test_metadata_seed_keeps_the_identifiers_of_another_session() -> None:
+    srs1, srs2, srs3 = (FakeSrs("198.51.100.7") for _ in range(3))
+    first = started(config(), a=srs1)
+    started(config(metadata_seed=first.session.metadata_seed), a=srs2)
+    started(config(), a=srs3)  # the control: another session, other identifiers
+    one, two, other = (parse_metadata(metadata_of(s.requests("INVITE")[0])[1])
+                       for s in (srs1, srs2, srs3))
+    assert one.session_ids and one.session_ids == two.session_ids
+    assert other.session_ids != one.session_ids
+
+
 def test_timeout_tries_each_standby_then_fails_with_408() -> None:
     silent = [FakeSrs(f"198.51.100.{i}", invite_script=[None]) for i in (7, 8, 9)]
     cfg = config(standby_uris=("sip:rec@198.51.100.8", "sip:rec@198.51.100.9"))

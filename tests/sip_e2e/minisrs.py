@@ -37,6 +37,8 @@ class MiniSrs:
     tls: ssl.SSLContext | None = None
     options_delay: dict[str, float] = field(default_factory=dict)
     answer_bye: bool = True
+    mute: bool = False
+    """Receive (and record) everything, answer nothing: a hung recorder."""
     received: list[tuple[tuple[str, int], Message]] = field(default_factory=list)
     port: int = 0
     _udp: asyncio.DatagramTransport | None = None
@@ -83,7 +85,7 @@ class MiniSrs:
 
     def _handle(self, message: Message, source: tuple[str, int], send: object) -> None:
         self.received.append((source, message))
-        if not isinstance(message, Request) or message.method == "ACK":
+        if self.mute or not isinstance(message, Request) or message.method == "ACK":
             return
         reply = send  # type: ignore[assignment]
         if message.method == "OPTIONS":
