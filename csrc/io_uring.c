@@ -52,6 +52,7 @@
 #define BUF_SIZE 2304          /* recvmsg_out + sockaddr_storage + 2048 payload */
 #define BGID 7
 #define FULL_WAKE 512          /* completions in one wake that count as a backlog */
+#define MAX_WAKE 4096          /* completions handed over per wake: commands wait no longer */
 #define CTL_BUF 2048
 #define RX_PER_WAKE 32         /* per socket, as one recvmmsg batch of the epoll path */
 
@@ -522,6 +523,10 @@ static int reap(mf_io *io, int *full)
         int op = (int)(u & 0xff);
         uint32_t gen = (uint32_t)(u >> 8) & 0xffffff;
         int fd = (int)(u >> 32);
+        if (served >= MAX_WAKE) {
+            *full = 1;
+            break;
+        }
         if (op == OP_RECV && over_budget(io, cqe, fd, gen)) {
             io->regs[fd].nwake--; /* not handed over: it counts in the next wake */
             *full = 1;
