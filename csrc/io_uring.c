@@ -279,9 +279,10 @@ static int probe_ok(mf_io *io, char *why, size_t why_len)
     return 1;
 }
 
-static void *map_anon(size_t len)
+static void *map_anon(size_t len, int populate)
 {
-    return mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    return mmap(NULL, len, PROT_READ | PROT_WRITE,
+                MAP_PRIVATE | MAP_ANONYMOUS | (populate ? MAP_POPULATE : 0), -1, 0);
 }
 
 static mf_io *ur_create(const mf_io_handler *h, void *ctx, char *why, size_t why_len)
@@ -346,9 +347,9 @@ static mf_io *ur_create(const mf_io_handler *h, void *ctx, char *why, size_t why
 
     /* provided-buffer ring */
     io->br_len = BUF_COUNT * sizeof(struct io_uring_buf);
-    io->br = map_anon(io->br_len);
+    io->br = map_anon(io->br_len, 1);
     io->bufs_len = (size_t)BUF_COUNT * BUF_SIZE;
-    io->bufs = map_anon(io->bufs_len);
+    io->bufs = map_anon(io->bufs_len, 1);
     if ((void *)io->br == MAP_FAILED || (void *)io->bufs == MAP_FAILED) {
         snprintf(why, why_len, "mmap of the receive buffers: %s", strerror(errno));
         goto fail;
@@ -375,7 +376,8 @@ static mf_io *ur_create(const mf_io_handler *h, void *ctx, char *why, size_t why
     if (n > (1u << 20))
         n = 1u << 20;
     io->nregs = (uint32_t)n;
-    io->regs = map_anon((size_t)io->nregs * sizeof(reg_entry));
+    /* not populated: only the pages of descriptors in use are ever touched */
+    io->regs = map_anon((size_t)io->nregs * sizeof(reg_entry), 0);
     if ((void *)io->regs == MAP_FAILED) {
         io->regs = NULL;
         snprintf(why, why_len, "mmap of the registration table: %s", strerror(errno));

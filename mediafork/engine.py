@@ -51,7 +51,7 @@ MAX_FORKS_PER_CALL = 4
 IO_BACKENDS = ("auto", "io_uring", "epoll")
 # A wake handles what became ready during the last tick (see docs/dataplane.md,
 # "I/O backends", for the measurement behind the default).
-DEFAULT_TICK = 0.0002
+DEFAULT_TICK = 0.0
 MAX_TICK = 0.001  # well under the 5 ms of added latency a recorder tolerates
 log = logging.getLogger(__name__)
 _FORK_ACTIVE, _FORK_PAUSED = 0, 1

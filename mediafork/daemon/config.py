@@ -140,7 +140,7 @@ class MediaConfig:
     io: str = "auto"
     """The media I/O backend: "auto" (io_uring where the kernel allows it, else epoll),
     "io_uring" (fail to start without it) or "epoll"."""
-    tick_us: int = 200
+    tick_us: int = 0
     """Microseconds a media worker lets pass between two wakes, so one wake serves every
     socket that became ready meanwhile (0: wake per readiness; at most 1000)."""
     port_reserve: int | None = None
@@ -667,7 +667,7 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
     io = media_r.get("io", str, "auto")
     if io not in ("auto", "io_uring", "epoll"):
         raise ConfigError('media.io: must be "auto", "io_uring" or "epoll"')
-    tick_us = media_r.get("tick_us", int, 200)
+    tick_us = media_r.get("tick_us", int, 0)
     if not 0 <= tick_us <= 1000:
         raise ConfigError("media.tick_us: must be between 0 and 1000 microseconds")
     media = dataclasses.replace(media, io=io, tick_us=tick_us)
