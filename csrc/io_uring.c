@@ -368,9 +368,10 @@ static mf_io *ur_create(const mf_io_handler *h, void *ctx, char *why, size_t why
     __atomic_store_n(&io->br->tail, io->br_tail, __ATOMIC_RELEASE);
     io->recv_msg.msg_namelen = sizeof(struct sockaddr_storage);
 
-    /* registrations by descriptor: as many as this process may open */
+    /* registrations by descriptor: as many as this process may ever open (the hard
+     * limit: the soft one may be raised later), capped; untouched pages cost nothing */
     struct rlimit rl;
-    rlim_t n = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 65536;
+    rlim_t n = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_max : 65536;
     if (n < 1024 || n == RLIM_INFINITY)
         n = n < 1024 ? 1024 : (1u << 20);
     if (n > (1u << 20))
