@@ -1,8 +1,10 @@
-/* Engine tables, command/event queues and the per-packet path. The socket
- * loop is in worker.c. */
+/* Engine tables, command/event queues and the per-packet path: what the I/O
+ * backend (io.h) reads is handed here, what the forks queue is handed back
+ * to it. worker.c only runs and paces the thread. */
 #include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -21,40 +23,76 @@ static void ring_slots_init_fail_cleanup(mf_ring *r)
         mf_ring_destroy(r);
 }
 
-mf_engine *mf_engine_new(const mf_engine_config *cfg)
+static const mf_io_handler engine_io_handler; /* below: the per-packet entry points */
+
+/* Picks the backend: the one asked for, or io_uring when it works and epoll
+ * otherwise (auto), remembering why io_uring was not taken. */
+static int open_io(mf_engine *e, char *why, size_t why_len)
+{
+    char reason[sizeof(e->io_why)] = "";
+    if (e->cfg.io_mode != MF_IO_MODE_EPOLL) {
+        e->io = mf_io_uring.create(&engine_io_handler, e, reason, sizeof(reason));
+        if (e->io) {
+            e->io_ops = &mf_io_uring;
+            return 0;
+        }
+        if (e->cfg.io_mode == MF_IO_MODE_URING) {
+            snprintf(why, why_len, "io_uring: %s", reason);
+            return -1;
+        }
+        snprintf(e->io_why, sizeof(e->io_why), "%s", reason);
+    }
+    e->io = mf_io_epoll.create(&engine_io_handler, e, reason, sizeof(reason));
+    if (!e->io) {
+        snprintf(why, why_len, "epoll: %s", reason);
+        return -1;
+    }
+    e->io_ops = &mf_io_epoll;
+    return 0;
+}
+
+mf_engine *mf_engine_new_ex(const mf_engine_config *cfg, char *why, size_t why_len)
 {
     mf_engine *e = mf_aligned_alloc(64, sizeof(*e));
-    if (!e)
+    if (!e) {
+        snprintf(why, why_len, "out of memory");
         return NULL;
+    }
     memset(e, 0, sizeof(*e));
     e->cfg = *cfg;
     if (e->cfg.max_packet < 64)
         e->cfg.max_packet = 64;
     if (e->cfg.max_packet > MF_RX_BUF)
         e->cfg.max_packet = MF_RX_BUF;
-    e->epfd = epoll_create1(EPOLL_CLOEXEC);
     e->cmd_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     e->evt_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (e->epfd < 0 || e->cmd_efd < 0 || e->evt_efd < 0)
+    snprintf(why, why_len, "cannot create eventfds or rings");
+    if (e->cmd_efd < 0 || e->evt_efd < 0)
         goto fail;
     if (mf_ring_init(&e->cmds, 256, sizeof(mf_cmd)) ||
         mf_ring_init(&e->push, cfg->push_ring_slots, e->cfg.max_packet) ||
         mf_ring_init(&e->events, cfg->event_ring_slots, sizeof(mf_event)))
+        goto fail;
+    if (open_io(e, why, why_len) != 0)
         goto fail;
     pthread_mutex_init(&e->submit_lock, NULL);
     pthread_mutex_init(&e->done_lock, NULL);
     pthread_cond_init(&e->done_cond, NULL);
     e->cmd_src.kind = MF_SRC_CMD;
     e->cmd_src.owner = e;
-    mf_worker_register(e, e->cmd_efd, &e->cmd_src, EPOLLIN);
-    for (int i = 0; i < MF_RX_BATCH; i++) {
-        e->rx_iov[i].iov_base = e->rx_buf[i];
-        e->rx_iov[i].iov_len = MF_RX_BUF;
+    e->cmd_src.reg.fd = e->cmd_efd;
+    e->cmd_src.reg.kind = MF_IO_NOTIFY;
+    if (e->io_ops->add(e->io, &e->cmd_src.reg) != 0) {
+        snprintf(why, why_len, "%s: cannot watch the command eventfd", e->io_ops->name);
+        e->io_ops->destroy(e->io);
+        pthread_mutex_destroy(&e->submit_lock);
+        pthread_mutex_destroy(&e->done_lock);
+        pthread_cond_destroy(&e->done_cond);
+        goto fail;
     }
+    why[0] = 0;
     return e;
 fail:
-    if (e->epfd >= 0)
-        close(e->epfd);
     if (e->cmd_efd >= 0)
         close(e->cmd_efd);
     if (e->evt_efd >= 0)
@@ -66,11 +104,22 @@ fail:
     return NULL;
 }
 
+mf_engine *mf_engine_new(const mf_engine_config *cfg)
+{
+    char why[160];
+    return mf_engine_new_ex(cfg, why, sizeof(why));
+}
+
+const char *mf_engine_io_name(const mf_engine *e)
+{
+    return e->io_ops->name;
+}
+
 void mf_engine_free(mf_engine *e)
 {
     if (!e)
         return;
-    close(e->epfd);
+    e->io_ops->destroy(e->io);
     close(e->cmd_efd);
     close(e->evt_efd);
     mf_ring_destroy(&e->cmds);
@@ -163,6 +212,10 @@ mf_fork *mf_fork_new(uint64_t id, uint8_t track, uint32_t ssrc, uint16_t seq_bas
     mf_note_sockets((fd >= 0) + (rtcp_fd >= 0)); /* the fork owns them from here on */
     f->src.kind = MF_SRC_EGRESS;
     f->src.owner = f;
+    f->src.reg.fd = fd;
+    f->src.reg.kind = MF_IO_CONTROL;
+    f->rtcp_src.reg.fd = rtcp_fd;
+    f->rtcp_src.reg.kind = MF_IO_CONTROL;
     f->rtcp_src.kind = MF_SRC_EGRESS;
     f->rtcp_src.track = 1; /* marks the RTCP socket */
     f->rtcp_src.owner = f;
@@ -429,6 +482,348 @@ void mf_fork_queue_sr(mf_engine *e, mf_fork *f, uint64_t now_ns)
     MF_CTR_ADD(f->ctr.rtcp_sent, 1);
 }
 
+/* ---- the I/O handler: what the backend hands us ------------------------ */
+
+#define MF_TIMER_PERIOD_NS 50000000ull /* RTCP and no-media checks */
+#define MF_ERROR_EVENT_GAP_NS 1000000000ull
+
+/* The compare every packet pays: the configured or latched sender's address, and
+ * its port unless only an address was configured. */
+static inline int source_matches(const mf_track *t, const struct sockaddr_storage *from)
+{
+    if (from->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const void *)from, *b = (const void *)&t->source;
+        return b->sin_family == AF_INET && a->sin_addr.s_addr == b->sin_addr.s_addr &&
+               (t->source_filter == MF_SOURCE_ADDRESS || a->sin_port == b->sin_port);
+    }
+    if (from->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const void *)from, *b = (const void *)&t->source;
+        return b->sin6_family == AF_INET6 &&
+               memcmp(&a->sin6_addr, &b->sin6_addr, sizeof(a->sin6_addr)) == 0 &&
+               (t->source_filter == MF_SOURCE_ADDRESS || a->sin6_port == b->sin6_port);
+    }
+    return 0;
+}
+
+/* Off the hot path: a sender that is not the latched one. It becomes the source
+ * when the track is still learning, or when the latched sender has been silent
+ * for relatch_ns, and only with valid RTP: RTCP, garbage or a truncated datagram
+ * never latches (so a stranger cannot claim a port with junk). While learning,
+ * what does not latch still goes on to be counted as malformed or RTCP. */
+static MF_NOINLINE int try_latch(mf_track *t, const struct sockaddr_storage *from,
+                                 const uint8_t *pkt, size_t len, int truncated, uint64_t now)
+{
+    if (t->source_filter == MF_SOURCE_LATCHED && now < t->last_activity_ns + t->relatch_ns)
+        return 0; /* last_activity_ns: the latched sender's last packet */
+    mf_rtp_info info;
+    if (truncated || mf_rtp_parse(pkt, len, &info) != MF_RTP_OK)
+        return t->source_filter == MF_SOURCE_LEARNING;
+    memcpy(&t->source, from, sizeof(t->source));
+    t->source_filter = MF_SOURCE_LATCHED;
+    MF_CTR_ADD(t->ctr.source_latches, 1);
+    return 1;
+}
+
+static inline int source_accepted(mf_track *t, const struct sockaddr_storage *from,
+                                  const uint8_t *pkt, size_t len, int truncated, uint64_t now)
+{
+    if (t->source_filter == MF_SOURCE_ANY || MF_LIKELY(source_matches(t, from)))
+        return 1;
+    if (t->source_filter >= MF_SOURCE_LEARNING)
+        return try_latch(t, from, pkt, len, truncated, now);
+    return 0;
+}
+
+/* RTP and RTCP errors are told apart: a recorder without an RTCP port (ICMP
+ * for our sender reports) still records, while ICMP for RTP means its media
+ * address is dead. Each kind is rate-limited to one event per second. */
+static void report_send_error(mf_engine *e, mf_fork *f, int err, uint64_t now_ns, int rtcp)
+{
+    uint64_t *last = rtcp ? &f->last_rtcp_error_event_ns : &f->last_error_event_ns;
+    if (rtcp)
+        MF_CTR_ADD(f->ctr.rtcp_send_errors, 1);
+    else
+        MF_CTR_ADD(f->ctr.send_errors, 1);
+    if (now_ns - *last >= MF_ERROR_EVENT_GAP_NS || *last == 0) {
+        *last = now_ns;
+        mf_emit_event(e, rtcp ? MF_EV_RTCP_SEND_ERROR : MF_EV_SEND_ERROR, f->call->id, f->id,
+                      f->track, err, now_ns);
+    }
+}
+
+static void on_ingress(mf_engine *e, mf_call *c, int track, const mf_io_msg *m, uint32_t n,
+                       uint64_t now)
+{
+    mf_track *t = &c->tracks[track];
+    for (uint32_t i = 0; i < n; i++) {
+        int truncated = (m[i].flags & MF_IO_TRUNC) != 0;
+        if (MF_UNLIKELY(!source_accepted(t, m[i].from, m[i].data, m[i].len, truncated, now))) {
+            MF_CTR_ADD(t->ctr.source_rejected, 1);
+            continue;
+        }
+        if (MF_UNLIKELY(truncated)) {
+            MF_CTR_ADD(t->ctr.received, 1);
+            MF_CTR_ADD(t->ctr.malformed, 1);
+            continue;
+        }
+        mf_call_process(e, c, track, m[i].data, m[i].len, now);
+    }
+}
+
+/* What a recorder sends to a fork's sockets: receiver reports (maybe SRTCP). */
+static void on_rtcp(mf_engine *e, mf_fork *f, const mf_io_msg *m, uint64_t now)
+{
+    uint8_t buf[MF_RX_BUF];
+    if (m->len > sizeof(buf) || (m->flags & MF_IO_TRUNC) || !mf_is_rtcp(m->data, m->len))
+        return; /* a recorder has no media to send us; ignore */
+    memcpy(buf, m->data, m->len); /* unprotect works in place */
+    int len = (int)m->len;
+    if (f->srtp_rx && mf_srtp.unprotect_rtcp(f->srtp_rx, buf, &len) != 0) {
+        MF_CTR_ADD(f->ctr.rtcp_bad, 1);
+        return;
+    }
+    if (!f->srtp_rx && f->srtp_tx && len > 0) {
+        /* secure fork without the recorder's key: we cannot authenticate
+         * its SRTCP, so we do not trust the report */
+        MF_CTR_ADD(f->ctr.rtcp_bad, 1);
+        return;
+    }
+    mf_rtcp_report_block rb;
+    mf_rtcp_status st = mf_rtcp_find_report(buf, (size_t)len, f->ssrc, &rb);
+    if (st == MF_RTCP_MALFORMED) {
+        MF_CTR_ADD(f->ctr.rtcp_bad, 1);
+        return;
+    }
+    MF_CTR_ADD(f->ctr.rtcp_received, 1);
+    if (st == MF_RTCP_FOUND) {
+        int first = MF_CTR_GET(f->ctr.rr_last_ns) == 0;
+        MF_CTR_SET(f->ctr.rr_fraction_lost, rb.fraction_lost);
+        MF_CTR_SET(f->ctr.rr_cumulative_lost, rb.cumulative_lost);
+        MF_CTR_SET(f->ctr.rr_jitter, rb.jitter);
+        MF_CTR_SET(f->ctr.rr_highest_seq, rb.highest_seq);
+        MF_CTR_SET(f->ctr.rr_last_ns, now);
+        if (first)
+            mf_emit_event(e, MF_EV_RTCP_REPORT, f->call->id, f->id, f->track, 0, now);
+    }
+}
+
+static void io_recv(void *ctx, mf_io_reg *reg, const mf_io_msg *msgs, uint32_t n, uint64_t now)
+{
+    mf_engine *e = ctx;
+    mf_pollsrc *src = (mf_pollsrc *)reg;
+    if (src->kind == MF_SRC_INGRESS) {
+        mf_call *c = src->owner;
+        if (c->linked)
+            on_ingress(e, c, src->track, msgs, n, now);
+    } else if (src->kind == MF_SRC_EGRESS) {
+        mf_fork *f = src->owner;
+        if (!f->linked)
+            return;
+        for (uint32_t i = 0; i < n; i++)
+            on_rtcp(e, f, &msgs[i], now);
+    }
+}
+
+static void io_error(void *ctx, mf_io_reg *reg, int err, uint64_t now)
+{
+    mf_pollsrc *src = (mf_pollsrc *)reg;
+    if (src->kind != MF_SRC_EGRESS)
+        return; /* an ingress socket's error (nothing sent from it): nothing to report */
+    mf_fork *f = src->owner;
+    if (f->linked)
+        report_send_error(ctx, f, err, now, src->track);
+}
+
+static void io_notify(void *ctx, mf_io_reg *reg)
+{
+    (void)reg;
+    ((mf_engine *)ctx)->cmd_signalled = 1;
+}
+
+static void mark_dirty(mf_engine *e, mf_fork *f);
+
+/* One result per packet queued from this fork's ring, in ring order. */
+static void io_sent(void *ctx, mf_io_reg *reg, int result, uint64_t now)
+{
+    mf_engine *e = ctx;
+    mf_fork *f = ((mf_pollsrc *)reg)->owner;
+    f->tx_inflight--;
+    if (f->tx_blocked)
+        return; /* after a push-back nothing later was sent: it stays queued */
+    if (result >= 0) {
+        MF_CTR_ADD(f->ctr.sent, 1);
+        mf_ring_release(&f->ring, 1);
+    } else if (result == -EAGAIN || result == -EWOULDBLOCK || result == -ENOBUFS ||
+               result == -ECANCELED) {
+        f->tx_blocked = 1; /* kernel buffer full: keep them queued, retry next loop */
+        mark_dirty(e, f);
+    } else {
+        report_send_error(e, f, -result, now, 0);
+        mf_ring_release(&f->ring, 1); /* drop the packet that failed */
+    }
+}
+
+static const mf_io_handler engine_io_handler = {
+    .recv = io_recv,
+    .error = io_error,
+    .notify = io_notify,
+    .sent = io_sent,
+};
+
+/* ---- sending ---------------------------------------------------------- */
+
+/* Hands what one fork has queued to the backend, flushing the backend's batch
+ * when it fills (the results release ring slots, so re-read the ring after). */
+static void queue_fork(mf_engine *e, mf_fork *f, uint64_t now_ns)
+{
+    if (!f->has_dest) {
+        /* destination withdrawn: not loss to the recorder */
+        uint64_t avail = mf_ring_available(&f->ring) - f->tx_inflight;
+        MF_CTR_ADD(f->ctr.skipped, avail);
+        mf_ring_release(&f->ring, avail);
+        return;
+    }
+    int flushed = 0;
+    while (!f->tx_blocked) {
+        uint64_t avail = mf_ring_available(&f->ring);
+        if (f->tx_inflight >= avail)
+            return;
+        mf_slot *s = mf_ring_peek(&f->ring, f->tx_inflight);
+        if (e->io_ops->send(e->io, &f->src.reg, s->data, s->len) == 0) {
+            f->tx_inflight++;
+            continue;
+        }
+        if (f->tx_inflight == 0 && flushed)
+            return; /* refused with an empty batch: cannot happen, but never spin */
+        e->io_ops->send_flush(e->io, now_ns); /* batch full: results release slots */
+        flushed = 1;
+    }
+}
+
+static void fork_flush_now(mf_engine *e, mf_fork *f, uint64_t now_ns)
+{
+    if (f->fd < 0)
+        return;
+    f->tx_blocked = 0;
+    queue_fork(e, f, now_ns);
+    e->io_ops->send_flush(e->io, now_ns);
+}
+
+/* Every send of the loop: queued across all forks, submitted together. */
+void mf_engine_flush(mf_engine *e, uint64_t now_ns)
+{
+    mf_fork *f = e->dirty;
+    e->dirty = NULL;
+    while (f) {
+        mf_fork *next = f->next_dirty;
+        f->dirty = 0;
+        f->next_dirty = NULL;
+        f->tx_blocked = 0;
+        queue_fork(e, f, now_ns);
+        f = next;
+    }
+    e->io_ops->send_flush(e->io, now_ns);
+}
+
+static void send_sr(mf_engine *e, mf_fork *f, uint64_t now)
+{
+    if (f->fd < 0) {
+        mf_fork_queue_sr(e, f, now);
+        return;
+    }
+    uint8_t buf[512];
+    size_t n = mf_fork_build_sr(f, buf, sizeof(buf), now);
+    if (!n)
+        return;
+    const struct sockaddr_storage *to = f->rtcp_dest_len ? &f->rtcp_dest : &f->dest;
+    socklen_t to_len = f->rtcp_dest_len ? f->rtcp_dest_len : f->dest_len;
+    int use_rtp = f->rtcp_fd < 0;
+    /* The RTP socket is connected: an SR for another address must use the
+     * RTCP socket, or go unsent when there is none. */
+    if (use_rtp && memcmp(to, &f->dest, to_len) != 0)
+        return;
+    mf_io_reg *reg = use_rtp ? &f->src.reg : &f->rtcp_src.reg;
+    int rc = e->io_ops->send_now(e->io, reg, buf, (uint32_t)n,
+                                 use_rtp ? NULL : (const struct sockaddr *)to, use_rtp ? 0 : to_len);
+    if (rc < 0) {
+        if (rc != -EAGAIN && rc != -EWOULDBLOCK)
+            report_send_error(e, f, -rc, now, !use_rtp);
+        return;
+    }
+    MF_CTR_ADD(f->ctr.rtcp_sent, 1);
+}
+
+static uint64_t splitmix(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static void run_timers(mf_engine *e, uint64_t now)
+{
+    static __thread uint64_t rng = 0x5eed;
+    for (mf_call *c = e->calls; c; c = c->next) {
+        for (int i = 0; i < c->nforks; i++) {
+            mf_fork *f = c->forks[i];
+            if (!f->started || !f->rtcp_interval_ns || now < f->next_sr_ns)
+                continue;
+            if (f->fd >= 0 && !f->has_dest)
+                continue;
+            send_sr(e, f, now);
+            /* RFC 3550 6.3.1: randomise to [0.5, 1.5] x interval */
+            f->next_sr_ns = now + f->rtcp_interval_ns / 2 + splitmix(&rng) % f->rtcp_interval_ns;
+        }
+        if (!c->no_media_ns)
+            continue;
+        for (int t = 0; t < MF_TRACKS; t++) {
+            mf_track *tr = &c->tracks[t];
+            uint64_t idle = now - tr->last_activity_ns;
+            if (!tr->no_media_reported && idle >= c->no_media_ns) {
+                tr->no_media_reported = 1;
+                mf_emit_event(e, MF_EV_NO_MEDIA, c->id, 0, (uint32_t)t, (int64_t)(idle / 1000000), now);
+            } else if (tr->no_media_reported && idle < c->no_media_ns) {
+                tr->no_media_reported = 0;
+                mf_emit_event(e, MF_EV_MEDIA_RESUMED, c->id, 0, (uint32_t)t, 0, now);
+            }
+        }
+    }
+}
+
+/* One loop iteration: the worker thread calls it forever (worker.c paces it),
+ * an unstarted (embedded) engine's owner may call it from its own thread.
+ * Commands are applied only after the backend's batch was handed over in
+ * full: a remove may free calls and forks that batch pointed to. */
+void mf_engine_iterate(mf_engine *e, int max_wait_ms)
+{
+    int full = 0;
+    int timeout = e->dirty ? 1 : max_wait_ms; /* pushed-back sends: retry soon */
+    int n = e->io_ops->wait(e->io, timeout, &full);
+    uint64_t t0 = mf_now_ns();
+    e->last_wake_ns = t0;
+    e->last_ready = n > 0 ? (uint32_t)n : 0;
+    e->last_full = full;
+    if (e->cmd_signalled || mf_ring_available(&e->cmds) || mf_ring_available(&e->push)) {
+        e->cmd_signalled = 0;
+        mf_engine_apply_commands(e);
+    }
+    uint64_t now = mf_now_ns();
+    mf_engine_flush(e, now);
+    if (now >= e->next_timer_ns) {
+        run_timers(e, now);
+        e->next_timer_ns = now + MF_TIMER_PERIOD_NS;
+    }
+    if (e->events_pending) {
+        e->events_pending = 0;
+        uint64_t one = 1;
+        ssize_t w = write(e->evt_efd, &one, sizeof(one));
+        (void)w;
+    }
+    MF_CTR_ADD(e->ctr.loops, 1);
+    MF_CTR_ADD(e->ctr.busy_ns, mf_now_ns() - t0);
+}
+
 /* ---- commands ----------------------------------------------------------- */
 
 static void unlink_dirty(mf_engine *e, mf_fork *f)
@@ -452,7 +847,7 @@ static void detach_fork(mf_engine *e, mf_fork *f)
         return;
     /* Packets already protected and queued still go out: removal must not
      * look like loss (best effort: a full kernel buffer drops the rest). */
-    mf_fork_flush(e, f, mf_now_ns());
+    fork_flush_now(e, f, mf_now_ns());
     for (int i = 0; i < c->nforks; i++) {
         if (c->forks[i] == f) {
             c->forks[i] = c->forks[--c->nforks];
@@ -461,9 +856,9 @@ static void detach_fork(mf_engine *e, mf_fork *f)
         }
     }
     if (f->fd >= 0)
-        mf_worker_unregister(e, f->fd);
+        e->io_ops->del(e->io, &f->src.reg);
     if (f->rtcp_fd >= 0)
-        mf_worker_unregister(e, f->rtcp_fd);
+        e->io_ops->del(e->io, &f->rtcp_src.reg);
     unlink_dirty(e, f);
     f->linked = 0;
     MF_CTR_ADD(e->ctr.forks, -1);
@@ -483,8 +878,11 @@ static void apply_command(mf_engine *e, mf_cmd *cmd)
         e->calls = c;
         for (int t = 0; t < MF_TRACKS; t++) {
             c->tracks[t].last_activity_ns = mf_now_ns();
-            if (c->tracks[t].fd >= 0)
-                mf_worker_register(e, c->tracks[t].fd, &c->tracks[t].src, EPOLLIN);
+            if (c->tracks[t].fd >= 0) {
+                c->tracks[t].src.reg.fd = c->tracks[t].fd;
+                c->tracks[t].src.reg.kind = MF_IO_INGRESS;
+                e->io_ops->add(e->io, &c->tracks[t].src.reg);
+            }
         }
         c->no_media_ns = (uint64_t)cmd->arg * 1000000ull;
         MF_CTR_ADD(e->ctr.calls, 1);
@@ -496,7 +894,7 @@ static void apply_command(mf_engine *e, mf_cmd *cmd)
             detach_fork(e, c->forks[0]);
         for (int t = 0; t < MF_TRACKS; t++)
             if (c->tracks[t].fd >= 0)
-                mf_worker_unregister(e, c->tracks[t].fd);
+                e->io_ops->del(e->io, &c->tracks[t].src.reg);
         if (c->prev)
             c->prev->next = c->next;
         else
@@ -518,9 +916,9 @@ static void apply_command(mf_engine *e, mf_cmd *cmd)
         c->forks[c->nforks++] = f;
         f->linked = 1;
         if (f->fd >= 0)
-            mf_worker_register(e, f->fd, &f->src, EPOLLIN);
+            e->io_ops->add(e->io, &f->src.reg);
         if (f->rtcp_fd >= 0)
-            mf_worker_register(e, f->rtcp_fd, &f->rtcp_src, EPOLLIN);
+            e->io_ops->add(e->io, &f->rtcp_src.reg);
         MF_CTR_ADD(e->ctr.forks, 1);
         break;
     case MF_CMD_REMOVE_FORK:
@@ -688,7 +1086,7 @@ uint32_t mf_engine_push(mf_engine *e, mf_call *c, int track, const uint8_t *base
     if (!e->started) {
         for (uint32_t i = 0; i < n; i++)
             mf_call_process(e, c, track, base + offsets[i], lengths[i], now_ns);
-        mf_worker_flush(e, now_ns);
+        mf_engine_flush(e, now_ns);
         MF_CTR_ADD(e->ctr.pushed, n);
         return n;
     }

@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "io.h"
 #include "mf_common.h"
 #include "ring.h"
 #include "rtp.h"
@@ -38,9 +39,12 @@ typedef struct mf_fork mf_fork;
 
 enum { MF_SRC_CMD = 1, MF_SRC_INGRESS = 2, MF_SRC_EGRESS = 3 };
 
+/* A registration with the I/O backend (io.h), embedded in the call or fork
+ * that owns the socket; reg comes first so the handler finds the owner. */
 typedef struct {
-    uint8_t kind;
-    uint8_t track;
+    mf_io_reg reg;
+    uint8_t kind;  /* MF_SRC_* */
+    uint8_t track; /* ingress: the track; egress: 1 for the RTCP socket */
     void *owner;
 } mf_pollsrc;
 
@@ -165,6 +169,8 @@ struct mf_fork {
     mf_ring ring;
     int dirty;
     mf_fork *next_dirty;
+    uint32_t tx_inflight; /* packets handed to the backend, not yet reported */
+    int tx_blocked;       /* the kernel pushed back during this flush */
     mf_fork_counters ctr;
 };
 
@@ -226,11 +232,16 @@ typedef struct {
     uint32_t push_ring_slots;   /* power of two */
     uint32_t event_ring_slots;  /* power of two */
     uint32_t max_packet;        /* largest RTP packet forwarded */
-    uint32_t coalesce_us;       /* pause after a light loop so the next one batches more */
+    uint32_t tick_us;   /* a wake handles what arrived in the last tick (0: wake per readiness) */
+    int io_mode;        /* MF_IO_MODE_* */
 } mf_engine_config;
 
+enum { MF_IO_MODE_AUTO = 0, MF_IO_MODE_EPOLL = 1, MF_IO_MODE_URING = 2 };
+
 struct mf_engine {
-    int epfd;
+    const mf_io_ops *io_ops; /* the backend chosen at creation */
+    mf_io *io;
+    char io_why[160];        /* why auto did not choose io_uring ("" when it did) */
     int cmd_efd;
     int evt_efd;
     mf_pollsrc cmd_src;
@@ -252,20 +263,18 @@ struct mf_engine {
     mf_call *calls;
     mf_fork *dirty;
     uint64_t next_timer_ns;
-    uint32_t last_ready;        /* sockets that were ready in the last loop */
+    uint32_t last_ready;        /* sockets (completions) served in the last loop */
+    int last_full;              /* some receive batch came back full: a backlog */
+    uint64_t last_wake_ns;      /* when the last wait returned */
+    int cmd_signalled;
     mf_engine_counters ctr;
-
-    /* worker batch buffers: preallocated with the engine, reused each loop */
-    struct mmsghdr rx_msgs[MF_RX_BATCH];
-    struct iovec rx_iov[MF_RX_BATCH];
-    struct sockaddr_storage rx_addr[MF_RX_BATCH];
-    uint8_t rx_buf[MF_RX_BATCH][MF_RX_BUF];
-    struct mmsghdr tx_msgs[MF_TX_BATCH];
-    struct iovec tx_iov[MF_TX_BATCH];
 };
 
 /* lifecycle */
 mf_engine *mf_engine_new(const mf_engine_config *cfg);
+/* Like mf_engine_new; on failure (NULL) why holds the reason (e.g. io_uring refused). */
+mf_engine *mf_engine_new_ex(const mf_engine_config *cfg, char *why, size_t why_len);
+const char *mf_engine_io_name(const mf_engine *e);
 int mf_engine_start(mf_engine *e);
 void mf_engine_stop(mf_engine *e);  /* joins the worker */
 void mf_engine_free(mf_engine *e); /* after stop; every call must be removed first */
@@ -323,18 +332,9 @@ void mf_fork_counters_read(const mf_fork *f, mf_fork_counters *out);
 void mf_track_counters_read(const mf_call *c, int track, mf_track_counters *out);
 void mf_engine_counters_read(const mf_engine *e, mf_engine_counters *out);
 
-/* internal: shared between engine.c and worker.c */
-/* Applies every queued command; returns how many. Once it returns, the owner may
- * free what a remove handed back: the caller must not touch any call or fork
- * pointer it obtained before (e.g. from an epoll batch). */
+/* The engine's tick: apply commands, flush what the packets queued, run
+ * timers. mf_engine_iterate is wait + this; worker.c paces the thread. */
 uint64_t mf_engine_apply_commands(mf_engine *e);
-void mf_emit_event(mf_engine *e, uint32_t type, uint64_t call_id, uint64_t fork_id, uint32_t track,
-                   int64_t value, uint64_t now_ns);
-size_t mf_fork_build_sr(mf_fork *f, uint8_t *buf, size_t cap, uint64_t now_ns);
-void mf_fork_queue_sr(mf_engine *e, mf_fork *f, uint64_t now_ns);
-void mf_worker_flush(mf_engine *e, uint64_t now_ns);
-void mf_fork_flush(mf_engine *e, mf_fork *f, uint64_t now_ns);
-void mf_worker_register(mf_engine *e, int fd, mf_pollsrc *src, uint32_t events);
-void mf_worker_unregister(mf_engine *e, int fd);
+void mf_engine_flush(mf_engine *e, uint64_t now_ns);
 
 #endif

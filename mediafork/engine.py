@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import itertools
+import logging
 import os
 import secrets
 import threading
@@ -47,6 +48,12 @@ __all__ = [
 ]
 
 MAX_FORKS_PER_CALL = 4
+IO_BACKENDS = ("auto", "io_uring", "epoll")
+# A wake handles what became ready during the last tick (see docs/dataplane.md,
+# "I/O backends", for the measurement behind the default).
+DEFAULT_TICK = 0.0
+MAX_TICK = 0.001  # well under the 5 ms of added latency a recorder tolerates
+log = logging.getLogger(__name__)
 _FORK_ACTIVE, _FORK_PAUSED = 0, 1
 
 
@@ -150,13 +157,25 @@ class Engine:
         event_ring_slots: int = 4096,
         max_packet: int = 1024,
         threaded: bool = True,
-        coalesce: float = 0.0002,
+        coalesce: float | None = None,
         workers: int = 1,
         latch: bool = True,
         relatch_after: float = DEFAULT_RELATCH_AFTER,
+        io: str = "auto",
+        tick: float | None = None,
     ) -> None:
         """``latch``, ``relatch_after``: the default media source latching of calls (see
-        :meth:`add_call`)."""
+        :meth:`add_call`). ``io``: the I/O backend, "auto" (io_uring where the kernel
+        allows it, else epoll), "io_uring" or "epoll"; the one in use is
+        :attr:`io_backend`. ``tick``: seconds a worker lets pass between two wakes so
+        that one wake serves every socket that became ready meanwhile (0: wake per
+        readiness; at most 1 ms). ``coalesce`` is its former name."""
+        if io not in IO_BACKENDS:
+            raise EngineError(f"io must be one of {', '.join(IO_BACKENDS)}, got {io!r}")
+        if tick is None:
+            tick = DEFAULT_TICK if coalesce is None else coalesce
+        if isinstance(tick, bool) or not isinstance(tick, (int, float)) or not 0 <= tick <= MAX_TICK:
+            raise EngineError(f"tick must be between 0 and {MAX_TICK} seconds, got {tick!r}")
         if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 64:
             raise EngineError(f"workers must be an integer from 1 to 64, got {workers!r}")
         self.latch = bool(latch)
@@ -172,7 +191,7 @@ class Engine:
         try:
             for _ in range(workers):
                 self._cores.append(_fastpath.CEngine(
-                    push_ring_slots, event_ring_slots, max_packet, int(coalesce * 1e6)))
+                    push_ring_slots, event_ring_slots, max_packet, round(tick * 1e6), io))
             if threaded:
                 for core in self._cores:
                     core.start()
@@ -181,6 +200,12 @@ class Engine:
                 core.close()
             raise
         self._core = self._cores[0]  # the only one unless workers > 1 (run_once, benches)
+        self.tick = float(tick)
+        reason = self._core.io_fallback_reason
+        if reason:
+            log.warning("media I/O backend: epoll (io_uring unavailable: %s)", reason)
+        else:
+            log.info("media I/O backend: %s", self.io_backend)
         self._load = [0] * workers  # live calls per worker
         self._calls: dict[str, Call] = {}
         self._calls_by_id: dict[int, Call] = {}
@@ -200,6 +225,11 @@ class Engine:
     @property
     def threaded(self) -> bool:
         return bool(self._core.started)
+
+    @property
+    def io_backend(self) -> str:
+        """The I/O backend the workers use: "io_uring" or "epoll"."""
+        return str(self._core.io_backend)
 
     @property
     def workers(self) -> int:

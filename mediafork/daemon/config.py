@@ -145,6 +145,12 @@ class MediaConfig:
     that sends it valid RTP (false: from anyone)."""
     relatch_after: float = 3.0
     """Seconds the latched source must be silent before another sender may take over."""
+    io: str = "auto"
+    """The media I/O backend: "auto" (io_uring where the kernel allows it, else epoll),
+    "io_uring" (fail to start without it) or "epoll"."""
+    tick_us: int = 0
+    """Microseconds a media worker lets pass between two wakes, so one wake serves every
+    socket that became ready meanwhile (0: wake per readiness; at most 1000)."""
     port_reserve: int | None = None
     """Ports kept for accounts within their fair share (control.quotas); None: a tenth."""
     call_idle_timeout: float = DEFAULT_CALL_IDLE_TIMEOUT
@@ -660,7 +666,8 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
 
     media_r = _Reader(_table(root, "media"), "media", {"address", "port_range", "workers",
                                                        "port_reserve", "call_idle_timeout",
-                                                       "latch", "relatch_after"})
+                                                       "latch", "relatch_after", "io",
+                                                       "tick_us"})
     address = _ip(media_r.get("address", str, "127.0.0.1"), "media.address")
     first, last = _port_range(media_r.get("port_range", list, [30000, 39999]),
                               "media.port_range")
@@ -681,6 +688,13 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
     if idle != 0 and not 1 <= idle <= 86400:
         raise ConfigError("media.call_idle_timeout: must be 0 (off) or 1-86400 seconds")
     media = dataclasses.replace(media, port_reserve=reserve, call_idle_timeout=idle)
+    io = media_r.get("io", str, "auto")
+    if io not in ("auto", "io_uring", "epoll"):
+        raise ConfigError('media.io: must be "auto", "io_uring" or "epoll"')
+    tick_us = media_r.get("tick_us", int, 0)
+    if not 0 <= tick_us <= 1000:
+        raise ConfigError("media.tick_us: must be between 0 and 1000 microseconds")
+    media = dataclasses.replace(media, io=io, tick_us=tick_us)
 
     accounts: list[AccountConfig] = []
     clear_secrets: list[str] = []  # key paths of secrets given in clear (start-up warning)

@@ -130,6 +130,11 @@ class EngineCollector(Collector):
             yield metric
         yield _counter("mediafork_engine_events_dropped", "Worker events lost (queue full).",
                        counters["events_dropped"])
+        io = GaugeMetricFamily("mediafork_media_io_backend",
+                               "The media workers' I/O backend (1 for the one in use).",
+                               labels=["backend"])
+        io.add_metric([self.engine.io_backend], 1)
+        yield io
 
         if self.siprecs:
             g = GaugeMetricFamily("mediafork_siprecs", "Siprec resources by status.",

@@ -65,7 +65,8 @@ cdef extern from "engine.h":
         uint32_t push_ring_slots
         uint32_t event_ring_slots
         uint32_t max_packet
-        uint32_t coalesce_us
+        uint32_t tick_us
+        int io_mode
 
     ctypedef struct mf_track_counters:
         uint64_t received
@@ -126,6 +127,7 @@ cdef extern from "engine.h":
         pass
     ctypedef struct mf_engine:
         int evt_efd
+        char io_why[160]
 
     ctypedef enum mf_cmd_type:
         MF_CMD_ADD_CALL
@@ -153,6 +155,8 @@ cdef extern from "engine.h":
         socklen_t len_b
 
     mf_engine *mf_engine_new(const mf_engine_config *cfg)
+    mf_engine *mf_engine_new_ex(const mf_engine_config *cfg, char *why, size_t why_len)
+    const char *mf_engine_io_name(const mf_engine *e)
     int mf_engine_start(mf_engine *e)
     void mf_engine_stop(mf_engine *e) nogil
     void mf_engine_free(mf_engine *e)

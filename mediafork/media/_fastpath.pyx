@@ -40,6 +40,8 @@ cdef extern from "<netinet/in.h>":
 DEF WAIT_MS = 5000
 DEF MAX_EVENTS = 1024
 
+IO_MODES = {"auto": 0, "epoll": 1, "io_uring": 2}
+
 EVENT_SEND_ERROR = 1
 EVENT_NO_MEDIA = 2
 EVENT_MEDIA_RESUMED = 3
@@ -370,15 +372,21 @@ cdef class CEngine:
     cdef readonly bint started
 
     def __cinit__(self, uint32_t push_ring_slots, uint32_t event_ring_slots, uint32_t max_packet,
-                  uint32_t coalesce_us=0):
+                  uint32_t tick_us=0, str io="auto"):
         cdef mf_engine_config cfg
-        cfg.coalesce_us = coalesce_us
+        cdef char why[160]
+        memset(&cfg, 0, sizeof(cfg))
+        if io not in IO_MODES:
+            raise ValueError(f"io must be one of {', '.join(IO_MODES)}, got {io!r}")
+        cfg.tick_us = tick_us
+        cfg.io_mode = IO_MODES[io]
         cfg.push_ring_slots = push_ring_slots
         cfg.event_ring_slots = event_ring_slots
         cfg.max_packet = max_packet
-        self.ptr = mf_engine_new(&cfg)
+        why[0] = 0
+        self.ptr = mf_engine_new_ex(&cfg, why, sizeof(why))
         if self.ptr == NULL:
-            raise MemoryError("cannot create engine (ring sizes must be powers of two)")
+            raise OSError(f"cannot create the media engine: {why.decode('utf-8', 'replace')}")
 
     def __dealloc__(self):
         self.close()
@@ -396,6 +404,18 @@ cdef class CEngine:
         if self.ptr == NULL:
             raise RuntimeError("engine is closed")
         return 0
+
+    @property
+    def io_backend(self):
+        """The I/O backend in use: "io_uring" or "epoll"."""
+        self._check()
+        return mf_engine_io_name(self.ptr).decode()
+
+    @property
+    def io_fallback_reason(self):
+        """Why io="auto" did not choose io_uring ("" when it did, or was not asked)."""
+        self._check()
+        return self.ptr.io_why.decode("utf-8", "replace")
 
     @property
     def event_fd(self):

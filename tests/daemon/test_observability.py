@@ -32,10 +32,11 @@ DASHBOARD = TREE / "docs" / "grafana" / "mediafork-dashboard.json"
 # Every label the exporter may use: engine-level dimensions only, never a call or fork.
 # "connector" and "edge" are bounded by the config file; "listener" is api, sip, srs or
 # control_socket; "le" is a histogram's bucket; build_info's labels are constant;
-# "recorder" (host:port) and "transport" name a connector's recorder, bounded by the config.
+# "recorder" (host:port) and "transport" name a connector's recorder, bounded by the config;
+# "backend" is io_uring or epoll.
 ALLOWED_LABELS = {"state", "reason", "class", "outcome", "status", "worker", "connector",
                   "edge", "le", "version", "python", "pylibsrtp", "listener", "recorder",
-                  "transport"}
+                  "transport", "backend"}
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -133,6 +134,14 @@ def test_metrics_parse_and_counters_move_with_traffic(busy: Busy) -> None:
     assert value(after, "mediafork_worker_calls", worker="0") == 1
     assert value(after, "mediafork_worker_calls", worker="1") == 0
     assert value(after, "mediafork_worker_cpu_seconds_total", worker="0") > 0
+    # [media] io = "auto": io_uring where this kernel allows it, and the metric says which.
+    from mediafork.media import _fastpath
+    try:
+        _fastpath.CEngine(2, 2, 256, 0, "io_uring").close()
+        expected = "io_uring"
+    except OSError:
+        expected = "epoll"
+    assert value(after, "mediafork_media_io_backend", backend=expected) == 1
     assert value(after, "mediafork_packets_dropped_total", reason="ring_full") == 0
     assert value(after, "mediafork_srtp_errors_total") == 0
 

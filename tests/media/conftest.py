@@ -13,6 +13,30 @@ from collections.abc import Iterator
 import pytest
 
 from mediafork.engine import Engine
+from mediafork.media import _fastpath
+
+
+def _io_uring_refusal() -> str:
+    """Why this kernel (or its seccomp profile) refuses the io_uring backend; "" if not."""
+    try:
+        core = _fastpath.CEngine(2, 2, 256, 0, "io_uring")
+    except OSError as exc:
+        return str(exc)
+    core.close()
+    return ""
+
+
+IO_URING_REFUSED = _io_uring_refusal()
+
+
+@pytest.fixture(autouse=True, params=["epoll", "io_uring"])
+def io_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every data-plane test runs on both I/O backends: each Engine a test makes
+    (through the fixtures or directly) defaults to the one of this run."""
+    if request.param == "io_uring" and IO_URING_REFUSED:
+        pytest.skip(f"the kernel refuses io_uring here: {IO_URING_REFUSED}")
+    monkeypatch.setitem(Engine.__init__.__kwdefaults__, "io", request.param)
+    return request.param
 
 
 @pytest.fixture(autouse=True)

@@ -469,8 +469,9 @@ def test_icmp_for_rtcp_is_told_apart_from_icmp_for_rtp(engine, sink, sender) -> 
 
 
 def test_a_backlog_after_a_stall_is_not_dropped(sink, sender) -> None:
-    """After a stall, one socket can hold more packets than a fork's ring: they are
-    read batch by batch and sent between batches, so none is dropped."""
+    """After a stall, one socket can hold more packets than a fork's ring: a wake reads
+    one batch per socket and sends it before the next wake reads more, so none is
+    dropped (200 packets: seven wakes of 32)."""
     with Engine(threaded=False, port_range=(36000, 36999)) as e:
         call = e.add_call("CA-stall")
         fork = call.add_fork(Track.INBOUND, destination=sink.getsockname(), ring_slots=64)
@@ -478,7 +479,7 @@ def test_a_backlog_after_a_stall_is_not_dropped(sink, sender) -> None:
         for s in range(200):  # the worker was away: a backlog three times the ring
             sender.sendto(rtp(s, s * 160), call.ingress[Track.INBOUND])
         time.sleep(0.05)
-        for _ in range(4):
+        for _ in range(8):
             e.run_once(0.01)
         counters = fork.counters()
         assert counters["dropped_full"] == 0, counters
