@@ -80,13 +80,19 @@ def _probe_commands(call, sink: socket.socket, until: float) -> list[float]:
     return times
 
 
+def bench_io() -> str:
+    """The engine's I/O backend for the benches: ``MEDIAFORK_BENCH_IO`` (auto, io_uring or
+    epoll; default auto, what a daemon picks), so each path can be measured on its own."""
+    return os.environ.get("MEDIAFORK_BENCH_IO", "auto")
+
+
 def run_engine_load(calls: int, duration: float, warmup: float = 1.0, *,
                     probe_commands: bool = False, workers: int = 1) -> LoadResult:
     """Forward `calls` calls through mediafork (``workers`` media threads) for `duration`
     seconds."""
     sinks = _sinks(4)
     rtcp_sink = udp_socket("127.0.0.1", 0)
-    engine = Engine(port_range=(20000, 59999), workers=workers)
+    engine = Engine(port_range=(20000, 59999), workers=workers, io=bench_io())
     dests, forks, call_objs = [], [], []
     call = None
     try:

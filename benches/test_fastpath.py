@@ -12,7 +12,7 @@ from pylibsrtp import Policy, Session
 
 from mediafork.engine import Engine, SrtpKey, Track
 
-from .loadsetup import run_engine_load, run_floor_load, run_raw_load
+from .loadsetup import bench_io, run_engine_load, run_floor_load, run_raw_load
 
 PACKET = struct.pack("!BBHII", 0x80, 0, 1, 160, 0x1234) + b"\xff" * 160  # 172-byte PCMU
 N = 200_000
@@ -168,6 +168,7 @@ def test_e2e_forwarding(benchmark):
         "e2e_vs_raw_runs": vs_raw,
         "e2e_vs_raw_spread": [min(vs_raw), max(vs_raw)],
         "floor_tick_us": tick_us,
+        "engine_io": bench_io(),
         "floor_skipped": floor_skipped,
         # a floor that lost packets is flattered by the work it did not do
         "floor_loss_pct": max(floor_loss, default=0.0),

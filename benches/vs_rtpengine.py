@@ -48,7 +48,7 @@ from mediafork.mediasource.ng import NgTiming
 from mediafork.mediasource.ng_client import NgClient
 
 from .load.driver import _cpu_seconds, percentile
-from .loadsetup import PPS, _run_generator, _sinks, run_floor_load
+from .loadsetup import PPS, _run_generator, _sinks, bench_io, run_floor_load
 
 HOST = "127.0.0.1"
 PROBE_MAGIC = b"MFVSRTPE"
@@ -205,7 +205,7 @@ def run_mediafork(calls: int, forks: int, srtp: bool, seconds: float, warmup: fl
     per_track = forks // 2
     _pin(0)  # the worker thread inherits the affinity of the thread that starts it
     try:
-        engine = Engine(port_range=(20000, 59999), workers=1)
+        engine = Engine(port_range=(20000, 59999), workers=1, io=bench_io())
     finally:
         _unpin()
     call_objs = []
