@@ -219,3 +219,37 @@ def test_health_probes_carry_the_profile_headers_a_recorder_demands(
         await plain.close()
 
     run(main())
+
+
+def test_new_participants_after_a_call_event_reach_the_standby(
+    engine: Engine, recorders: Callable[..., Recorder]
+) -> None:
+    """update_participants after a call event: the failover's complete metadata has the new
+    parties and the hold, not the parties of the call event's time."""
+    rec1, rec2, rec3, rec4 = (recorders() for _ in range(4))
+    dave = "sip:dave@pbx.example"
+
+    async def main() -> None:
+        primary = await MiniSrs(media=[("127.0.0.1", rec1.port), ("127.0.0.1", rec2.port)]).start()
+        standby = await MiniSrs(media=[("127.0.0.1", rec3.port), ("127.0.0.1", rec4.port)]).start()
+        events, tap = EventLog(), Wiretap()
+        links = await open_links(events, tap, **KEEPALIVE)
+        call = engine.add_call("CA" + secrets.token_hex(16), ingress=False)
+        await links.start(call, start_request(primary.uri, standby=(standby.uri,)))
+        await events.wait_for("started")
+        assert await links.call_event(CALL_SID, Hold("outbound")) == [SIPREC_SID]
+        await links.update_participants(CALL_SID, CALLER, dave)
+        await eventually(lambda: len({m.cseq[0] for _, m in primary.requests("INVITE")}) == 3)
+        await eventually(lambda: len(tap.sent("ACK")) == 3)
+
+        await primary.close()
+        await events.wait_for("failover", timeout=5.0)
+        complete = parse_metadata(metadata_of(standby.requests("INVITE")[0][1]))
+        by_aor = {aor: p for p in complete.participants.values() for aor in p.aors}
+        assert set(by_aor) == {CALLER, dave}, by_aor
+        assert by_aor[dave].send == []  # the outbound track is still on hold
+        await links.close(1.0)
+        await standby.close()
+        call.close()
+
+    run(main())
