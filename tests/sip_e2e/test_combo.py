@@ -13,7 +13,7 @@ import pytest
 from pylibsrtp import Error as SrtpError
 from pylibsrtp import Policy, Session
 
-from mediafork.engine import Engine
+from mediafork.engine import Engine, Track
 from mediafork.recorder_api import SiprecStart
 from mediafork.sip.call_events import Hold, ParticipantAdded, ParticipantReplaced
 from mediafork.sip.metadata import parse_metadata
@@ -30,6 +30,7 @@ from .harness import (
     eventually,
     metadata_of,
     open_links,
+    pump_media,
     run,
     sdp_of,
     start_request,
@@ -248,6 +249,49 @@ def test_new_participants_after_a_call_event_reach_the_standby(
         by_aor = {aor: p for p in complete.participants.values() for aor in p.aors}
         assert set(by_aor) == {CALLER, dave}, by_aor
         assert by_aor[dave].send == []  # the outbound track is still on hold
+        await links.close(1.0)
+        await standby.close()
+        call.close()
+
+    run(main())
+
+
+def test_a_call_event_while_paused_after_a_failover_keeps_the_standby_paused(
+    engine: Engine, recorders: Callable[..., Recorder]
+) -> None:
+    rec1, rec2, rec3, rec4 = (recorders() for _ in range(4))
+
+    async def main() -> None:
+        primary = await MiniSrs(media=[("127.0.0.1", rec1.port), ("127.0.0.1", rec2.port)]).start()
+        standby = await MiniSrs(media=[("127.0.0.1", rec3.port), ("127.0.0.1", rec4.port)]).start()
+        events = EventLog()
+        links = await open_links(events, **KEEPALIVE)
+        call = engine.add_call("CA" + secrets.token_hex(16), ingress=False)
+        await links.start(call, start_request(primary.uri, standby=(standby.uri,)))
+        await events.wait_for("started")
+        await links.pause(SIPREC_SID)
+        await eventually(lambda: len({m.cseq[0] for _, m in primary.requests("INVITE")}) == 2)
+        await primary.close()
+        await events.wait_for("failover", timeout=5.0)
+
+        def invites() -> list[object]:
+            return list({m.cseq[0]: m for _, m in standby.requests("INVITE")}.values())
+
+        await eventually(lambda: len(invites()) == 2)  # set-up, then a=inactive
+        assert await links.call_event(CALL_SID, ParticipantReplaced("outbound", CAROL)) == [
+            SIPREC_SID]
+        await eventually(lambda: len(invites()) == 3)
+        event = invites()[2]
+        assert parse_metadata(metadata_of(event)).datamode == "partial"  # type: ignore[arg-type]
+        # The event's re-INVITE does not resume the recording by the way.
+        assert [m.direction for m in sdp_of(event).media] == ["inactive", "inactive"]  # type: ignore[arg-type]
+        await pump_media(call, Track.INBOUND, 10)
+        assert await rec3.receive(1, timeout=0.3) == []  # still paused: no media
+        await links.resume(SIPREC_SID)
+        await eventually(lambda: len(invites()) == 4)
+        assert [m.direction for m in sdp_of(invites()[3]).media] == ["sendonly", "sendonly"]  # type: ignore[arg-type]
+        assert len(await _pump_until(call, engine, links, rec3, 50)) == 5
+        assert events.kinds() == ["started", "failover"]
         await links.close(1.0)
         await standby.close()
         call.close()
