@@ -41,6 +41,8 @@ class MiniSrs:
     """Receive (and record) everything, answer nothing: a hung recorder."""
     crypto_index: int = 0
     """Which offered a=crypto line of each stream the answer accepts (the first by default)."""
+    invite_delay: float = 0.0
+    """Seconds before the 200 to an INVITE (a recorder slow to set up)."""
     demand_header: tuple[str, str] | None = None
     """(name, value) every request must carry; requests without it get no answer at all
     (a recorder behind an SBC that drops foreign traffic)."""
@@ -100,6 +102,9 @@ class MiniSrs:
             delay = self.options_delay.get(source[0], 0.0)
             response = build_response(message, 200, to_tag="srs").to_bytes()
             asyncio.get_running_loop().call_later(delay, reply, response)  # type: ignore[arg-type]
+        elif message.method == "INVITE" and self.invite_delay:
+            asyncio.get_running_loop().call_later(self.invite_delay, reply,  # type: ignore[arg-type]
+                                                  self._answer(message))
         elif message.method == "INVITE":
             reply(self._answer(message))  # type: ignore[operator]
         elif message.method == "BYE" and not self.answer_bye:

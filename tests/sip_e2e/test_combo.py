@@ -297,3 +297,41 @@ def test_a_call_event_while_paused_after_a_failover_keeps_the_standby_paused(
         call.close()
 
     run(main())
+
+
+def test_a_pause_while_the_standby_sets_up_holds_the_media_and_tells_it_once(
+    engine: Engine, recorders: Callable[..., Recorder]
+) -> None:
+    rec1, rec2, rec3, rec4 = (recorders() for _ in range(4))
+
+    async def main() -> None:
+        primary = await MiniSrs(media=[("127.0.0.1", rec1.port), ("127.0.0.1", rec2.port)]).start()
+        standby = await MiniSrs(media=[("127.0.0.1", rec3.port), ("127.0.0.1", rec4.port)],
+                                invite_delay=0.3).start()
+        events = EventLog()
+        links = await open_links(events, **KEEPALIVE)
+        call = engine.add_call("CA" + secrets.token_hex(16), ingress=False)
+        await links.start(call, start_request(primary.uri, standby=(standby.uri,)))
+        await events.wait_for("started")
+        await primary.close()
+        await eventually(lambda: bool(standby.requests("INVITE")), timeout=3.0)
+        await links.pause(SIPREC_SID)  # the standby has not answered yet
+        await events.wait_for("failover", timeout=3.0)
+
+        def invites() -> list[object]:
+            return list({m.cseq[0]: m for _, m in standby.requests("INVITE")}.values())
+
+        await eventually(lambda: len(invites()) >= 2)
+        await pump_media(call, Track.INBOUND, 10)
+        assert await rec3.receive(1, timeout=0.4) == []  # paused: nothing at the standby
+        directions = [[m.direction for m in sdp_of(i).media] for i in invites()]  # type: ignore[arg-type]
+        assert directions[1:] == [["inactive", "inactive"]], directions  # told once
+        await links.resume(SIPREC_SID)
+        await eventually(lambda: len(invites()) == 3, timeout=2.0)
+        assert len(await _pump_until(call, engine, links, rec3, 50)) == 5
+        assert events.kinds() == ["started", "failover"]
+        await links.close(1.0)
+        await standby.close()
+        call.close()
+
+    run(main())
