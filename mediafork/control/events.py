@@ -71,18 +71,22 @@ class CallInfo:
 class ErrorDetail:
     """What a ``siprec-error`` callback says beyond SiprecError/SiprecErrorCode, each field
     sent only when known: the recorder's SIP status and Reason header, the phase of the
-    session, and the recorder (its URI without credentials)."""
+    session, and the recorder (its URI without credentials). After a failed mid-call
+    failover, ``previous_recorder`` is the recorder whose session was lost (``recorder`` the
+    last one tried)."""
 
     sip_status: int | None = None
     reason: str | None = None
     phase: str | None = None
     recorder: str | None = None
+    previous_recorder: str | None = None
 
     def params(self) -> list[tuple[str, str]]:
         out = []
         for name, value in (("SiprecErrorSipStatus", self.sip_status),
                             ("SiprecErrorReason", self.reason),
-                            ("SiprecErrorPhase", self.phase), ("SiprecRecorder", self.recorder)):
+                            ("SiprecErrorPhase", self.phase), ("SiprecRecorder", self.recorder),
+                            ("SiprecPreviousRecorder", self.previous_recorder)):
             if value is not None and value != "":
                 out.append((name, str(value)))
         return out

@@ -1035,6 +1035,7 @@ class ControlService:
             "reason": params.get("SiprecErrorReason"),
             "phase": params.get("SiprecErrorPhase"),
             "recorder": params.get("SiprecRecorder"),
+            "previous_recorder": params.get("SiprecPreviousRecorder"),
         }
 
     async def list_siprecs(self, account_sid: str, call_sid: str,
@@ -1187,7 +1188,8 @@ class ControlService:
                                  detail=ErrorDetail(sip_status=event.sip_status,
                                                     reason=event.reason_header,
                                                     phase=event.phase,
-                                                    recorder=event.recorder))
+                                                    recorder=event.recorder,
+                                                    previous_recorder=event.previous_recorder))
         # The session is over: nothing more will be reported for it.
         self._siprecs.pop(state.sid, None)
         live = self._calls.get(state.call_sid)

@@ -1028,7 +1028,9 @@ class SipRecorderLinks:
             config, srs_uri=candidates[0], standby_uris=tuple(candidates[1:]),
             streams=self._forked_streams(list(link.streams.values()), config.streams[0].codec),
             caller=_participant(caller), callee=_participant(callee),
-            roster=request.roster, metadata_seed=old.metadata_seed)
+            # The lost session's roster is the call as it is now: call events and
+            # update_participants both changed it (request.roster misses the latter).
+            roster=old.roster, metadata_seed=old.metadata_seed)
         link.session = RecordingSession(config)
         link.failovers += 1
         link.failover_from = (lost, cause, status, phase)

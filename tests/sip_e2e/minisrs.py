@@ -14,7 +14,7 @@ from pathlib import Path
 from mediafork import tlsutil
 from mediafork.sip.dialog import build_response
 from mediafork.sip.message import Message, Request, StreamFramer, parse_message
-from mediafork.sip.sdp import SessionDescription
+from mediafork.sip.sdp import KEY_LENGTHS, SessionDescription
 
 from .harness import sdp_of
 
@@ -39,6 +39,13 @@ class MiniSrs:
     answer_bye: bool = True
     mute: bool = False
     """Receive (and record) everything, answer nothing: a hung recorder."""
+    crypto_index: int = 0
+    """Which offered a=crypto line of each stream the answer accepts (the first by default)."""
+    invite_delay: float = 0.0
+    """Seconds before the 200 to an INVITE (a recorder slow to set up)."""
+    demand_header: tuple[str, str] | None = None
+    """(name, value) every request must carry; requests without it get no answer at all
+    (a recorder behind an SBC that drops foreign traffic)."""
     received: list[tuple[tuple[str, int], Message]] = field(default_factory=list)
     port: int = 0
     _udp: asyncio.DatagramTransport | None = None
@@ -87,11 +94,17 @@ class MiniSrs:
         self.received.append((source, message))
         if self.mute or not isinstance(message, Request) or message.method == "ACK":
             return
+        if self.demand_header and message.headers.get(self.demand_header[0]) != \
+                self.demand_header[1]:
+            return
         reply = send  # type: ignore[assignment]
         if message.method == "OPTIONS":
             delay = self.options_delay.get(source[0], 0.0)
             response = build_response(message, 200, to_tag="srs").to_bytes()
             asyncio.get_running_loop().call_later(delay, reply, response)  # type: ignore[arg-type]
+        elif message.method == "INVITE" and self.invite_delay:
+            asyncio.get_running_loop().call_later(self.invite_delay, reply,  # type: ignore[arg-type]
+                                                  self._answer(message))
         elif message.method == "INVITE":
             reply(self._answer(message))  # type: ignore[operator]
         elif message.method == "BYE" and not self.answer_bye:
@@ -108,8 +121,8 @@ class MiniSrs:
             lines.append(f"c=IN IP4 {address}")
             lines.append(f"a=label:{media.label}")
             lines.append("a=recvonly")
-            for crypto in media.cryptos[:1]:
-                key = base64.b64encode(SRS_KEY).decode()
+            for crypto in media.cryptos[self.crypto_index:self.crypto_index + 1]:
+                key = base64.b64encode(bytes(range(KEY_LENGTHS.get(crypto.suite, 30)))).decode()
                 lines.append(f"a=crypto:{crypto.tag} {crypto.suite} inline:{key}")
         body = ("\r\n".join(lines) + "\r\n").encode()
         SessionDescription.parse(body)
