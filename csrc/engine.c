@@ -301,6 +301,28 @@ static void fork_rebase(mf_fork *f, const mf_track *t, uint32_t ext, uint32_t ts
     f->epoch = t->epoch;
 }
 
+/* Newest in sequence order drives the RTCP mapping and rebases. Noted when
+ * the packet is queued (a rebase later in the same batch must see it). */
+static inline void fork_note_sent_seq(mf_fork *f, uint16_t seq, uint32_t ts, uint64_t now_ns)
+{
+    if ((int16_t)(uint16_t)(seq - f->last_seq) > 0 || !f->seq_noted) {
+        f->seq_noted = 1;
+        f->last_seq = seq;
+        f->last_ts = ts;
+        f->last_send_ns = now_ns;
+    }
+}
+
+/* A packet is forwarded once it sits protected (if secure) in the ring: the
+ * SR's packet and octet counts and the forwarded/bytes counters. */
+static inline void fork_count_forwarded(mf_fork *f, uint32_t payload_len, uint32_t wire_len)
+{
+    f->sr_packets++;
+    f->sr_octets += payload_len;
+    MF_CTR_ADD(f->ctr.forwarded, 1);
+    MF_CTR_ADD(f->ctr.bytes, (uint64_t)wire_len);
+}
+
 static inline void fork_forward(mf_engine *e, mf_call *c, mf_fork *f, const mf_track *t,
                                 const mf_rtp_info *info, uint32_t ext, const uint8_t *pkt,
                                 uint64_t now_ns)
@@ -340,7 +362,22 @@ static inline void fork_forward(mf_engine *e, mf_call *c, mf_fork *f, const mf_t
     mf_rtp_write_header(slot->data, info->marker, info->payload_type, seq, ts, f->ssrc);
     memcpy(slot->data + MF_RTP_MIN_HEADER, pkt + info->payload_offset, info->payload_len);
     int len = (int)out_len;
+    if (f->srtp_tx && f->fd >= 0) {
+        /* Socket fork: only the worker reads this ring, so the slot is
+         * committed clear and protected by fork_protect_pending() just
+         * before the tick's sends, all of a fork's packets back to back
+         * (libsrtp's and OpenSSL's code and this fork's context stay warm
+         * instead of being evicted by a system call between packets). */
+        slot->len = (uint32_t)len;
+        slot->aux = 0;
+        mf_ring_commit(&f->ring);
+        fork_note_sent_seq(f, seq, ts, now_ns);
+        mark_dirty(e, f);
+        return;
+    }
     if (f->srtp_tx) {
+        /* Drain fork: the embedder may read the slot as soon as it is
+         * committed, so it is protected first. */
         if (MF_UNLIKELY(mf_srtp.protect(f->srtp_tx, slot->data, &len) != 0)) {
             MF_CTR_ADD(f->ctr.srtp_errors, 1);
             return;
@@ -349,17 +386,51 @@ static inline void fork_forward(mf_engine *e, mf_call *c, mf_fork *f, const mf_t
     slot->len = (uint32_t)len;
     slot->aux = 0;
     mf_ring_commit(&f->ring);
-    /* Newest in sequence order drives the RTCP mapping and rebases. */
-    if ((int16_t)(uint16_t)(seq - f->last_seq) > 0 || f->ctr.forwarded == 0) {
-        f->last_seq = seq;
-        f->last_ts = ts;
-        f->last_send_ns = now_ns;
-    }
-    f->sr_packets++;
-    f->sr_octets += info->payload_len;
-    MF_CTR_ADD(f->ctr.forwarded, 1);
-    MF_CTR_ADD(f->ctr.bytes, (uint64_t)len);
+    f->tx_protected = f->ring.head;
+    fork_note_sent_seq(f, seq, ts, now_ns);
+    fork_count_forwarded(f, out_len - MF_RTP_MIN_HEADER, (uint32_t)len);
     mark_dirty(e, f);
+}
+
+/* Protects, in ring order, every slot committed clear since the last call
+ * (socket forks with SRTP; see fork_forward), and counts them forwarded. A
+ * slot that fails to protect is counted in srtp_errors and removed: the
+ * slots after it move down one place, so nothing unprotected is ever sent
+ * and the ring stays in order. Only the worker touches a socket fork's ring,
+ * so moving its head back is safe. */
+static void fork_protect_pending(mf_fork *f)
+{
+    mf_ring *r = &f->ring;
+    uint64_t head = r->head;
+    uint64_t from = f->tx_protected > r->tail ? f->tx_protected : r->tail;
+    if (from >= head) {
+        f->tx_protected = head;
+        return;
+    }
+    if (!f->srtp_tx) { /* cannot happen: only secure forks defer */
+        f->tx_protected = head;
+        return;
+    }
+    uint64_t w = from;
+    for (uint64_t i = from; i < head; i++) {
+        mf_slot *s = mf_ring_at(r, i);
+        int len = (int)s->len;
+        uint32_t payload_len = s->len - MF_RTP_MIN_HEADER;
+        if (MF_UNLIKELY(mf_srtp.protect(f->srtp_tx, s->data, &len) != 0)) {
+            MF_CTR_ADD(f->ctr.srtp_errors, 1);
+            continue;
+        }
+        s->len = (uint32_t)len;
+        if (MF_UNLIKELY(w != i)) {
+            mf_slot *d = mf_ring_at(r, w);
+            memcpy(d, s, MF_SLOT_HEADER + s->len);
+        }
+        w++;
+        fork_count_forwarded(f, payload_len, (uint32_t)len);
+    }
+    if (MF_UNLIKELY(w != head))
+        __atomic_store_n(&r->head, w, __ATOMIC_RELEASE);
+    f->tx_protected = w;
 }
 
 static inline void record_packet(mf_call *c, mf_track *t, int track, const mf_rtp_info *info,
@@ -704,6 +775,7 @@ static void fork_flush_now(mf_engine *e, mf_fork *f, uint64_t now_ns)
 {
     if (f->fd < 0)
         return;
+    fork_protect_pending(f);
     f->tx_blocked = 0;
     queue_fork(e, f, now_ns);
     e->io_ops->send_flush(e->io, now_ns);
@@ -712,6 +784,10 @@ static void fork_flush_now(mf_engine *e, mf_fork *f, uint64_t now_ns)
 /* Every send of the loop: queued across all forks, submitted together. */
 void mf_engine_flush(mf_engine *e, uint64_t now_ns)
 {
+    /* First every protect of the tick, fork by fork, then every send: the
+     * SRTP code runs back to back instead of between system calls. */
+    for (mf_fork *p = e->dirty; p; p = p->next_dirty)
+        fork_protect_pending(p);
     mf_fork *f = e->dirty;
     e->dirty = NULL;
     while (f) {
@@ -951,7 +1027,11 @@ static void apply_command(mf_engine *e, mf_cmd *cmd)
         }
         break;
     case MF_CMD_SET_FORK_SRTP:
-        /* key rotation: the caller frees the previous sessions after the ack */
+        /* key rotation: the caller frees the previous sessions after the ack;
+         * packets queued before it are protected with the key they were
+         * forwarded under */
+        if (f->fd >= 0)
+            fork_protect_pending(f);
         f->srtp_tx = cmd->ptr_a;
         f->srtp_rx = cmd->ptr_b;
         break;

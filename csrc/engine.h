@@ -170,6 +170,8 @@ struct mf_fork {
     int dirty;
     mf_fork *next_dirty;
     uint32_t tx_inflight; /* packets handed to the backend, not yet reported */
+    uint64_t tx_protected; /* ring index up to which slots are protected (SRTP deferred to the flush) */
+    int seq_noted;         /* last_seq/last_ts hold a forwarded packet's */
     int tx_blocked;       /* the kernel pushed back during this flush */
     mf_fork_counters ctr;
 };
