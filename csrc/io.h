@@ -80,6 +80,10 @@ typedef struct mf_io_ops {
                     const struct sockaddr *addr, socklen_t addr_len);
 } mf_io_ops;
 
+/* The next error queued on socket fd (an errno such as ECONNREFUSED from ICMP), or -1 when
+ * the queue is empty (io_errqueue.c; both backends read ICMP errors this way). */
+int mf_io_next_socket_error(int fd);
+
 extern const mf_io_ops mf_io_epoll;
 extern const mf_io_ops mf_io_uring; /* create() fails with a reason where unsupported */
 

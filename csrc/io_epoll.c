@@ -3,7 +3,6 @@
  * fallback where io_uring is refused (seccomp profiles, old kernels). */
 #include <errno.h>
 #include <time.h>
-#include <linux/errqueue.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
@@ -94,25 +93,10 @@ static void ep_del(mf_io *io, mf_io_reg *reg)
  * the socket is made). */
 static void read_errqueue(mf_io *io, mf_io_reg *reg, uint64_t now)
 {
-    int fd = reg->fd;
-    uint8_t control[512];
-    uint8_t data[64];
-    for (int i = 0; i < 16; i++) {
-        struct iovec iov = {data, sizeof(data)};
-        struct sockaddr_storage from;
-        struct msghdr h = {.msg_name = &from, .msg_namelen = sizeof(from), .msg_iov = &iov,
-                           .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof(control)};
-        if (recvmsg(fd, &h, MSG_ERRQUEUE | MSG_DONTWAIT) < 0)
+    for (int i = 0; i < 16; i++) { /* bounded: a flood of ICMP must not starve the wake */
+        int err = mf_io_next_socket_error(reg->fd);
+        if (err < 0)
             return;
-        int err = ECONNREFUSED;
-        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&h); cm; cm = CMSG_NXTHDR(&h, cm)) {
-            if ((cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_RECVERR) ||
-                (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_RECVERR)) {
-                struct sock_extended_err ee;
-                memcpy(&ee, CMSG_DATA(cm), sizeof(ee));
-                err = (int)ee.ee_errno;
-            }
-        }
         io->h->error(io->ctx, reg, err, now);
     }
 }

@@ -33,7 +33,6 @@
     defined(IORING_POLL_ADD_MULTI) && defined(IORING_ENTER_EXT_ARG)
 
 #include <fcntl.h>
-#include <linux/errqueue.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -670,24 +669,10 @@ static int ur_send_now(mf_io *io, mf_io_reg *reg, const void *data, uint32_t len
 /* Same as io_epoll.c: ICMP errors arrive on the socket's error queue. */
 static void read_errqueue(mf_io *io, mf_io_reg *reg, uint64_t now)
 {
-    uint8_t control[512];
-    uint8_t data[64];
-    for (int i = 0; i < 16; i++) {
-        struct iovec iov = {data, sizeof(data)};
-        struct sockaddr_storage from;
-        struct msghdr h = {.msg_name = &from, .msg_namelen = sizeof(from), .msg_iov = &iov,
-                           .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof(control)};
-        if (recvmsg(reg->fd, &h, MSG_ERRQUEUE | MSG_DONTWAIT) < 0)
+    for (int i = 0; i < 16; i++) { /* bounded: a flood of ICMP must not starve the wake */
+        int err = mf_io_next_socket_error(reg->fd);
+        if (err < 0)
             return;
-        int err = ECONNREFUSED;
-        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&h); cm; cm = CMSG_NXTHDR(&h, cm)) {
-            if ((cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_RECVERR) ||
-                (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_RECVERR)) {
-                struct sock_extended_err ee;
-                memcpy(&ee, CMSG_DATA(cm), sizeof(ee));
-                err = (int)ee.ee_errno;
-            }
-        }
         io->h->error(io->ctx, reg, err, now);
     }
 }

@@ -10,6 +10,6 @@ flags=(-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefine
 core=("$here/../rtp.c" "$here/../rtcp.c" "$here/../alloc.c")
 "$CC" "${flags[@]}" "$here/fuzz_parsers.c" "${core[@]}" -o "$out/fuzz_parsers"
 "$CC" "${flags[@]}" "$here/fuzz_forward.c" "${core[@]}" "$here/../engine.c" "$here/../worker.c" \
-  "$here/../io_epoll.c" "$here/../io_uring.c" \
+  "$here/../io_epoll.c" "$here/../io_uring.c" "$here/../io_errqueue.c" \
   "$here/../srtp_shim.c" -o "$out/fuzz_forward"
 echo "$out"
