@@ -19,6 +19,7 @@ import logging
 import random
 import socket
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -353,10 +354,17 @@ def test_fork_rtcp_garbage_from_the_recorder() -> None:
         media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         rtp = _rtp_seeds()[0]
         for _ in range(50):
+            # Media first: all the garbage may be counted before the first packet, and the
+            # point is that forwarding still works while (or after) it is handled.
+            media.sendto(rtp, call.ingress[Track.INBOUND])
+            recorder.recv(2048)
             if fork.counters()["rtcp_bad"] >= 50:
                 break
-            media.sendto(rtp, call.ingress[Track.INBOUND])
-            recorder.recv(2048)  # forwarding still works while the garbage is handled
+        # The worker counts a send once the kernel took it, which can be just after the
+        # recorder already has the datagram.
+        deadline = time.monotonic() + 2
+        while fork.counters()["sent"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
         counters = fork.counters()
         media.close()
     recorder.close()
