@@ -7,6 +7,8 @@ smoke run of 20 calls, one cell, two seconds."""
 
 from __future__ import annotations
 
+import traceback
+
 import pytest
 
 from mediafork.mediasource.local_rtpengine import find_rtpengine
@@ -26,9 +28,15 @@ def test_vs_rtpengine(benchmark):
     result: dict = {}
 
     def once() -> None:
-        result.update(vs_rtpengine.run(steps, seconds, cells, say=lambda _: None))
+        # A failure is kept and asserted after the timing: a benchmark without stats makes
+        # pytest-benchmark's JSON writer crash, which would hide every other result.
+        try:
+            result.update(vs_rtpengine.run(steps, seconds, cells, say=lambda _: None))
+        except Exception:
+            result["error"] = traceback.format_exc()
 
     benchmark.pedantic(once, rounds=1, iterations=1)
+    assert "error" not in result, result["error"]
     benchmark.extra_info["vs_rtpengine"] = result
     for key in ("vs_rtpengine_cpu_ratio_500", "vs_rtpengine_cpu_ratio_1000",
                 "mediafork_cpu_100_vs_500"):
