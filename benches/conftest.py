@@ -10,3 +10,12 @@ def pytest_configure(config):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def pytest_runtest_logreport(report):
+    """Print a failed bench's traceback at once: pytest-benchmark's JSON writer crashes at
+    the session's end on a benchmark that recorded no timing, before pytest's summary."""
+    if report.failed:
+        import sys
+
+        sys.stderr.write(f"\n{report.nodeid} failed:\n{report.longreprtext}\n")
