@@ -10,6 +10,7 @@ import contextlib
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mediafork import tlsutil
 from mediafork.sip.dialog import build_response
@@ -142,3 +143,9 @@ class MiniSrs:
             self._server.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
+
+
+async def mini_srs_on(*sinks: Any, **options: Any) -> MiniSrs:
+    """A started MiniSrs whose answer sends each stream to one of ``sinks`` (objects with a
+    ``port`` on 127.0.0.1, such as the ``recorders`` fixture's), in stream order."""
+    return await MiniSrs(media=[("127.0.0.1", sink.port) for sink in sinks], **options).start()

@@ -35,7 +35,7 @@ from .harness import (
     sdp_of,
     start_request,
 )
-from .minisrs import MiniSrs
+from .minisrs import MiniSrs, mini_srs_on
 from .test_call_events_sipp import CALLEE, CALLER, CAROL, SCHEMA, SUPERVISOR
 from .test_failover import KEEPALIVE, _payload, _pump_until, _up
 
@@ -136,8 +136,8 @@ def test_call_events_before_a_failover_are_in_the_standbys_metadata_and_later_on
     rec1, rec2, rec3, rec4 = (recorders() for _ in range(4))
 
     async def main() -> None:
-        primary = await MiniSrs(media=[("127.0.0.1", rec1.port), ("127.0.0.1", rec2.port)]).start()
-        standby = await MiniSrs(media=[("127.0.0.1", rec3.port), ("127.0.0.1", rec4.port)]).start()
+        primary = await mini_srs_on(rec1, rec2)
+        standby = await mini_srs_on(rec3, rec4)
         events, tap = EventLog(), Wiretap()
         links = await open_links(events, tap, **KEEPALIVE)
         call = engine.add_call("CA" + secrets.token_hex(16), ingress=False)
@@ -231,8 +231,8 @@ def test_new_participants_after_a_call_event_reach_the_standby(
     dave = "sip:dave@pbx.example"
 
     async def main() -> None:
-        primary = await MiniSrs(media=[("127.0.0.1", rec1.port), ("127.0.0.1", rec2.port)]).start()
-        standby = await MiniSrs(media=[("127.0.0.1", rec3.port), ("127.0.0.1", rec4.port)]).start()
+        primary = await mini_srs_on(rec1, rec2)
+        standby = await mini_srs_on(rec3, rec4)
         events, tap = EventLog(), Wiretap()
         links = await open_links(events, tap, **KEEPALIVE)
         call = engine.add_call("CA" + secrets.token_hex(16), ingress=False)
@@ -262,8 +262,8 @@ def test_a_call_event_while_paused_after_a_failover_keeps_the_standby_paused(
     rec1, rec2, rec3, rec4 = (recorders() for _ in range(4))
 
     async def main() -> None:
-        primary = await MiniSrs(media=[("127.0.0.1", rec1.port), ("127.0.0.1", rec2.port)]).start()
-        standby = await MiniSrs(media=[("127.0.0.1", rec3.port), ("127.0.0.1", rec4.port)]).start()
+        primary = await mini_srs_on(rec1, rec2)
+        standby = await mini_srs_on(rec3, rec4)
         events = EventLog()
         links = await open_links(events, **KEEPALIVE)
         call = engine.add_call("CA" + secrets.token_hex(16), ingress=False)
@@ -305,7 +305,7 @@ def test_a_pause_while_the_standby_sets_up_holds_the_media_and_tells_it_once(
     rec1, rec2, rec3, rec4 = (recorders() for _ in range(4))
 
     async def main() -> None:
-        primary = await MiniSrs(media=[("127.0.0.1", rec1.port), ("127.0.0.1", rec2.port)]).start()
+        primary = await mini_srs_on(rec1, rec2)
         standby = await MiniSrs(media=[("127.0.0.1", rec3.port), ("127.0.0.1", rec4.port)],
                                 invite_delay=0.3).start()
         events = EventLog()

@@ -35,7 +35,7 @@ from .harness import (
     sdp_of,
     start_request,
 )
-from .minisrs import MiniSrs
+from .minisrs import MiniSrs, mini_srs_on
 from .test_sipp import SCHEMA, answer_keys, offered_key, unprotect_all
 
 NS = "{urn:ietf:params:xml:ns:recording:1}"
@@ -90,7 +90,7 @@ def test_primary_process_killed_mid_call_fails_over_with_full_metadata_and_new_k
     primary = sipp("srs_answer", keys=answer_keys(rec1, rec2))
 
     async def main() -> None:
-        standby = await MiniSrs(media=[("127.0.0.1", rec3.port), ("127.0.0.1", rec4.port)]).start()
+        standby = await mini_srs_on(rec3, rec4)
         events, tap = EventLog(), Wiretap()
         links = await open_links(events, tap, **KEEPALIVE)
         call = _new_call(engine)
@@ -153,8 +153,8 @@ def test_icmp_on_media_fails_over_and_byes_the_old_recorder(
     rec1, rec2, rec3, rec4 = (recorders() for _ in range(4))
 
     async def main() -> None:
-        primary = await MiniSrs(media=[("127.0.0.1", rec1.port), ("127.0.0.1", rec2.port)]).start()
-        standby = await MiniSrs(media=[("127.0.0.1", rec3.port), ("127.0.0.1", rec4.port)]).start()
+        primary = await mini_srs_on(rec1, rec2)
+        standby = await mini_srs_on(rec3, rec4)
         events = EventLog()
         links = await open_links(events)
         call = _new_call(engine)
@@ -188,7 +188,7 @@ def test_every_recorder_dead_gives_one_error_after_the_failover_attempt(
     rec1, rec2 = recorders(), recorders()
 
     async def main() -> None:
-        primary = await MiniSrs(media=[("127.0.0.1", rec1.port), ("127.0.0.1", rec2.port)]).start()
+        primary = await mini_srs_on(rec1, rec2)
         dead = f"sip:srs@127.0.0.1:{_dead_udp_port()}"
         events, tap = EventLog(), Wiretap()
         links = await open_links(events, tap, **KEEPALIVE)
@@ -217,7 +217,7 @@ def test_max_failovers_zero_reports_the_loss(
     rec1, rec2 = recorders(), recorders()
 
     async def main() -> None:
-        primary = await MiniSrs(media=[("127.0.0.1", rec1.port), ("127.0.0.1", rec2.port)]).start()
+        primary = await mini_srs_on(rec1, rec2)
         standby = await MiniSrs().start()
         events = EventLog()
         links = await open_links(events, max_failovers=0, **KEEPALIVE)
@@ -327,8 +327,8 @@ def test_a_paused_siprec_stays_paused_across_a_failover_and_resumes_at_the_stand
     rec1, rec2, rec3, rec4 = (recorders() for _ in range(4))
 
     async def main() -> None:
-        primary = await MiniSrs(media=[("127.0.0.1", rec1.port), ("127.0.0.1", rec2.port)]).start()
-        standby = await MiniSrs(media=[("127.0.0.1", rec3.port), ("127.0.0.1", rec4.port)]).start()
+        primary = await mini_srs_on(rec1, rec2)
+        standby = await mini_srs_on(rec3, rec4)
         events = EventLog()
         links = await open_links(events, **KEEPALIVE)
         call = _new_call(engine)

@@ -41,7 +41,7 @@ from .harness import (
     sdp_of,
     start_request,
 )
-from .minisrs import MiniSrs, self_signed
+from .minisrs import MiniSrs, mini_srs_on, self_signed
 from .test_sipp import answer_keys, offered_key, unprotect_all
 
 E2, E3 = "127.0.0.2", "127.0.0.3"
@@ -379,7 +379,7 @@ def test_pause_resume_and_participant_update(
     rec1, rec2 = recorders(), recorders()
 
     async def main() -> None:
-        srs = await MiniSrs(media=[("127.0.0.1", rec1.port), ("127.0.0.1", rec2.port)]).start()
+        srs = await mini_srs_on(rec1, rec2)
         events = EventLog()
         links = await open_links(events)
         call = _new_call(engine)
