@@ -13,20 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from mediafork.engine import Engine
-from mediafork.media import _fastpath
-
-
-def _io_uring_refusal() -> str:
-    """Why this kernel (or its seccomp profile) refuses the io_uring backend; "" if not."""
-    try:
-        core = _fastpath.CEngine(2, 2, 256, 0, "io_uring")
-    except OSError as exc:
-        return str(exc)
-    core.close()
-    return ""
-
-
-IO_URING_REFUSED = _io_uring_refusal()
+from tests.io_uring_support import IO_URING_REFUSED
 
 
 @pytest.fixture(autouse=True, params=["epoll", "io_uring"])

@@ -7,8 +7,9 @@ import logging
 import pytest
 
 from mediafork.engine import Engine, EngineError
+from tests.io_uring_support import IO_URING_REFUSED, auto_backend
 
-from .conftest import IO_URING_REFUSED, open_descriptors
+from .conftest import open_descriptors
 
 
 def test_the_engine_uses_the_backend_asked_for(io_backend: str) -> None:
@@ -24,6 +25,16 @@ def test_auto_prefers_io_uring_and_logs_the_choice(caplog: pytest.LogCaptureFixt
         assert e.io_backend == expected
     [line] = [r.getMessage() for r in caplog.records if "media I/O backend" in r.getMessage()]
     assert line.startswith(f"media I/O backend: {expected}")
+
+
+def test_the_default_is_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without ``io`` an engine takes io_uring where the kernel allows it (the autouse
+    fixture pins every other test to one backend; undo that here)."""
+    monkeypatch.setitem(Engine.__init__.__kwdefaults__, "io", "auto")
+    with Engine(port_range=(36000, 36099)) as e:
+        assert e.io_backend == auto_backend()
+    monkeypatch.undo()
+    assert Engine.__init__.__kwdefaults__["io"] == "auto"
 
 
 def test_bad_backend_and_tick_are_refused_before_anything_is_made() -> None:
