@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from mediafork.engine import Engine, SrtpKey, Track
+from mediafork.engine import DEFAULT_TICK, Engine, SrtpKey, Track
 from mediafork.media import _fastpath
 from mediafork.media.sockets import udp_socket
 from mediafork.media.srtp import outbound_session
@@ -82,8 +82,27 @@ def _probe_commands(call, sink: socket.socket, until: float) -> list[float]:
 
 def bench_io() -> str:
     """The engine's I/O backend for the benches: ``MEDIAFORK_BENCH_IO`` (auto, io_uring or
-    epoll; default epoll, what a daemon picks), so each path can be measured on its own."""
-    return os.environ.get("MEDIAFORK_BENCH_IO", "epoll")
+    epoll; default auto, what a daemon picks), so each path can be measured on its own."""
+    return os.environ.get("MEDIAFORK_BENCH_IO", "auto")
+
+
+def bench_tick() -> float | None:
+    """The engine's tick for the benches: ``MEDIAFORK_BENCH_TICK_US`` (microseconds; unset:
+    the engine's default, what a daemon runs with)."""
+    value = os.environ.get("MEDIAFORK_BENCH_TICK_US")
+    return None if value in (None, "") else int(value) / 1e6
+
+
+def resolved_bench_tick_us() -> int:
+    """The tick the benches' engines run with, in microseconds."""
+    tick = bench_tick()
+    return round((DEFAULT_TICK if tick is None else tick) * 1e6)
+
+
+def resolved_bench_io() -> str:
+    """The backend :func:`bench_io` resolves to on this machine ("auto" names none)."""
+    with Engine(port_range=(20000, 20009), io=bench_io()) as engine:
+        return engine.io_backend
 
 
 def run_engine_load(calls: int, duration: float, warmup: float = 1.0, *,
@@ -92,7 +111,7 @@ def run_engine_load(calls: int, duration: float, warmup: float = 1.0, *,
     seconds."""
     sinks = _sinks(4)
     rtcp_sink = udp_socket("127.0.0.1", 0)
-    engine = Engine(port_range=(20000, 59999), workers=workers, io=bench_io())
+    engine = Engine(port_range=(20000, 59999), workers=workers, io=bench_io(), tick=bench_tick())
     dests, forks, call_objs = [], [], []
     call = None
     try:

@@ -12,7 +12,13 @@ from pylibsrtp import Policy, Session
 
 from mediafork.engine import Engine, SrtpKey, Track
 
-from .loadsetup import bench_io, run_engine_load, run_floor_load, run_raw_load
+from .loadsetup import (
+    resolved_bench_io,
+    resolved_bench_tick_us,
+    run_engine_load,
+    run_floor_load,
+    run_raw_load,
+)
 
 PACKET = struct.pack("!BBHII", 0x80, 0, 1, 160, 0x1234) + b"\xff" * 160  # 172-byte PCMU
 N = 200_000
@@ -168,7 +174,8 @@ def test_e2e_forwarding(benchmark):
         "e2e_vs_raw_runs": vs_raw,
         "e2e_vs_raw_spread": [min(vs_raw), max(vs_raw)],
         "floor_tick_us": tick_us,
-        "engine_io": bench_io(),
+        "engine_io": resolved_bench_io(),
+        "engine_tick_us": resolved_bench_tick_us(),
         "floor_skipped": floor_skipped,
         # a floor that lost packets is flattered by the work it did not do
         "floor_loss_pct": max(floor_loss, default=0.0),

@@ -48,7 +48,16 @@ from mediafork.mediasource.ng import NgTiming
 from mediafork.mediasource.ng_client import NgClient
 
 from .load.driver import _cpu_seconds, percentile
-from .loadsetup import PPS, _run_generator, _sinks, bench_io, run_floor_load
+from .loadsetup import (
+    PPS,
+    _run_generator,
+    _sinks,
+    bench_io,
+    bench_tick,
+    resolved_bench_io,
+    resolved_bench_tick_us,
+    run_floor_load,
+)
 
 HOST = "127.0.0.1"
 PROBE_MAGIC = b"MFVSRTPE"
@@ -205,7 +214,7 @@ def run_mediafork(calls: int, forks: int, srtp: bool, seconds: float, warmup: fl
     per_track = forks // 2
     _pin(0)  # the worker thread inherits the affinity of the thread that starts it
     try:
-        engine = Engine(port_range=(20000, 59999), workers=1, io=bench_io())
+        engine = Engine(port_range=(20000, 59999), workers=1, io=bench_io(), tick=bench_tick())
     finally:
         _unpin()
     call_objs = []
@@ -366,7 +375,9 @@ def run(calls_steps: list[int], seconds: float, cells: tuple[tuple[int, bool], .
     binary = find_rtpengine()
     out: dict[str, Any] = {"seconds": seconds, "cpus": os.cpu_count(), "cells": [],
                            "floor": [], "pinned": _pinning(),
-                           "load_average_before": os.getloadavg()[0]}
+                           "load_average_before": os.getloadavg()[0],
+                           "engine_io": resolved_bench_io(),
+                           "engine_tick_us": resolved_bench_tick_us()}
     if binary is None:
         out["skipped"] = "rtpengine is not installed (Debian package rtpengine-daemon)"
     else:
