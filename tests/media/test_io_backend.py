@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import socket
+import statistics
+import time
 
 import pytest
 
-from mediafork.engine import Engine, EngineError
+from mediafork.engine import Engine, EngineError, Track
 from tests.io_uring_support import IO_URING_REFUSED, auto_backend
 
-from .conftest import open_descriptors
+from .conftest import open_descriptors, rtp
 
 
 def test_the_engine_uses_the_backend_asked_for(io_backend: str) -> None:
@@ -55,3 +58,39 @@ def test_each_worker_has_its_own_backend_and_gives_it_back(io_backend: str) -> N
     assert open_descriptors() > before
     e.close()
     assert open_descriptors() == before
+
+
+def _lag_after_bursts(tick: float, sink: socket.socket, sender: socket.socket, calls: int) -> float:
+    """Median ms from the end of a burst (one packet to each of ``calls`` calls) until
+    the sink has every forwarded copy, over eight bursts."""
+    sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    sink.settimeout(2.0)
+    lags = []
+    with Engine(tick=tick, port_range=(40000, 43999)) as e:
+        made = [e.add_call(f"CA-burst-{i}") for i in range(calls)]
+        for c in made:
+            c.add_fork(Track.INBOUND, destination=sink.getsockname())
+        for burst in range(8):
+            for c in made:
+                sender.sendto(rtp(burst, burst * 160), c.ingress[Track.INBOUND])
+            sent = time.monotonic()
+            for _ in range(calls):
+                sink.recv(2048)
+            lags.append((time.monotonic() - sent) * 1e3)
+            time.sleep(0.02)
+        for c in made:
+            c.close()
+    return statistics.median(lags)
+
+
+def test_a_tick_is_not_added_once_per_batch_of_ready_sockets(sink: socket.socket,
+                                                              sender: socket.socket) -> None:
+    """A wake hands over a bounded number of sockets (epoll: 16; io_uring: the kernel runs
+    at most 20 sockets' receive work per enter). When more were ready, the worker must
+    wake again at once rather than pause its tick first: 400 sockets ready together
+    would otherwise wait 20 ticks (a 1 ms tick measured 6.9 ms median against 0.9 ms
+    without a tick). Compared with the same burst at tick 0, so machine speed cancels."""
+    calls = 400
+    without = _lag_after_bursts(0.0, sink, sender, calls)
+    with_tick = _lag_after_bursts(0.001, sink, sender, calls)
+    assert with_tick < without + 3.0, (with_tick, without)
