@@ -66,6 +66,8 @@ class LoadConfig:
     stop_rate: float = 200.0
     sip_transport: str = "tls"
     """``tls`` (the default for a secure connector), ``tcp`` or ``udp`` (SDES keys in clear)."""
+    io: str | None = None
+    """The daemon's ``[media] io``; None: its default."""
     sample_interval: float = 2.0
     warmup_seconds: float | None = None
     """RSS samples before this (after the last siprec-started) are warm-up; default 10% of the
@@ -251,7 +253,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def _config_toml(workdir: Path, sid: str, token: str, recorder: dict[str, Any], ca: Path,
-                 transport: str) -> Path:
+                 transport: str, io: str | None = None) -> Path:
     if transport == "tls":
         srs = f"sips:recorder@{HOST}:{recorder['tls']};secure=true"
     else:
@@ -265,6 +267,7 @@ path = "{workdir / 'mediafork.db'}"
 [media]
 address = "{HOST}"
 port_range = [{MEDIA_PORTS[0]}, {MEDIA_PORTS[1]}]
+{f'io = "{io}"' if io else ""}
 [[accounts]]
 sid = "{sid}"
 auth_token = "{token}"
@@ -336,7 +339,8 @@ class LoadRun:
             "--sink-ports", *map(str, sink_ports)], workdir)
         self.children.append(rec)
         ports = await rec.read("udp", 30)
-        conf = _config_toml(workdir, self.sid, self.token, ports, cert, self.cfg.sip_transport)
+        conf = _config_toml(workdir, self.sid, self.token, ports, cert, self.cfg.sip_transport,
+                            self.cfg.io)
         daemon = await Child.start("daemon", [
             py, "-c", "import sys; from mediafork.cli import main; sys.exit(main())",
             "serve", "--config", str(conf), "--log-level", "warning"], workdir)
@@ -814,6 +818,7 @@ async def main_async(args: argparse.Namespace) -> int:
     base = LoadConfig(calls=args.calls, siprecs_per_call=args.siprecs_per_call,
                       soak_seconds=args.minutes * 60.0, create_rate=args.create_rate,
                       sip_transport=args.sip_transport,
+                      io=args.io,
                       setup_before_media=args.setup_before_media, churn_rate=args.churn_rate)
     out = Path(args.out)
     if args.step:
@@ -867,6 +872,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--create-rate", type=float, default=20.0,
                         help="Siprec creates per second (open loop)")
     parser.add_argument("--sip-transport", choices=("tls", "tcp", "udp"), default="tls")
+    parser.add_argument("--io", choices=("auto", "io_uring", "epoll"), default=None,
+                        help="the daemon's [media] io (default: its own default, auto)")
     parser.add_argument("--setup-before-media", action="store_true",
                         help="start every Siprec before the media (data-plane capacity apart "
                         "from the session setup rate under load)")

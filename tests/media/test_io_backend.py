@@ -30,14 +30,17 @@ def test_auto_prefers_io_uring_and_logs_the_choice(caplog: pytest.LogCaptureFixt
     assert line.startswith(f"media I/O backend: {expected}")
 
 
-def test_the_default_is_auto(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without ``io`` an engine takes io_uring where the kernel allows it (the autouse
-    fixture pins every other test to one backend; undo that here)."""
-    monkeypatch.setitem(Engine.__init__.__kwdefaults__, "io", "auto")
-    with Engine(port_range=(36000, 36099)) as e:
+def test_auto_resolves_to_io_uring_where_the_kernel_allows_it() -> None:
+    with Engine(io="auto", port_range=(36000, 36099)) as e:
         assert e.io_backend == auto_backend()
+
+
+def test_the_default_is_epoll(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The autouse fixture pins every test to one backend; undo that to see the default."""
     monkeypatch.undo()
-    assert Engine.__init__.__kwdefaults__["io"] == "auto"
+    assert Engine.__init__.__kwdefaults__["io"] == "epoll"
+    with Engine(port_range=(36000, 36099)) as e:
+        assert e.io_backend == "epoll"
 
 
 def test_bad_backend_and_tick_are_refused_before_anything_is_made() -> None:
