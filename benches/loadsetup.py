@@ -82,8 +82,8 @@ def _probe_commands(call, sink: socket.socket, until: float) -> list[float]:
 
 def bench_io() -> str:
     """The engine's I/O backend for the benches: ``MEDIAFORK_BENCH_IO`` (auto, io_uring or
-    epoll; default epoll, what a daemon picks), so each path can be measured on its own."""
-    return os.environ.get("MEDIAFORK_BENCH_IO", "epoll")
+    epoll; default auto, what a daemon picks), so each path can be measured on its own."""
+    return os.environ.get("MEDIAFORK_BENCH_IO", "auto")
 
 
 def bench_tick() -> float | None:

@@ -161,14 +161,13 @@ class Engine:
         workers: int = 1,
         latch: bool = True,
         relatch_after: float = DEFAULT_RELATCH_AFTER,
-        io: str = "epoll",
+        io: str = "auto",
         tick: float | None = None,
     ) -> None:
         """``latch``, ``relatch_after``: the default media source latching of calls (see
-        :meth:`add_call`). ``io``: the I/O backend, "epoll" (the default: it degrades more
-        gently than io_uring when the worker's core is full, docs/dataplane.md), "auto"
-        (io_uring where the kernel allows it, else epoll with a warning saying why) or
-        "io_uring" (refuse to start without it); the one in use is
+        :meth:`add_call`). ``io``: the I/O backend, "auto" (the default: io_uring where the
+        kernel allows it, else epoll with a warning saying why), "io_uring" (refuse to
+        start without it) or "epoll"; the one in use is
         :attr:`io_backend`. ``tick``: seconds a worker lets pass between two wakes so
         that one wake serves every socket that became ready meanwhile (0: wake per
         readiness; at most 1 ms). ``coalesce`` is its former name."""

@@ -145,10 +145,9 @@ class MediaConfig:
     that sends it valid RTP (false: from anyone)."""
     relatch_after: float = 3.0
     """Seconds the latched source must be silent before another sender may take over."""
-    io: str = "epoll"
-    """The media I/O backend: "epoll" (default: it degrades more gently than io_uring when
-    a worker's core is full, docs/dataplane.md), "auto" (io_uring where the kernel allows it,
-    else epoll with a warning saying why) or "io_uring" (fail to start without it)."""
+    io: str = "auto"
+    """The media I/O backend: "auto" (default: io_uring where the kernel allows it, else
+    epoll with a warning saying why), "io_uring" (fail to start without it) or "epoll"."""
     tick_us: int = 0
     """Microseconds a media worker lets pass between two wakes, so one wake serves every
     socket that became ready meanwhile (0: wake per readiness; at most 1000)."""
@@ -689,7 +688,7 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
     if idle != 0 and not 1 <= idle <= 86400:
         raise ConfigError("media.call_idle_timeout: must be 0 (off) or 1-86400 seconds")
     media = dataclasses.replace(media, port_reserve=reserve, call_idle_timeout=idle)
-    io = media_r.get("io", str, "epoll")
+    io = media_r.get("io", str, "auto")
     if io not in ("auto", "io_uring", "epoll"):
         raise ConfigError('media.io: must be "auto", "io_uring" or "epoll"')
     tick_us = media_r.get("tick_us", int, 0)

@@ -35,12 +35,12 @@ def test_auto_resolves_to_io_uring_where_the_kernel_allows_it() -> None:
         assert e.io_backend == auto_backend()
 
 
-def test_the_default_is_epoll(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_default_is_auto(monkeypatch: pytest.MonkeyPatch) -> None:
     """The autouse fixture pins every test to one backend; undo that to see the default."""
     monkeypatch.undo()
-    assert Engine.__init__.__kwdefaults__["io"] == "epoll"
+    assert Engine.__init__.__kwdefaults__["io"] == "auto"
     with Engine(port_range=(36000, 36099)) as e:
-        assert e.io_backend == "epoll"
+        assert e.io_backend == auto_backend()
 
 
 def test_bad_backend_and_tick_are_refused_before_anything_is_made() -> None:
