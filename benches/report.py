@@ -57,6 +57,7 @@ def main(raw_path: str, out_path: str) -> int:
         ("raw_srtp_protect_pkts_per_s", "{:,.0f}"),
         ("srtp_vs_raw", "{:.3f}"),
         ("srtp_spread_1000_vs_1", "{:.2f}x"),
+        ("srtp_cm_vs_libsrtp_1000", "{:.3f}"),
         ("python_baseline_pkts_per_s", "{:,.0f}"),
         ("c_vs_python", "{:.1f}x"),
         ("e2e_reference_calls", "{}"),

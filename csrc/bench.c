@@ -31,7 +31,7 @@ uint64_t mf_bench_raw_protect(void *session, const uint8_t *pkt, uint32_t len, u
         buf[2] = (uint8_t)(i >> 8);
         buf[3] = (uint8_t)i;
         int l = (int)len;
-        mf_srtp.protect(session, buf, &l);
+        mf_srtp_protect_rtp(session, buf, &l);
     }
     return mf_now_ns() - t0;
 }
@@ -253,7 +253,7 @@ static int floor_mmsg(const int *in_fds, uint32_t n_in, const int *out_fds, uint
                         memcpy(tx[j], rx[j], rmsg[j].msg_len);
                         int l = (int)rmsg[j].msg_len;
                         if (sessions)
-                            mf_srtp.protect(sessions[(size_t)i * nforks + k], tx[j], &l);
+                            mf_srtp_protect_rtp(sessions[(size_t)i * nforks + k], tx[j], &l);
                         siov[j].iov_len = (size_t)l;
                         memset(&smsg[j].msg_hdr, 0, sizeof(smsg[j].msg_hdr));
                         smsg[j].msg_hdr.msg_iov = &siov[j];
@@ -534,7 +534,7 @@ static int floor_uring(const int *in_fds, uint32_t n_in, const int *out_fds, uin
                 memcpy(sl->buf, pkt, len);
                 int l = (int)len;
                 if (sessions)
-                    mf_srtp.protect(sessions[(size_t)i * nforks + k], sl->buf, &l);
+                    mf_srtp_protect_rtp(sessions[(size_t)i * nforks + k], sl->buf, &l);
                 sl->iov.iov_len = (size_t)l;
                 sl->msg.msg_name = (void *)&dests[(size_t)i * nforks + k];
                 sqe->opcode = IORING_OP_SENDMSG;
@@ -637,7 +637,7 @@ uint64_t mf_bench_protect_spread(void *const *sessions, uint32_t nsessions, cons
         buf[2] = (uint8_t)(seq >> 8);
         buf[3] = (uint8_t)seq;
         int l = (int)len;
-        mf_srtp.protect(sessions[s], buf, &l);
+        mf_srtp_protect_rtp(sessions[s], buf, &l);
     }
     return thread_cpu_ns() - t0;
 }

@@ -11,6 +11,7 @@
 
 #include "engine.h"
 #include "rtcp.h"
+#include "srtp_cm.h"
 #include "srtp_shim.h"
 
 /* Layout of a recording slot's data: seq, timestamp, payload type, marker, payload. */
@@ -378,7 +379,7 @@ static inline void fork_forward(mf_engine *e, mf_call *c, mf_fork *f, const mf_t
     if (f->srtp_tx) {
         /* Drain fork: the embedder may read the slot as soon as it is
          * committed, so it is protected first. */
-        if (MF_UNLIKELY(mf_srtp.protect(f->srtp_tx, slot->data, &len) != 0)) {
+        if (MF_UNLIKELY(mf_srtp_protect_rtp(f->srtp_tx, slot->data, &len) != 0)) {
             MF_CTR_ADD(f->ctr.srtp_errors, 1);
             return;
         }
@@ -416,7 +417,7 @@ static void fork_protect_pending(mf_fork *f)
         mf_slot *s = mf_ring_at(r, i);
         int len = (int)s->len;
         uint32_t payload_len = s->len - MF_RTP_MIN_HEADER;
-        if (MF_UNLIKELY(mf_srtp.protect(f->srtp_tx, s->data, &len) != 0)) {
+        if (MF_UNLIKELY(mf_srtp_protect_rtp(f->srtp_tx, s->data, &len) != 0)) {
             MF_CTR_ADD(f->ctr.srtp_errors, 1);
             continue;
         }
@@ -526,7 +527,7 @@ size_t mf_fork_build_sr(mf_fork *f, uint8_t *buf, size_t cap, uint64_t now_ns)
         return 0;
     if (f->srtp_tx) {
         int len = (int)n;
-        if (mf_srtp.protect_rtcp(f->srtp_tx, buf, &len) != 0) {
+        if (mf_srtp_protect_rtcp(f->srtp_tx, buf, &len) != 0) {
             MF_CTR_ADD(f->ctr.srtp_errors, 1);
             return 0;
         }
@@ -649,7 +650,7 @@ static void on_rtcp(mf_engine *e, mf_fork *f, const mf_io_msg *m, uint64_t now)
         return; /* a recorder has no media to send us; ignore */
     memcpy(buf, m->data, m->len); /* unprotect works in place */
     int len = (int)m->len;
-    if (f->srtp_rx && mf_srtp.unprotect_rtcp(f->srtp_rx, buf, &len) != 0) {
+    if (f->srtp_rx && mf_srtp_unprotect_rtcp(f->srtp_rx, buf, &len) != 0) {
         MF_CTR_ADD(f->ctr.rtcp_bad, 1);
         return;
     }
@@ -786,8 +787,13 @@ void mf_engine_flush(mf_engine *e, uint64_t now_ns)
 {
     /* First every protect of the tick, fork by fork, then every send: the
      * SRTP code runs back to back instead of between system calls. */
-    for (mf_fork *p = e->dirty; p; p = p->next_dirty)
+    for (mf_fork *p = e->dirty; p; p = p->next_dirty) {
+        /* The next fork's SRTP state loads while this one's packets are
+         * protected: with thousands of forks it is never still cached. */
+        if (p->next_dirty && p->next_dirty->srtp_tx && p->next_dirty->srtp_tx->cm)
+            mf_srtp_cm_prefetch(p->next_dirty->srtp_tx->cm);
         fork_protect_pending(p);
+    }
     mf_fork *f = e->dirty;
     e->dirty = NULL;
     while (f) {

@@ -21,6 +21,7 @@
 #include "mf_common.h"
 #include "ring.h"
 #include "rtp.h"
+#include "srtp_shim.h"
 
 #define MF_TRACKS 2
 #define MF_TRACK_INBOUND 0
@@ -139,8 +140,8 @@ struct mf_fork {
     int fd;      /* RTP, connected to the destination; -1: drain mode */
     int rtcp_fd; /* RTCP on the RTP port + 1 (RFC 3550 §11): SRs out, RRs in; -1: none */
     mf_pollsrc src, rtcp_src;
-    void *srtp_tx; /* NULL: plain RTP */
-    void *srtp_rx; /* for SRTCP from the recorder; NULL: plain or unknown */
+    mf_srtp_ctx *srtp_tx; /* NULL: plain RTP */
+    mf_srtp_ctx *srtp_rx; /* for SRTCP from the recorder; NULL: plain or unknown */
     uint32_t ssrc;
     uint16_t seq_base;
     uint32_t ts_base;

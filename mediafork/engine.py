@@ -32,7 +32,14 @@ import numpy as np
 
 from .media import _fastpath
 from .media.sockets import EGRESS_BUFFER, INGRESS_BUFFER, PortAllocator
-from .media.srtp import SrtpKey, SrtpProfile, inbound_session, outbound_session
+from .media.srtp import (
+    SRTP_TRANSFORMS,
+    SrtpKey,
+    SrtpProfile,
+    inbound_session,
+    lean_transform_available,
+    outbound_session,
+)
 
 __all__ = [
     "Call",
@@ -163,6 +170,7 @@ class Engine:
         relatch_after: float = DEFAULT_RELATCH_AFTER,
         io: str = "auto",
         tick: float | None = None,
+        srtp_transform: str = "auto",
     ) -> None:
         """``latch``, ``relatch_after``: the default media source latching of calls (see
         :meth:`add_call`). ``io``: the I/O backend, "auto" (the default: io_uring where the
@@ -170,9 +178,15 @@ class Engine:
         start without it) or "epoll"; the one in use is
         :attr:`io_backend`. ``tick``: seconds a worker lets pass between two wakes so
         that one wake serves every socket that became ready meanwhile (0: wake per
-        readiness; at most 1 ms). ``coalesce`` is its former name."""
+        readiness; at most 1 ms). ``coalesce`` is its former name. ``srtp_transform``:
+        what protects the RTP of AES-CM forks, "auto" (the lean sender transform of
+        csrc/srtp_cm.h where the build has it, else libsrtp) or "libsrtp"; the one in use is
+        :attr:`srtp_transform`."""
         if io not in IO_BACKENDS:
             raise EngineError(f"io must be one of {', '.join(IO_BACKENDS)}, got {io!r}")
+        if srtp_transform not in SRTP_TRANSFORMS:
+            raise EngineError(f"srtp_transform must be one of {', '.join(SRTP_TRANSFORMS)}, "
+                              f"got {srtp_transform!r}")
         if tick is None:
             tick = DEFAULT_TICK if coalesce is None else coalesce
         if isinstance(tick, bool) or not isinstance(tick, (int, float)) or not 0 <= tick <= MAX_TICK:
@@ -180,6 +194,10 @@ class Engine:
         if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 64:
             raise EngineError(f"workers must be an integer from 1 to 64, got {workers!r}")
         self.latch = bool(latch)
+        # "srtp_cm" or "libsrtp": what AES-CM forks' RTP goes through (GCM: always libsrtp).
+        self._srtp_mode = srtp_transform
+        self.srtp_transform = ("srtp_cm" if srtp_transform == "auto" and lean_transform_available()
+                               else "libsrtp")
         self.relatch_after = _relatch_seconds(relatch_after)
         if workers > 1 and not threaded:
             raise EngineError("an engine driven by run_once() has a single worker")
@@ -207,6 +225,7 @@ class Engine:
             log.warning("media I/O backend: epoll (io_uring unavailable: %s)", reason)
         else:
             log.info("media I/O backend: %s", self.io_backend)
+        log.info("SRTP transform for AES-CM forks: %s", self.srtp_transform)
         self._load = [0] * workers  # live calls per worker
         self._calls: dict[str, Call] = {}
         self._calls_by_id: dict[int, Call] = {}
@@ -533,7 +552,7 @@ class Call:
                     os.close(descriptor)
             raise
         try:
-            tx = outbound_session(key, ssrc) if key else None
+            tx = outbound_session(key, ssrc, self.engine._srtp_mode) if key else None
             rx = inbound_session(remote_key) if remote_key else None
             self._worker.add_fork(self._core, core, tx, rx)
         except ValueError as exc:
@@ -716,7 +735,7 @@ class Fork:
     def rotate_key(self, key: SrtpKey | None, remote_key: SrtpKey | None = None) -> None:
         """Switch to new SRTP keys (e.g. after an SDES re-offer)."""
         self._check_open()
-        tx = outbound_session(key, self.ssrc) if key else None
+        tx = outbound_session(key, self.ssrc, self.call.engine._srtp_mode) if key else None
         rx = inbound_session(remote_key) if remote_key else None
         self.call._worker.set_fork_srtp(self._core, tx, rx)
         self.key = key

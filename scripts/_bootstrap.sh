@@ -23,6 +23,13 @@ quietly() {
     exit 1
   fi
 }
+# OpenSSL's headers give the extension its lean SRTP transform (setup.py); without
+# them it still builds, and every SRTP suite goes through libsrtp alone.
+if [ ! -e /usr/include/openssl/evp.h ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "[bootstrap] apt-get install libssl-dev"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev) \
+    >>"$LOG" 2>&1 || echo "[bootstrap] libssl-dev could not be installed: SRTP goes through libsrtp alone"
+fi
 # One stamp per set of extras: the demo's runtime-only install does not satisfy the tests.
 stamp="$VENV/.mediafork-deps${EXTRAS:+-$EXTRAS}"
 if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then

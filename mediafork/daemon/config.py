@@ -151,6 +151,9 @@ class MediaConfig:
     tick_us: int = 0
     """Microseconds a media worker lets pass between two wakes, so one wake serves every
     socket that became ready meanwhile (0: wake per readiness; at most 1000)."""
+    srtp_transform: str = "auto"
+    """What protects the RTP of forks keyed with an AES-CM suite: "auto" (default: the lean
+    sender transform where the build has it, else libsrtp) or "libsrtp"."""
     port_reserve: int | None = None
     """Ports kept for accounts within their fair share (control.quotas); None: a tenth."""
     call_idle_timeout: float = DEFAULT_CALL_IDLE_TIMEOUT
@@ -667,7 +670,7 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
     media_r = _Reader(_table(root, "media"), "media", {"address", "port_range", "workers",
                                                        "port_reserve", "call_idle_timeout",
                                                        "latch", "relatch_after", "io",
-                                                       "tick_us"})
+                                                       "tick_us", "srtp_transform"})
     address = _ip(media_r.get("address", str, "127.0.0.1"), "media.address")
     first, last = _port_range(media_r.get("port_range", list, [30000, 39999]),
                               "media.port_range")
@@ -694,7 +697,10 @@ def parse_config(root: Mapping[str, Any], base_dir: Path | str = ".",
     tick_us = media_r.get("tick_us", int, 0)
     if not 0 <= tick_us <= 1000:
         raise ConfigError("media.tick_us: must be between 0 and 1000 microseconds")
-    media = dataclasses.replace(media, io=io, tick_us=tick_us)
+    srtp_transform = media_r.get("srtp_transform", str, "auto")
+    if srtp_transform not in ("auto", "libsrtp"):
+        raise ConfigError('media.srtp_transform: must be "auto" or "libsrtp"')
+    media = dataclasses.replace(media, io=io, tick_us=tick_us, srtp_transform=srtp_transform)
 
     accounts: list[AccountConfig] = []
     clear_secrets: list[str] = []  # key paths of secrets given in clear (start-up warning)

@@ -135,6 +135,11 @@ class EngineCollector(Collector):
                                labels=["backend"])
         io.add_metric([self.engine.io_backend], 1)
         yield io
+        srtp = GaugeMetricFamily("mediafork_media_srtp_transform",
+                                 "What protects the RTP of AES-CM forks (1 for the one in use).",
+                                 labels=["backend"])
+        srtp.add_metric([self.engine.srtp_transform], 1)
+        yield srtp
 
         if self.siprecs:
             g = GaugeMetricFamily("mediafork_siprecs", "Siprec resources by status.",

@@ -110,7 +110,8 @@ class Daemon:
         self.engine = Engine(media_address=config.media.address,
                              port_range=config.media.port_range,
                              workers=config.media.workers,
-                             io=config.media.io, tick=config.media.tick_us / 1e6)
+                             io=config.media.io, tick=config.media.tick_us / 1e6,
+                             srtp_transform=config.media.srtp_transform)
         data = make_private_dir(config.storage.data_dir)
         warn_if_open(data, "the data folder")
         make_private_dir(data / "recordings", tighten_below=data)

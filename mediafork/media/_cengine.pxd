@@ -54,13 +54,28 @@ cdef extern from "srtp_shim.h":
         mf_srtp_protect_fn protect_rtcp
         mf_srtp_protect_fn unprotect
         mf_srtp_protect_fn unprotect_rtcp
+    enum: MF_SRTP_MAX_TRAILER
     int mf_srtp_bind(const mf_srtp_api *api)
     int mf_srtp_ready()
-    void *mf_srtp_session_new(const void *policy, int *err)
-    void mf_srtp_session_free(void *session)
+    ctypedef struct mf_srtp_ctx:
+        void *session
+        void *cm
+    mf_srtp_ctx *mf_srtp_session_new(const void *policy, const uint8_t *master, int tag_len,
+                                     int *err)
+    void mf_srtp_session_free(mf_srtp_ctx *ctx)
+    int mf_srtp_protect_rtp(mf_srtp_ctx *ctx, uint8_t *packet, int *len) nogil
+
+
+cdef extern from "srtp_cm.h":
+    int mf_srtp_cm_available()
+    int mf_srtp_cm_derive(const uint8_t *master_key, const uint8_t *master_salt, uint8_t label,
+                          uint8_t *out, int out_len)
+    int mf_srtp_cm_keystream(const uint8_t *key, const uint8_t *iv, uint8_t *out, int out_len,
+                             int aesni)
 
 
 cdef extern from "engine.h":
+    enum: MF_RX_BUF
     ctypedef struct mf_engine_config:
         uint32_t push_ring_slots
         uint32_t event_ring_slots

@@ -125,26 +125,88 @@ def find_rtcp_report(const uint8_t[::1] packet, uint32_t ssrc):
     return ("not_found" if st == 1 else "malformed"), None
 
 
-cdef class SrtpSession:
-    """A libsrtp session created from a pylibsrtp Policy; freed by ``close()`` (its
-    fork's release) or, as a safety net, when collected."""
-    cdef void *ptr
+def srtp_cm_available():
+    """True when this build protects AES-CM suites with the lean sender transform
+    (csrc/srtp_cm.h: OpenSSL found at build time and its AES usable here)."""
+    return mf_srtp_cm_available() == 1
 
-    def __cinit__(self, uintptr_t policy_address):
+
+def srtp_cm_derive(bytes master_key, bytes master_salt, int label, int length):
+    """RFC 3711 4.3 key derivation (key derivation rate 0): test hook."""
+    if len(master_key) != 16 or len(master_salt) != 14 or not 0 < length <= 64:
+        raise ValueError("a 16-byte key, a 14-byte salt and 1 to 64 bytes of output")
+    out = bytearray(length)
+    cdef uint8_t[::1] o = out
+    if mf_srtp_cm_derive(master_key, master_salt, <uint8_t>label, &o[0], length) != 0:
+        raise RuntimeError("the lean SRTP transform is not available")
+    return bytes(out)
+
+
+def srtp_cm_keystream(bytes key, bytes iv, int length, bint aesni=False):
+    """AES-CM keystream of a 16-byte key from a 16-byte IV, through OpenSSL's EVP or
+    (``aesni``) the AES-NI code: test hook."""
+    if len(key) != 16 or len(iv) != 16 or not 0 < length <= 2048:
+        raise ValueError("a 16-byte key and IV and 1 to 2048 bytes of output")
+    out = bytearray(length)
+    cdef uint8_t[::1] o = out
+    if mf_srtp_cm_keystream(key, iv, &o[0], length, aesni) != 0:
+        raise RuntimeError("the lean SRTP transform (or AES-NI) is not available")
+    return bytes(out)
+
+
+cdef class SrtpSession:
+    """A fork's SRTP context created from a pylibsrtp Policy: libsrtp's session and, given
+    ``master`` (key + salt of an AES-CM suite) and ``tag_len``, the lean RTP sender
+    transform. Freed by ``close()`` (its fork's release) or, as a safety net, when
+    collected."""
+    cdef mf_srtp_ctx *ptr
+
+    def __cinit__(self, uintptr_t policy_address, bytes master=None, int tag_len=0):
         cdef int err = 0
-        self.ptr = mf_srtp_session_new(<const void *>policy_address, &err)
+        cdef const uint8_t *m = NULL
+        if master is not None:
+            if len(master) != 30 or tag_len not in (4, 10):
+                raise ValueError("the lean transform takes a 30-byte master key and salt "
+                                 "and a tag of 4 or 10 bytes")
+            m = master
+        self.ptr = mf_srtp_session_new(<const void *>policy_address, m, tag_len, &err)
         if self.ptr == NULL:
+            if err == -2:
+                raise ValueError("the lean SRTP transform could not be set up")
             raise ValueError(f"srtp_create failed (libsrtp status {err})")
 
     def __dealloc__(self):
         self.close()
 
     def close(self):
-        """Free the libsrtp context (its keys with it). Only once no worker can use it.
+        """Free the SRTP contexts (their keys with them). Only once no worker can use it.
         Idempotent."""
         if self.ptr != NULL:
             mf_srtp_session_free(self.ptr)
             self.ptr = NULL
+
+    @property
+    def transform(self):
+        """Which code protects RTP: "srtp_cm" (the lean transform) or "libsrtp"."""
+        if self.ptr == NULL:
+            raise RuntimeError("SRTP session is closed")
+        return "srtp_cm" if self.ptr.cm != NULL else "libsrtp"
+
+    def protect(self, bytes packet):
+        """Protect one RTP packet as a fork would (tests; never while a worker uses this
+        session). Raises ValueError with the error code when it is refused."""
+        if self.ptr == NULL:
+            raise RuntimeError("SRTP session is closed")
+        if len(packet) > MF_RX_BUF:
+            raise ValueError("packet too long")
+        buf = bytearray(len(packet) + MF_SRTP_MAX_TRAILER)
+        buf[:len(packet)] = packet
+        cdef uint8_t[::1] b = buf
+        cdef int n = len(packet)
+        cdef int rc = mf_srtp_protect_rtp(self.ptr, &b[0], &n)
+        if rc != 0:
+            raise ValueError(f"SRTP protect failed (status {rc})")
+        return bytes(buf[:n])
 
     def bench_raw_protect(self, const uint8_t[::1] packet, uint64_t n):
         """Plain C loop over srtp_protect (benchmark baseline): elapsed ns."""
@@ -159,7 +221,7 @@ cdef class SrtpSession:
 cdef void *session_ptr(object s):
     if s is None:
         return NULL
-    return (<SrtpSession>s).ptr
+    return <void *>(<SrtpSession>s).ptr
 
 
 cdef void close_session(object s):

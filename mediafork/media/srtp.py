@@ -1,8 +1,10 @@
-"""SRTP profiles, master keys and libsrtp sessions for the forwarding path.
+"""SRTP profiles, master keys and SRTP sessions for the forwarding path.
 
 libsrtp is the copy inside pylibsrtp. Its entry points are handed to the C
 data plane once, at import, so that the same library (and its OpenSSL
-backend) serves the control plane, the tests and the hot path.
+backend) serves the control plane, the tests and the hot path. For the AES-CM
+suites the RTP a fork sends is protected by the lean sender transform of
+csrc/srtp_cm.h instead, where the build has it (``SRTP_TRANSFORMS``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,16 @@ def _address(name: str) -> int:
 
 
 _fastpath.bind_srtp(*(_address(name) for name in LIBSRTP_ENTRY_POINTS))
+
+
+# How the RTP of an AES-CM fork is protected: "auto" (the lean transform where this build
+# has it, else libsrtp) or "libsrtp" (always). SRTCP and the GCM suites are libsrtp's.
+SRTP_TRANSFORMS = ("auto", "libsrtp")
+
+
+def lean_transform_available() -> bool:
+    """Whether this build has csrc/srtp_cm (OpenSSL found when it was compiled)."""
+    return bool(_fastpath.srtp_cm_available())
 
 
 class SrtpProfile(enum.Enum):
@@ -121,17 +133,33 @@ class SrtpKey:
     __str__ = __repr__
 
 
-def outbound_session(key: SrtpKey, ssrc: int | None = None) -> _fastpath.SrtpSession:
-    """A libsrtp session that protects what we send with `key`.
+# The suites csrc/srtp_cm protects, and their tag lengths (RFC 4568 6.2.1).
+_LEAN_TAG_LENGTHS = {
+    SrtpProfile.AES_CM_128_HMAC_SHA1_80: 10,
+    SrtpProfile.AES_CM_128_HMAC_SHA1_32: 4,
+}
+
+
+def outbound_session(key: SrtpKey, ssrc: int | None = None, transform: str = "auto"
+                     ) -> _fastpath.SrtpSession:
+    """An SRTP session that protects what we send with `key`: RTP through the lean
+    transform for the AES-CM suites when `transform` is "auto" and the build has it,
+    otherwise through libsrtp; SRTCP always through libsrtp.
 
     With `ssrc` the stream exists from creation, so libsrtp never clones a
     template (an allocation) on the worker's first packet."""
+    if transform not in SRTP_TRANSFORMS:
+        raise ValueError(f"transform must be one of {', '.join(SRTP_TRANSFORMS)}, got {transform!r}")
     policy = Policy(
         key=key.master,
         ssrc_type=Policy.SSRC_ANY_OUTBOUND if ssrc is None else Policy.SSRC_SPECIFIC,
         ssrc_value=ssrc or 0,
         srtp_profile=key.profile.pylibsrtp_profile,
     )
+    tag_len = _LEAN_TAG_LENGTHS.get(key.profile)
+    if transform == "auto" and tag_len is not None and lean_transform_available():
+        return _fastpath.SrtpSession(int(ffi.cast("uintptr_t", policy._policy)), key.master,
+                                     tag_len)
     return _fastpath.SrtpSession(int(ffi.cast("uintptr_t", policy._policy)))
 
 

@@ -92,6 +92,8 @@ port = 5070
     (lambda d: d.update(media={"io": "kqueue"}), 'media.io: must be "auto", "io_uring" or "epoll"'),
     (lambda d: d.update(media={"tick_us": 5000}), "media.tick_us: must be between 0 and 1000"),
     (lambda d: d.update(media={"tick_us": True}), "media.tick_us"),
+    (lambda d: d.update(media={"srtp_transform": "openssl"}),
+     'media.srtp_transform: must be "auto" or "libsrtp"'),
     (lambda d: d.update(media={"address": "nowhere"}), "media.address: not an IP address"),
     (lambda d: d.update(callbacks={"timeout": "soon"}), "callbacks.timeout"),
     (lambda d: d.update(callbacks={"max_attempts": -1}), "callbacks.max_attempts"),

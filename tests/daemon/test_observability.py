@@ -14,6 +14,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from mediafork.media.srtp import lean_transform_available
 from tests.io_uring_support import auto_backend
 
 from .harness import (
@@ -139,6 +140,9 @@ def test_metrics_parse_and_counters_move_with_traffic(busy: Busy) -> None:
     # [media] io defaults to auto (io_uring unless this kernel refuses it); the metric
     # says which.
     assert value(after, "mediafork_media_io_backend", backend=auto_backend()) == 1
+    # [media] srtp_transform defaults to auto: the lean transform where the build has it.
+    expected_transform = "srtp_cm" if lean_transform_available() else "libsrtp"
+    assert value(after, "mediafork_media_srtp_transform", backend=expected_transform) == 1
     assert value(after, "mediafork_packets_dropped_total", reason="ring_full") == 0
     assert value(after, "mediafork_srtp_errors_total") == 0
 

@@ -42,8 +42,10 @@ def fuzzers(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("target", ["fuzz_parsers", "fuzz_forward"])
+@pytest.mark.parametrize("target", ["fuzz_parsers", "fuzz_forward", "fuzz_srtp_cm"])
 def test_fuzz_target_finds_nothing(fuzzers: Path, tmp_path: Path, target: str) -> None:
+    if not (fuzzers / target).exists():
+        pytest.skip(f"{target} was not built: OpenSSL's headers (libssl-dev) are missing")
     corpus = tmp_path / "corpus"
     _seed_corpus(corpus)
     result = subprocess.run(

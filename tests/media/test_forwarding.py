@@ -45,6 +45,32 @@ def test_every_profile_decrypts_with_an_independent_session(engine, sink, sender
     eventually(lambda: fork.counters()["sent"] == 20)
 
 
+@pytest.mark.parametrize("transform", ["auto", "libsrtp"])
+def test_many_srtp_forks_in_one_tick_decrypt_with_either_transform(sink, sender, transform) -> None:
+    """Forks protected back to back in one flush (each prefetching the next one's
+    state): every packet of every fork decrypts, whichever code protected it."""
+    engine = Engine(port_range=(31000, 34999), srtp_transform=transform)
+    try:
+        keys, calls = [], []
+        for i in range(6):
+            call = engine.add_call(f"CA-transform-{i}")
+            key = SrtpKey.generate(SrtpProfile.AES_CM_128_HMAC_SHA1_80 if i % 2
+                                   else SrtpProfile.AES_CM_128_HMAC_SHA1_32)
+            fork = call.add_fork(Track.INBOUND, key=key, destination=sink.getsockname())
+            keys.append((fork.ssrc, key))
+            calls.append(call)
+        for n in range(30):
+            for i, call in enumerate(calls):
+                sender.sendto(rtp(n, 160 * n, bytes([i, n]) * 80), call.ingress[Track.INBOUND])
+        got = [p for p in recv_all(sink, 180) if not is_rtcp(p)]
+        assert len(got) == 180
+        receivers = {ssrc: receiver_for(key) for ssrc, key in keys}
+        payloads = sorted(receivers[header(p)[4]].unprotect(p)[12:] for p in got)
+        assert payloads == sorted(bytes([i, n]) * 80 for i in range(6) for n in range(30))
+    finally:
+        engine.close()
+
+
 def test_both_tracks_go_to_their_own_forks(engine, sink, sender) -> None:
     call = engine.add_call("CA-both")
     keys = {t: SrtpKey.generate() for t in Track}
