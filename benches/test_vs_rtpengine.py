@@ -46,3 +46,14 @@ def test_vs_rtpengine(benchmark):
         # Both engines forked what they were given (a bench that measured nothing fails).
         assert cell["mediafork"]["sink_received"] > 0
         assert cell["rtpengine"]["sink_received"] > 0
+
+
+@pytest.mark.parametrize(("cell", "pinned", "expected"), [
+    ({"loss_pct": 0.0, "core_busy": 0.62}, True, False),
+    ({"loss_pct": 0.5, "core_busy": 0.62}, True, True),   # losing packets
+    ({"loss_pct": 0.0, "core_busy": 0.97}, True, True),   # its whole pinned core
+    ({"loss_pct": 0.0, "core_busy": 0.97}, False, False),  # unpinned: it may use another
+    ({"loss_pct": 0.0}, True, False),                      # a result without the figure
+])
+def test_a_saturated_engine_is_told_apart(cell: dict, pinned: bool, expected: bool) -> None:
+    assert vs_rtpengine.saturated(cell, pinned) is expected
