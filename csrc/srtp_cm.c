@@ -18,6 +18,7 @@ int mf_srtp_cm_keystream(const uint8_t *k, const uint8_t *iv, uint8_t *o, int n,
 {
     return -1;
 }
+void mf_srtp_cm_allow_aesni(int allow) {}
 
 #else
 
@@ -119,10 +120,12 @@ static int aes_cm_blocks(EVP_CIPHER_CTX *aes, const uint8_t iv[AES_BLOCK], uint8
  * the instruction set computes it (AESKEYGENASSIST), and the cipher as ten
  * AESENC rounds. Checked against FIPS-197 Appendix C.1, RFC 3711 B.2 and the
  * EVP path (tests/media/test_srtp_cm.py), which CPUs without AES-NI take. */
+static int aesni_allowed = 1; /* mf_srtp_cm_allow_aesni(): tests of the EVP path */
+
 static int cpu_has_aesni(void)
 {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("aes") && __builtin_cpu_supports("sse4.1");
+    return aesni_allowed && __builtin_cpu_supports("aes") && __builtin_cpu_supports("sse4.1");
 }
 
 __attribute__((target("aes,sse4.1"))) static inline __m128i expand_step(__m128i key,
@@ -192,6 +195,13 @@ __attribute__((target("aes,sse4.1"))) static void aesni_cm_blocks(const uint8_t 
     }
 }
 #endif
+
+void mf_srtp_cm_allow_aesni(int allow)
+{
+#ifdef MF_AESNI
+    aesni_allowed = allow;
+#endif
+}
 
 int mf_srtp_cm_keystream(const uint8_t *key, const uint8_t *iv, uint8_t *out, int out_len,
                          int aesni)

@@ -78,4 +78,9 @@ int mf_srtp_cm_derive(const uint8_t *master_key, const uint8_t *master_salt, uin
 int mf_srtp_cm_keystream(const uint8_t *key, const uint8_t *iv, uint8_t *out, int out_len,
                          int aesni);
 
+/* Test hook: contexts created after allow_aesni(0) use OpenSSL's EVP for AES
+ * even where the CPU has AES-NI (the path CPUs without it take). Not for use
+ * while other threads create contexts. */
+void mf_srtp_cm_allow_aesni(int allow);
+
 #endif

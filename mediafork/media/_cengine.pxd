@@ -70,6 +70,7 @@ cdef extern from "srtp_cm.h":
     int mf_srtp_cm_available()
     int mf_srtp_cm_derive(const uint8_t *master_key, const uint8_t *master_salt, uint8_t label,
                           uint8_t *out, int out_len)
+    void mf_srtp_cm_allow_aesni(int allow)
     int mf_srtp_cm_keystream(const uint8_t *key, const uint8_t *iv, uint8_t *out, int out_len,
                              int aesni)
 

@@ -131,6 +131,12 @@ def srtp_cm_available():
     return mf_srtp_cm_available() == 1
 
 
+def srtp_cm_allow_aesni(bint allow):
+    """Test hook: lean contexts created from now on use OpenSSL's EVP for AES even where
+    the CPU has AES-NI (the path of CPUs without it), until allowed again."""
+    mf_srtp_cm_allow_aesni(allow)
+
+
 def srtp_cm_derive(bytes master_key, bytes master_salt, int label, int length):
     """RFC 3711 4.3 key derivation (key derivation rate 0): test hook."""
     if len(master_key) != 16 or len(master_salt) != 14 or not 0 < length <= 64:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import struct
+from collections.abc import Iterator
 
 import pytest
 from pylibsrtp import Policy, Session
@@ -135,10 +136,24 @@ def _sequence(rng: random.Random, start: int, count: int) -> list[int]:
     return seqs
 
 
+@pytest.fixture(params=["aes-ni", "evp"])
+def aes_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Contexts made in the test use AES-NI (where the CPU has it) or OpenSSL's EVP, the
+    path of CPUs without AES-NI."""
+    if request.param == "aes-ni" and not _aesni():
+        pytest.skip("this CPU has no AES-NI: the EVP path is the one in use")
+    _fastpath.srtp_cm_allow_aesni(request.param == "aes-ni")
+    try:
+        yield request.param
+    finally:
+        _fastpath.srtp_cm_allow_aesni(True)
+
+
 @needs_lean
 @pytest.mark.parametrize("profile", LEAN_PROFILES)
 @pytest.mark.parametrize("start", [0, 1000, 32767, 32768, 40000, 65000, 65535])
-def test_every_output_and_refusal_is_libsrtps(profile: SrtpProfile, start: int) -> None:
+def test_every_output_and_refusal_is_libsrtps(profile: SrtpProfile, start: int,
+                                              aes_path: str) -> None:
     rng = random.Random(start)
     key = SrtpKey.generate(profile)
     ssrc = rng.getrandbits(32)
