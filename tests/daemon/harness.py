@@ -60,9 +60,23 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
 
 
 def free_tcp_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port p that is free for TCP and UDP with p + 1 free for TCP too: a SIP
+    port, whose TLS listener takes the next one. The kernel hands out p from the ephemeral
+    range, where p + 1 may be some client's connection; a port whose neighbour is taken is
+    skipped (it failed a daemon's start once: "TLS port ...: Address already in use")."""
+    for _ in range(100):
+        with contextlib.ExitStack() as held:
+            first = held.enter_context(socket.socket())
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            try:
+                held.enter_context(socket.socket()).bind(("127.0.0.1", port + 1))
+                held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)).bind(
+                    ("127.0.0.1", port))
+            except (OSError, OverflowError):  # taken, or p was 65535
+                continue
+            return port
+    raise RuntimeError("no loopback port with a free neighbour in 100 tries")
 
 
 def media_port_range() -> tuple[int, int]:
