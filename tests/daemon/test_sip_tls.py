@@ -16,7 +16,7 @@ from mediafork.daemon.config import ConfigError, load_config
 from mediafork.sip.message import Response, StreamFramer
 from mediafork.tlsutil import self_signed
 
-from .harness import DaemonProcess, write_config
+from .harness import DaemonProcess, free_tcp_port, write_config
 
 OPTIONS = (
     b"OPTIONS sip:mediafork@127.0.0.1 SIP/2.0\r\n"
@@ -25,24 +25,6 @@ OPTIONS = (
     b"Call-ID: daemon-tls-probe\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
     b"Content-Length: 0\r\n\r\n"
 )
-
-
-def _free_sip_port() -> int:
-    """A port free on UDP and TCP whose next port is free on TCP (the TLS listener)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = udp.getsockname()[1]
-            if port >= 65535:
-                continue
-            try:
-                with socket.socket() as a, socket.socket() as b:
-                    a.bind(("127.0.0.1", port))
-                    b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free SIP port pair")
 
 
 def _options_over_tls(port: int, context: ssl.SSLContext) -> tuple[Response, bytes]:
@@ -68,7 +50,7 @@ def _der(path: Path) -> bytes:
 def test_the_configured_server_certificate_answers_on_the_sip_port_plus_one(
         tmp_path: Path, spawn: Callable[..., DaemonProcess]) -> None:
     cert, key = self_signed(tmp_path / "certs", "sip-server")
-    port = _free_sip_port()
+    port = free_tcp_port()
     config = write_config(tmp_path, extra=(
         f'\n[sip.tls]\nserver_cert_file = "{cert}"\nserver_key_file = "{key}"\n'))
     config.write_text(config.read_text().replace("[sip]\nport = 0", f"[sip]\nport = {port}"))
@@ -83,7 +65,7 @@ def test_the_configured_server_certificate_answers_on_the_sip_port_plus_one(
 def test_the_daemons_tls_listener_keeps_the_sip_listener_bounds(
         tmp_path: Path, spawn: Callable[..., DaemonProcess]) -> None:
     cert, key = self_signed(tmp_path / "certs", "sip-server")
-    port = _free_sip_port()
+    port = free_tcp_port()
     config = write_config(tmp_path, extra=(
         f'\n[sip.tls]\nserver_cert_file = "{cert}"\nserver_key_file = "{key}"\n'))
     config.write_text(config.read_text().replace(
@@ -122,7 +104,7 @@ def test_the_daemons_tls_listener_keeps_the_sip_listener_bounds(
 
 def test_embedded_defaults_generate_a_certificate_for_the_tls_listener(
         tmp_path: Path, spawn: Callable[..., DaemonProcess]) -> None:
-    port, data = _free_sip_port(), tmp_path / "data"
+    port, data = free_tcp_port(), tmp_path / "data"
     daemon = spawn(["--data", str(data), "--listen", "127.0.0.1:0", "--sip-port", str(port),
                     "--recorder-port", "0"]).start()
     generated = data / "tls" / "sip.crt"
@@ -150,7 +132,7 @@ def test_a_server_key_that_does_not_match_its_certificate_stops_the_load(
 
 def test_a_held_tls_port_stops_the_start_naming_it(
         tmp_path: Path, spawn: Callable[..., DaemonProcess]) -> None:
-    port = _free_sip_port()
+    port = free_tcp_port()
     with socket.socket() as held:
         held.bind(("127.0.0.1", port + 1))
         held.listen()
